@@ -1,0 +1,95 @@
+// cpuhog burns CPU in three functions with a known split, and measures its own time in
+// each with a monotonic clock, so a profiler's shares can be checked against the truth.
+//
+//	go run ./examples/cpuhog -d 10s          # prints "share main.hot1 50.1%" ... at exit
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+	"time"
+)
+
+var sink uint64
+
+//go:noinline
+func spin(n int) uint64 {
+	x := sink
+	for i := 0; i < n; i++ {
+		x = x*6364136223846793005 + 1442695040888963407
+	}
+	return x
+}
+
+//go:noinline
+func hot1() { sink += spin(150000) } // three units of work
+
+//go:noinline
+func hot2() { sink += spin(100000) } // two
+
+//go:noinline
+func hot3() { sink += spin(50000) } // one
+
+func main() {
+	dur := flag.Duration("d", 0, "run for this long (0: until SIGINT/SIGTERM)")
+	workers := flag.Int("workers", 1, "goroutines running the loop")
+	flag.Parse()
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	deadline := make(<-chan time.Time)
+	if *dur > 0 {
+		deadline = time.After(*dur)
+	}
+	type result struct{ spent map[string]time.Duration }
+	done := make(chan struct{})
+	results := make(chan result, *workers)
+	for w := 0; w < *workers; w++ {
+		go func() {
+			spent := map[string]time.Duration{}
+			fns := []struct {
+				name string
+				f    func()
+			}{{"main.hot1", hot1}, {"main.hot2", hot2}, {"main.hot3", hot3}}
+			for {
+				select {
+				case <-done:
+					results <- result{spent}
+					return
+				default:
+				}
+				for _, fn := range fns {
+					t := time.Now()
+					fn.f()
+					spent[fn.name] += time.Since(t)
+				}
+			}
+		}()
+	}
+	fmt.Fprintf(os.Stderr, "cpuhog: pid %d, %d workers\n", os.Getpid(), *workers)
+	select {
+	case <-stop:
+	case <-deadline:
+	}
+	close(done)
+	total := map[string]time.Duration{}
+	var all time.Duration
+	for w := 0; w < *workers; w++ {
+		r := <-results
+		for k, v := range r.spent {
+			total[k] += v
+			all += v
+		}
+	}
+	names := make([]string, 0, len(total))
+	for k := range total {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Printf("share %s %.2f%%\n", k, 100*float64(total[k])/float64(all))
+	}
+}

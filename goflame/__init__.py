@@ -1,0 +1,3 @@
+"""goflame: a sampling profiler for running Go programs."""
+
+__version__ = "0.1.0"

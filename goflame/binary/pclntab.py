@@ -1,0 +1,436 @@
+"""Go's pc-line table (`.gopclntab`): functions, frame sizes, file/line and inlining per pc.
+
+This is what the Go runtime itself uses for tracebacks, so answering from it gives the
+runtime's answers — on stripped binaries too, since `-s -w` keeps it. Formats handled:
+Go 1.16–1.17 (magic 0xfffffffa), 1.18–1.19 (0xfffffff0) and 1.20+ (0xfffffff1); see
+runtime/symtab.go and runtime2.go (`_func`, `pcHeader`, `inlinedCall`) of each release.
+
+Everything from the (possibly hostile) bytes is bounds-checked: a corrupt table raises
+`CorruptBinary` and never loops, because every walk advances and is bounded by the table size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from goflame.errors import CorruptBinary
+from goflame.frame import Frame, FrameKind
+
+MAGIC_116 = 0xFFFFFFFA
+MAGIC_118 = 0xFFFFFFF0
+MAGIC_120 = 0xFFFFFFF1
+MAGIC_12 = 0xFFFFFFFB
+FORMATS = {MAGIC_116: "1.16", MAGIC_118: "1.18", MAGIC_120: "1.20", MAGIC_12: "1.2"}
+
+# _func.flag bits (stable since 1.17)
+FLAG_TOPFRAME = 0x1
+FLAG_SPWRITE = 0x2
+FLAG_ASM = 0x4
+
+PCDATA_UNSAFE_POINT = 0
+PCDATA_STACK_MAP_INDEX = 1
+PCDATA_INL_TREE_INDEX = 2
+FUNCDATA_INL_TREE = 3
+
+MAX_INLINE_DEPTH = 1000  # no real inline chain is this deep; guards against cyclic corrupt trees
+
+
+@dataclass(frozen=True, slots=True)
+class Func:
+    """One function's `_func` record; addresses are link-time (add the load bias for a process)."""
+
+    entry: int
+    end: int
+    name: str
+    args: int
+    deferreturn: int
+    pcsp: int
+    pcfile: int
+    pcln: int
+    npcdata: int
+    cu_offset: int
+    start_line: int  # 0 before Go 1.20
+    func_id: int
+    flag: int
+    nfuncdata: int
+    index: int  # position in the function table
+    record: int  # offset of the _func in the pclntable (pcdata/funcdata follow it)
+
+    @property
+    def is_topframe(self) -> bool:
+        return bool(self.flag & FLAG_TOPFRAME)
+
+    @property
+    def is_spwrite(self) -> bool:
+        return bool(self.flag & FLAG_SPWRITE)
+
+    @property
+    def is_asm(self) -> bool:
+        return bool(self.flag & FLAG_ASM)
+
+
+@dataclass(frozen=True, slots=True)
+class InlinedCall:
+    func_id: int
+    name_off: int
+    parent_pc: int  # offset from the outer function's entry of an instruction at the call site
+    start_line: int  # 0 before 1.20
+
+
+@dataclass(frozen=True, slots=True)
+class PcTable:
+    """A decoded pcvalue table: value `values[i]` holds for pcs in [ends[i-1], ends[i])."""
+
+    start: int
+    ends: tuple[int, ...]
+    values: tuple[int, ...]
+
+    def at(self, pc: int) -> int | None:
+        if pc < self.start:
+            return None
+        i = bisect.bisect_right(self.ends, pc)
+        return self.values[i] if i < len(self.values) else None
+
+
+def decode_pcvalue(table: bytes | memoryview, off: int, entry: int, quantum: int, limit: int) -> PcTable:
+    """Decode the zig-zag/varint pcvalue stream at `off` (value starts at -1, pc at entry).
+
+    `limit` bounds the pc range (the function's end): a corrupt stream cannot run forever.
+    """
+    n = len(table)
+    pos = off
+    pc = entry
+    val = -1
+    ends: list[int] = []
+    values: list[int] = []
+    first = True
+    while True:
+        # value delta
+        if pos >= n:
+            raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
+        b = table[pos]
+        if b == 0 and not first:
+            break
+        uv = 0
+        shift = 0
+        while True:
+            if pos >= n or shift > 35:
+                raise CorruptBinary("corrupt pclntab: bad varint in pcvalue table")
+            b = table[pos]
+            pos += 1
+            uv |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
+        # pc delta
+        pd = 0
+        shift = 0
+        while True:
+            if pos >= n or shift > 35:
+                raise CorruptBinary("corrupt pclntab: bad varint in pcvalue table")
+            b = table[pos]
+            pos += 1
+            pd |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        pc += pd * quantum
+        first = False
+        ends.append(pc)
+        values.append(val)
+        if pc >= limit:
+            break
+    return PcTable(entry, tuple(ends), tuple(values))
+
+
+class Pclntab:
+    """Reader over the raw bytes of a pclntab.
+
+    `text_start` is `runtime.text` (moduledata.text): needed for 1.18+ whose entries are
+    offsets from it, and whose header copy is 0 from Go 1.26 on. `read` reads link-time
+    addresses of the binary, for funcdata (the inline tree lives in `go:func.*`, at `gofunc`).
+    """
+
+    def __init__(
+        self,
+        data: bytes | memoryview,
+        *,
+        addr: int = 0,
+        text_start: int | None = None,
+        gofunc: int | None = None,
+        read: Callable[[int, int], bytes | memoryview] | None = None,
+    ):
+        self.data = memoryview(data).toreadonly() if not isinstance(data, bytes) else data
+        self.addr = addr
+        if len(self.data) < 16:
+            raise CorruptBinary("corrupt pclntab: too short for a header")
+        magic = struct.unpack_from("<I", self.data, 0)[0]
+        if magic not in FORMATS:
+            raise CorruptBinary(f"not a Go 1.16+ pclntab (magic {magic:#x})")
+        if magic == MAGIC_12:
+            raise CorruptBinary("pclntab format of Go 1.2–1.15 is not supported")
+        self.magic = magic
+        self.format = FORMATS[magic]
+        self.quantum = self.data[6]
+        self.ptr_size = self.data[7]
+        if self.quantum not in (1, 2, 4) or self.ptr_size not in (4, 8):
+            raise CorruptBinary(f"corrupt pclntab header (quantum {self.quantum}, ptrsize {self.ptr_size})")
+        ps = self.ptr_size
+        self._uintptr = "<Q" if ps == 8 else "<I"
+        words = [struct.unpack_from(self._uintptr, self.data, 8 + i * ps)[0] for i in range(8)]
+        self.nfunc = words[0]
+        self.nfiles = words[1]
+        if magic == MAGIC_116:
+            header_text = 0
+            names, cu, files, pct, pcln = words[2:7]
+        else:
+            header_text = words[2]
+            names, cu, files, pct, pcln = words[3:8]
+        size = len(self.data)
+        for what, off in (("funcnametab", names), ("cutab", cu), ("filetab", files),
+                          ("pctab", pct), ("pclntable", pcln)):
+            if not 0 < off <= size:
+                raise CorruptBinary(f"corrupt pclntab: {what} offset {off:#x} outside the table")
+        # Name and file tables are copied once (a few MB at most) so C-string scans are bytes.find.
+        self.funcnametab = bytes(self.data[names : cu if cu > names else size])
+        self.cutab = self.data[cu:]
+        self.filetab = bytes(self.data[files : pct if pct > files else size])
+        self.pctab = self.data[pct:]
+        self.pclntable = self.data[pcln:]
+        self.text_start = text_start if text_start else header_text
+        if self.format != "1.16" and not self.text_start:
+            raise CorruptBinary("pclntab has no text start and none was given (Go 1.26+ needs moduledata)")
+        self.gofunc = gofunc
+        self._read = read
+        # The function table: nfunc+1 entries (the last one is the end of the last function).
+        if self.format == "1.16":
+            self._ftab_fmt = struct.Struct("<QQ" if ps == 8 else "<II")
+        else:
+            self._ftab_fmt = struct.Struct("<II")
+        need = (self.nfunc + 1) * self._ftab_fmt.size
+        if self.nfunc <= 0 or need > len(self.pclntable):
+            raise CorruptBinary(f"corrupt pclntab: {self.nfunc} functions do not fit the table")
+        raw = self.pclntable[:need]
+        pairs = list(self._ftab_fmt.iter_unpack(raw))
+        base = 0 if self.format == "1.16" else self.text_start
+        self._entries = [base + e for e, _ in pairs]
+        self._funcoffs = [f for _, f in pairs]
+        for i in range(len(self._entries) - 1):
+            if self._entries[i] > self._entries[i + 1]:
+                raise CorruptBinary("corrupt pclntab: function table is not sorted")
+        self._func_cache: dict[int, Func] = {}
+        self._name_cache: dict[int, str] = {}
+        self._file_cache: dict[int, str] = {}
+        self._by_name: dict[str, int] | None = None
+        self.decode = lru_cache(maxsize=65536)(self._decode)
+
+    # -- function table ---------------------------------------------------------------------------
+    @property
+    def text_end(self) -> int:
+        return self._entries[-1]
+
+    def func_at_index(self, i: int) -> Func:
+        f = self._func_cache.get(i)
+        if f is None:
+            f = self._read_func(i)
+            self._func_cache[i] = f
+        return f
+
+    def find_func(self, pc: int) -> Func | None:
+        """The function containing pc (a link-time address), or None outside Go text."""
+        entries = self._entries
+        if pc < entries[0] or pc >= entries[-1]:
+            return None
+        i = bisect.bisect_right(entries, pc) - 1
+        if i < 0 or i >= self.nfunc:
+            return None
+        return self.func_at_index(i)
+
+    def funcs(self):
+        for i in range(self.nfunc):
+            yield self.func_at_index(i)
+
+    def func_by_name(self, name: str) -> Func | None:
+        if self._by_name is None:
+            self._by_name = {}
+            for i in range(self.nfunc):
+                self._by_name.setdefault(self._name_at_index(i), i)
+        i = self._by_name.get(name)
+        return None if i is None else self.func_at_index(i)
+
+    def _name_at_index(self, i: int) -> str:
+        off = self._funcoffs[i]
+        pos = off + (self.ptr_size if self.format == "1.16" else 4)
+        if pos + 4 > len(self.pclntable):
+            raise CorruptBinary("corrupt pclntab: function record outside the table")
+        return self.name(struct.unpack_from("<i", self.pclntable, pos)[0])
+
+    def _read_func(self, i: int) -> Func:
+        off = self._funcoffs[i]
+        t = self.pclntable
+        if self.format == "1.16":
+            ps = self.ptr_size
+            if off + ps + 32 + 4 > len(t):
+                raise CorruptBinary("corrupt pclntab: function record outside the table")
+            entry = struct.unpack_from(self._uintptr, t, off)[0]
+            (name_off, args, deferreturn, pcsp, pcfile, pcln, npcdata, cu_off) = struct.unpack_from(
+                "<iiIIIIII", t, off + ps)
+            func_id, flag, _pad, nfuncdata = struct.unpack_from("<BBBB", t, off + ps + 32)
+            start_line = 0
+        else:
+            has_start = self.format == "1.20"
+            size = 44 if has_start else 40
+            if off + size > len(t):
+                raise CorruptBinary("corrupt pclntab: function record outside the table")
+            (entry_off, name_off, args, deferreturn, pcsp, pcfile, pcln, npcdata, cu_off) = struct.unpack_from(
+                "<IiiIIIIII", t, off)
+            pos = off + 36
+            if has_start:
+                start_line = struct.unpack_from("<i", t, pos)[0]
+                pos += 4
+            else:
+                start_line = 0
+            func_id, flag, _pad, nfuncdata = struct.unpack_from("<BBBB", t, pos)
+            entry = self.text_start + entry_off
+        if entry != self._entries[i]:
+            raise CorruptBinary(f"corrupt pclntab: function {i} entry disagrees with the function table")
+        if npcdata > 1000 or nfuncdata > 255:
+            raise CorruptBinary("corrupt pclntab: implausible pcdata/funcdata counts")
+        end = self._entries[i + 1]
+        return Func(entry, end, self.name(name_off), args, deferreturn, pcsp, pcfile, pcln, npcdata,
+                    cu_off, start_line, func_id, flag, nfuncdata, i, off)
+
+    # -- strings ----------------------------------------------------------------------------------
+    def name(self, off: int) -> str:
+        s = self._name_cache.get(off)
+        if s is None:
+            s = _cstring(self.funcnametab, off, "function name")
+            self._name_cache[off] = s
+        return s
+
+    def file_name(self, cu_offset: int, fileno: int) -> str:
+        key = (cu_offset + fileno)
+        s = self._file_cache.get(key)
+        if s is None:
+            pos = key * 4
+            if fileno < 0 or pos + 4 > len(self.cutab):
+                return "?"
+            off = struct.unpack_from("<I", self.cutab, pos)[0]
+            if off == 0xFFFFFFFF:
+                return "?"
+            s = _cstring(self.filetab, off, "file name")
+            self._file_cache[key] = s
+        return s
+
+    # -- pcvalue tables ---------------------------------------------------------------------------
+    def _decode(self, table_off: int, func_index: int) -> PcTable:
+        f = self.func_at_index(func_index)
+        if table_off >= len(self.pctab):
+            raise CorruptBinary("corrupt pclntab: pcvalue table offset outside pctab")
+        return decode_pcvalue(self.pctab, table_off, f.entry, self.quantum, f.end)
+
+    def pcvalue(self, f: Func, table_off: int, pc: int) -> int | None:
+        if table_off == 0:
+            return None
+        return self.decode(table_off, f.index).at(pc)
+
+    def spdelta(self, f: Func, pc: int) -> int | None:
+        """Frame size at pc: bytes between the sp at pc and the return address slot."""
+        return self.pcvalue(f, f.pcsp, pc)
+
+    def pcdata_offset(self, f: Func, table: int) -> int:
+        if table >= f.npcdata:
+            return 0
+        base = f.record + (self.ptr_size + 36 if self.format == "1.16" else (44 if self.format == "1.20" else 40))
+        pos = base + 4 * table
+        if pos + 4 > len(self.pclntable):
+            raise CorruptBinary("corrupt pclntab: pcdata outside the table")
+        return struct.unpack_from("<I", self.pclntable, pos)[0]
+
+    def pcdata(self, f: Func, table: int, pc: int) -> int | None:
+        return self.pcvalue(f, self.pcdata_offset(f, table), pc)
+
+    def funcdata_addr(self, f: Func, index: int) -> int | None:
+        """Link-time address of funcdata[index], or None when absent."""
+        if index >= f.nfuncdata:
+            return None
+        base = f.record + (self.ptr_size + 36 if self.format == "1.16" else (44 if self.format == "1.20" else 40))
+        base += 4 * f.npcdata
+        if self.format == "1.16":
+            base = (base + self.ptr_size - 1) & ~(self.ptr_size - 1)
+            pos = base + self.ptr_size * index
+            if pos + self.ptr_size > len(self.pclntable):
+                raise CorruptBinary("corrupt pclntab: funcdata outside the table")
+            v = struct.unpack_from(self._uintptr, self.pclntable, pos)[0]
+            return v or None
+        pos = base + 4 * index
+        if pos + 4 > len(self.pclntable):
+            raise CorruptBinary("corrupt pclntab: funcdata outside the table")
+        off = struct.unpack_from("<I", self.pclntable, pos)[0]
+        if off == 0xFFFFFFFF or self.gofunc is None:
+            return None
+        return self.gofunc + off
+
+    def file_line(self, f: Func, pc: int) -> tuple[str, int]:
+        fileno = self.pcvalue(f, f.pcfile, pc)
+        line = self.pcvalue(f, f.pcln, pc)
+        file = "?" if fileno is None else self.file_name(f.cu_offset, fileno)
+        return file, (0 if line is None else line)
+
+    # -- inlining ---------------------------------------------------------------------------------
+    def inlined_call(self, f: Func, index: int) -> InlinedCall | None:
+        tree = self.funcdata_addr(f, FUNCDATA_INL_TREE)
+        if tree is None or self._read is None or index < 0:
+            return None
+        if self.format == "1.20":
+            raw = self._read(tree + 16 * index, 16)
+            func_id, _p1, _p2, _p3, name_off, parent_pc, start_line = struct.unpack("<BBBBiii", raw)
+            return InlinedCall(func_id, name_off, parent_pc, start_line)
+        raw = self._read(tree + 20 * index, 20)
+        _parent, func_id, _pad, _file, _line, name_off, parent_pc = struct.unpack("<hBBiiii", raw)
+        return InlinedCall(func_id, name_off, parent_pc, 0)
+
+    def frames(self, pc: int) -> list[Frame]:
+        """Logical frames at `pc` (exact instruction address), innermost first.
+
+        For a return address pass `pc - 1` (as the runtime does) so the call instruction's
+        line, not the next statement's, is reported.
+        """
+        f = self.find_func(pc)
+        if f is None:
+            return []
+        out: list[Frame] = []
+        ix = self.pcdata(f, PCDATA_INL_TREE_INDEX, pc)
+        cur = pc
+        depth = 0
+        while ix is not None and ix >= 0:
+            call = self.inlined_call(f, ix)
+            if call is None:
+                break
+            file, line = self.file_line(f, cur)
+            out.append(Frame(self.name(call.name_off), file, line, True, FrameKind.GO, pc))
+            parent = f.entry + call.parent_pc
+            if not f.entry <= parent < f.end:
+                raise CorruptBinary(f"corrupt inline tree in {f.name}")
+            cur = parent
+            ix = self.pcdata(f, PCDATA_INL_TREE_INDEX, cur)
+            depth += 1
+            if depth > MAX_INLINE_DEPTH:
+                raise CorruptBinary(f"corrupt inline tree in {f.name} (cycle)")
+        file, line = self.file_line(f, cur)
+        out.append(Frame(f.name, file, line, False, FrameKind.GO, pc))
+        return out
+
+
+def _cstring(buf: bytes, off: int, what: str) -> str:
+    if off < 0 or off >= len(buf):
+        raise CorruptBinary(f"corrupt pclntab: {what} offset {off:#x} outside its table")
+    end = buf.find(b"\0", off)
+    if end < 0:
+        raise CorruptBinary(f"corrupt pclntab: unterminated {what}")
+    return buf[off:end].decode("utf-8", errors="replace")
