@@ -148,12 +148,16 @@ def build(src: Path, spec: BuildSpec = BuildSpec(), name: str | None = None) -> 
     env = go_env(root, CGO_ENABLED="1" if spec.cgo else "0", GOARCH=spec.goarch, GOOS="linux")
     if spec.cgo and spec.goarch != "amd64":
         raise ToolchainUnavailable("cgo cross builds are not supported here")
-    work = out_dir / "src"
-    if work.exists():
-        shutil.rmtree(work)
-    shutil.copytree(src, work)
-    if not (work / "go.mod").exists():
-        (work / "go.mod").write_text(f"module {name}\n\ngo 1.19\n")
+    # One source copy per source hash, shared by every flavour, so file paths in the binaries
+    # (and in the runtime's own tracebacks) are the same for a stripped build and its twin.
+    work = out_dir.parent / "src"
+    if not (work / ".complete").exists():
+        if work.exists():
+            shutil.rmtree(work)
+        shutil.copytree(src, work)
+        if not (work / "go.mod").exists():
+            (work / "go.mod").write_text(f"module {name}\n\ngo 1.19\n")
+        (work / ".complete").touch()
     r = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"building {name} ({spec.tag}) failed:\n{r.stderr}")

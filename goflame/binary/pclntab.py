@@ -395,16 +395,17 @@ class Pclntab:
         _parent, func_id, _pad, _file, _line, name_off, parent_pc = struct.unpack("<hBBiiii", raw)
         return InlinedCall(func_id, name_off, parent_pc, 0)
 
-    def frames(self, pc: int) -> list[Frame]:
-        """Logical frames at `pc` (exact instruction address), innermost first.
+    def expand(self, pc: int) -> list[tuple[Frame, int]]:
+        """Logical frames at `pc` (exact instruction address), innermost first, each with its funcID.
 
         For a return address pass `pc - 1` (as the runtime does) so the call instruction's
-        line, not the next statement's, is reported.
+        line, not the next statement's, is reported. The funcID (of the inlined callee for
+        inlined frames) is what the runtime's traceback uses to elide wrappers.
         """
         f = self.find_func(pc)
         if f is None:
             return []
-        out: list[Frame] = []
+        out: list[tuple[Frame, int]] = []
         ix = self.pcdata(f, PCDATA_INL_TREE_INDEX, pc)
         cur = pc
         depth = 0
@@ -413,7 +414,7 @@ class Pclntab:
             if call is None:
                 break
             file, line = self.file_line(f, cur)
-            out.append(Frame(self.name(call.name_off), file, line, True, FrameKind.GO, pc))
+            out.append((Frame(self.name(call.name_off), file, line, True, FrameKind.GO, pc), call.func_id))
             parent = f.entry + call.parent_pc
             if not f.entry <= parent < f.end:
                 raise CorruptBinary(f"corrupt inline tree in {f.name}")
@@ -423,8 +424,12 @@ class Pclntab:
             if depth > MAX_INLINE_DEPTH:
                 raise CorruptBinary(f"corrupt inline tree in {f.name} (cycle)")
         file, line = self.file_line(f, cur)
-        out.append(Frame(f.name, file, line, False, FrameKind.GO, pc))
+        out.append((Frame(f.name, file, line, False, FrameKind.GO, pc), f.func_id))
         return out
+
+    def frames(self, pc: int) -> list[Frame]:
+        """Logical frames at `pc`, innermost first (see `expand`)."""
+        return [fr for fr, _ in self.expand(pc)]
 
 
 def _cstring(buf: bytes, off: int, what: str) -> str:

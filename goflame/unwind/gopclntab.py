@@ -1,0 +1,191 @@
+"""The Go unwinder, by the runtime's own rules (runtime/traceback.go, `unwinder`).
+
+Each frame's size comes from the function's pcsp table: the return address sits at
+`sp + spdelta`, the caller's sp is just above it (amd64). The walk stops where the runtime's
+stops: TOPFRAME functions (goexit, mstart, rt0_go), SPWRITE functions (they switch stacks in
+ways pcsp cannot describe), pc 0, an unknown pc, or a pc/sp that leaves the goroutine's stack.
+When a thread is on g0 (systemstack) or in morestack, the walk jumps to the user goroutine,
+as the runtime's profiler does. Memory is the target's, read while it runs: every value is
+validated and a bad walk ends early with a reason instead of raising.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from goflame.binary.gobinary import GoBinary
+from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME, Func
+from goflame.errors import InvalidMemory
+
+MAX_FRAMES = 100_000
+PTR = 8
+
+# Functions whose frames are entered by an injected call (a signal handler faked a call):
+# the caller's pc is the faulting instruction itself, not a return address.
+TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.debugCallV2"})
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalFrame:
+    pc: int  # process address of the instruction being executed / returned to
+    sp: int
+    fp: int  # caller's sp: sp + frame size + return address
+    func: Func
+    exact: bool  # pc is the instruction itself (innermost live frame, or after a trap)
+
+    @property
+    def sym_pc(self) -> int:
+        """The pc whose line and inlining describe this frame (runtime: unwinder.symPC)."""
+        return self.pc if self.exact else self.pc - 1
+
+
+@dataclass(frozen=True, slots=True)
+class StackSwitch:
+    """Where to continue when the walk reaches systemstack/morestack on g0."""
+
+    pc: int
+    sp: int
+    lr: int
+    lo: int
+    hi: int
+
+
+@dataclass(slots=True)
+class Walk:
+    frames: list[PhysicalFrame]
+    stop: str  # why the walk ended: "top", "spwrite", "zero-pc", "unknown-pc", "bounds", "memory", ...
+
+    @property
+    def complete(self) -> bool:
+        return self.stop in ("top", "zero-pc")
+
+
+class StackMemory:
+    """Word reads from a target stack: a prefetched window first, the process for the rest."""
+
+    def __init__(self, read: Callable[[int, int], bytes], base: int = 0, data: bytes = b""):
+        self._read = read
+        self.base = base
+        self.data = data
+        self._pages: dict[int, bytes] = {}
+
+    def u64(self, addr: int) -> int:
+        off = addr - self.base
+        if 0 <= off and off + 8 <= len(self.data):
+            return struct.unpack_from("<Q", self.data, off)[0]
+        page = addr & ~0xFFF
+        chunk = self._pages.get(page)
+        if chunk is None:
+            if len(self._pages) > 4096:
+                raise InvalidMemory("stack walk read too much memory")
+            chunk = self._read(page, 0x1000)
+            self._pages[page] = chunk
+        o = addr - page
+        if o + 8 > len(chunk):
+            return int.from_bytes(chunk[o:] + self._read(page + 0x1000, 8 - (len(chunk) - o)), "little")
+        return struct.unpack_from("<Q", chunk, o)[0]
+
+
+class GoUnwinder:
+    def __init__(self, binary: GoBinary, bias: int = 0):
+        self.tab = binary.pclntab
+        self.bias = bias
+        text_lo, text_hi = binary.text_range
+        self.text_lo, self.text_hi = text_lo + bias, text_hi + bias
+        self._spdelta_cache: dict[int, tuple[Func | None, int | None]] = {}
+
+    def func_at(self, pc: int) -> tuple[Func | None, int | None]:
+        """(function, spdelta) at a process pc, cached: the per-sample hot path."""
+        hit = self._spdelta_cache.get(pc)
+        if hit is None:
+            f = self.tab.find_func(pc - self.bias) if self.text_lo <= pc < self.text_hi else None
+            d = self.tab.spdelta(f, pc - self.bias) if f is not None and f.pcsp else None
+            hit = (f, d)
+            if len(self._spdelta_cache) > 1 << 20:
+                self._spdelta_cache.clear()
+            self._spdelta_cache[pc] = hit
+        return hit
+
+    def unwind(
+        self,
+        pc: int,
+        sp: int,
+        lr: int,
+        mem: StackMemory,
+        lo: int,
+        hi: int,
+        *,
+        exact: bool = False,
+        from_syscall: bool = False,
+        on_system_stack: Callable[[str], StackSwitch | None] | None = None,
+        max_frames: int = MAX_FRAMES,
+    ) -> Walk:
+        """Walk from (pc, sp[, lr]) on the stack [lo, hi).
+
+        `exact`: pc is a live instruction (registers of a stopped thread), else a saved
+        return address (gobuf of a parked goroutine). `on_system_stack(kind)` is called when
+        the walk meets runtime.systemstack / runtime.morestack and should return where the
+        user goroutine's stack continues (None: stay).
+        """
+        frames: list[PhysicalFrame] = []
+        bias = self.bias
+        try:
+            if pc == 0:  # a call through a nil func: the return address is on top of the stack
+                if not lo <= sp < hi:
+                    return Walk(frames, "bounds")
+                pc = mem.u64(sp)
+                sp += PTR
+            trap = exact
+            innermost = True
+            while len(frames) < max_frames:
+                f, spdelta = self.func_at(pc)
+                if f is None:
+                    return Walk(frames, "unknown-pc" if pc else "zero-pc")
+                if not f.pcsp:
+                    return Walk(frames, "external")
+                flag = f.flag
+                name = f.name
+                if name == "runtime.cgocallback" or (from_syscall and innermost):
+                    flag &= ~FLAG_SPWRITE
+                if on_system_stack is not None and name in ("runtime.systemstack", "runtime.morestack"):
+                    switch = on_system_stack(name)
+                    if switch is not None:
+                        lo, hi = switch.lo, switch.hi
+                        if name == "runtime.morestack":
+                            # morestack never returns: newstack gogo's to curg.sched. Match that.
+                            pc, sp, lr = switch.pc, switch.sp, switch.lr
+                            f, spdelta = self.func_at(pc)
+                            if f is None:
+                                return Walk(frames, "unknown-pc")
+                            flag = f.flag
+                            trap = False
+                        else:
+                            sp = switch.sp
+                            flag &= ~FLAG_SPWRITE
+                        on_system_stack = None
+                if spdelta is None or spdelta < 0:
+                    return Walk(frames, "no-frame-size")
+                fp = sp + spdelta + PTR
+                if not (lo <= sp <= hi and fp <= hi):
+                    return Walk(frames, "bounds")
+                frames.append(PhysicalFrame(pc, sp, fp, f, trap or (pc - bias) == f.entry))
+                if flag & FLAG_TOPFRAME:
+                    return Walk(frames, "top")
+                if flag & FLAG_SPWRITE:
+                    return Walk(frames, "spwrite")
+                if lr == 0:
+                    lr = mem.u64(fp - PTR)
+                if lr == 0:
+                    return Walk(frames, "zero-pc")
+                if not self.text_lo <= lr < self.text_hi:
+                    return Walk(frames, "unknown-pc")
+                if lr == pc and fp == sp:
+                    return Walk(frames, "stuck")
+                trap = name in TRAP_FUNCS
+                pc, sp, lr = lr, fp, 0
+                innermost = False
+            return Walk(frames, "too-deep")
+        except InvalidMemory:
+            return Walk(frames, "memory")
