@@ -80,5 +80,37 @@ def inspect(binary: str, as_json: bool, pcs: tuple[str, ...]) -> None:
         click.echo(render_text(info))
 
 
+def _pid_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--pid", "-p", type=int, required=True, help="Process id of the Go program.")(fn)
+
+
+@main.command()
+@_pid_option
+@click.option("--all-frames", is_flag=True,
+              help="Keep runtime-internal frames and system goroutines (like GOTRACEBACK=system).")
+@click.option("--json", "as_json", is_flag=True, help="Structured output: one JSON object.")
+@click.option("--nonblocking", is_flag=True,
+              help="Never pause the target: running goroutines show their last parked stack, marked stale.")
+@reports_errors
+def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool) -> None:
+    """Print every goroutine's stack in Go's own traceback format."""
+    from goflame.dump import dump_goroutines
+
+    click.echo(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking), nl=False)
+
+
+@main.command()
+@_pid_option
+@click.option("--json", "as_json", is_flag=True, help="Structured output: one JSON object.")
+@click.option("--top", "top_n", type=int, default=10, show_default=True,
+              help="How many goroutine groups (by start function) to list.")
+@reports_errors
+def summary(pid: int, as_json: bool, top_n: int) -> None:
+    """Go version, Ps, Ms/threads and goroutines by state, wait reason and start function."""
+    from goflame.dump import summarize
+
+    click.echo(summarize(pid, as_json=as_json, top_n=top_n), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,128 @@
+"""`goflame dump` and `goflame summary`: one snapshot of a live Go process, rendered.
+
+Dump output is the runtime's own `runtime.Stack(buf, true)` format, so tools that parse Go
+tracebacks (panicparse and friends) read it; `--json` gives the same facts structured.
+Summary is the at-a-glance view: Ps, threads, goroutines by state and by start function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any
+
+from goflame.export.gotraceback import format_stack, rules_for, stack_json
+from goflame.runtime import G_RUNNING, is_system_goroutine
+from goflame.target import Target
+
+
+def dump_goroutines(pid: int, *, all_frames: bool = False, as_json: bool = False, nonblocking: bool = False) -> str:
+    with Target(pid) as t:
+        snap, stacks = t.goroutine_stacks(pause=not nonblocking)
+        rules = rules_for(t.binary)
+        bias = t.reader.bias
+        shown = [s for s in stacks if all_frames or not is_system_goroutine(t.binary, s.g, bias)]
+        if as_json:
+            doc = {
+                "pid": pid, "binary": t.exe_display, "go_version": snap.go_version,
+                "gomaxprocs": snap.gomaxprocs, "nonblocking": nonblocking,
+                "paused_threads": len(t.stacks.pause_ns),
+                "max_pause_us": round(max(t.stacks.pause_ns, default=0) / 1000, 1),
+                "goroutines": [stack_json(s, rules, t.binary, bias, snap.now, all_frames) for s in shown],
+                "errors": snap.errors,
+            }
+            return json.dumps(doc, indent=2) + "\n"
+        blocks = [format_stack(rules, t.binary, s, snap.now, bias, all_frames) for s in shown]
+        return "\n\n".join(blocks) + "\n"
+
+
+def _start_name(t: Target, pc: int) -> str:
+    name = t.binary.pclntab.find_func(pc - t.reader.bias) if pc else None
+    return name.name if name else "?"
+
+
+def summary_data(t: Target, top_n: int = 10) -> dict[str, Any]:
+    snap = t.snapshot()
+    bias = t.reader.bias
+    threads = {th.tid: th for th in t.proc.threads()}
+    g_by_addr = snap.goroutine_by_addr()
+    m_by_addr = {m.addr: m for m in snap.machines}
+    state_names = {"R": "running", "S": "sleeping", "D": "disk sleep", "T": "stopped", "t": "stopped",
+                   "Z": "zombie", "X": "dead", "I": "idle"}
+    thread_counts = Counter(state_names.get(th.state, th.state) for th in threads.values())
+    user = [g for g in snap.goroutines if not is_system_goroutine(t.binary, g, bias)]
+    by_status = Counter(g.status_text for g in snap.goroutines)
+    by_reason = Counter(g.wait_reason for g in snap.goroutines if g.wait_reason)
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for g in user:
+        groups[_start_name(t, g.start_pc)][g.state] += 1
+    top = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:top_n]
+    procs = []
+    for p in sorted(snap.processors, key=lambda p: p.id):
+        m = m_by_addr.get(p.m)
+        g = g_by_addr.get(m.curg) if m else None
+        procs.append({"id": p.id, "status": p.status_name, "schedtick": p.schedtick,
+                      "syscalltick": p.syscalltick, "runqueue": p.runq_size,
+                      "thread": m.tid if m else None, "goroutine": g.goid if g else None})
+    ms = []
+    for m in snap.machines:
+        th = threads.get(m.tid)
+        g = g_by_addr.get(m.curg)
+        ms.append({"id": m.id, "thread": m.tid, "state": state_names.get(th.state, th.state) if th else "gone",
+                   "goroutine": g.goid if g else None, "spinning": m.spinning, "in_cgo": m.incgo})
+    return {
+        "pid": t.pid, "binary": t.exe_display, "go_version": snap.go_version,
+        "gomaxprocs": snap.gomaxprocs, "ncpu": snap.ncpu,
+        "processors": procs,
+        "threads": {"total": len(threads), **dict(thread_counts)},
+        "machines": ms,
+        "goroutines": {"total": len(snap.goroutines), "user": len(user),
+                       "system": len(snap.goroutines) - len(user), "by_status": dict(by_status.most_common()),
+                       "by_wait_reason": dict(by_reason.most_common())},
+        "groups": [{"start_function": name, "count": sum(c.values()), "states": dict(c.most_common())}
+                   for name, c in top],
+        "errors": snap.errors,
+    }
+
+
+def summarize(pid: int, *, as_json: bool = False, top_n: int = 10) -> str:
+    with Target(pid) as t:
+        d = summary_data(t, top_n)
+    if as_json:
+        return json.dumps(d, indent=2) + "\n"
+    out = [
+        f"process     {d['pid']}  {d['binary']}",
+        f"go version  {d['go_version']}",
+        f"GOMAXPROCS  {d['gomaxprocs']} (ncpu {d['ncpu']})",
+        "",
+        "processors (P)",
+    ]
+    for p in d["processors"]:
+        running = f"goroutine {p['goroutine']}" if p["goroutine"] else "-"
+        out.append(f"  P{p['id']:<3} {p['status']:<8} schedtick {p['schedtick']:<10} "
+                   f"syscalltick {p['syscalltick']:<8} runq {p['runqueue']:<4} {running}")
+    th = d["threads"]
+    detail = ", ".join(f"{v} {k}" for k, v in th.items() if k != "total")
+    out += ["", f"threads     {th['total']} ({detail})"]
+    for m in d["machines"]:
+        g = f"goroutine {m['goroutine']}" if m["goroutine"] else "idle"
+        flags = " spinning" if m["spinning"] else ""
+        flags += " in cgo" if m["in_cgo"] else ""
+        out.append(f"  M{m['id']:<3} thread {m['thread']:<8} {m['state']:<9} {g}{flags}")
+    gd = d["goroutines"]
+    out += ["", f"goroutines  {gd['total']} ({gd['user']} user, {gd['system']} runtime)"]
+    out.append("  by status       " + ", ".join(f"{k} {v}" for k, v in gd["by_status"].items()))
+    if gd["by_wait_reason"]:
+        out.append("  by wait reason")
+        for k, v in gd["by_wait_reason"].items():
+            out.append(f"    {v:>6}  {k}")
+    out += ["", "largest groups by start function"]
+    for grp in d["groups"]:
+        states = ", ".join(f"{v} {k}" for k, v in grp["states"].items())
+        out.append(f"  {grp['count']:>6}  {grp['start_function']}  ({states})")
+    if d["errors"]:
+        out.append(f"\n{d['errors']} runtime structures could not be read (memory changed while reading)")
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["dump_goroutines", "summarize", "summary_data", "G_RUNNING"]

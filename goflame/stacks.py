@@ -1,0 +1,192 @@
+"""Every goroutine's stack: where its walk starts, the walk, and its logical frames.
+
+A parked goroutine starts at `g.sched`, one in a syscall at `g.syscall{pc,sp}`, a running
+one at its thread's registers — read in a PTRACE_INTERRUPT stop that lasts only for the
+register read and one read of the stack top; the walk itself runs after the thread is
+released. A thread found on g0 (systemstack, morestack) jumps to its user goroutine the
+way the runtime's profiler does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from goflame.binary.gobinary import GoBinary
+from goflame.errors import InvalidMemory
+from goflame.frame import Frame
+from goflame.process import Process, Registers
+from goflame.runtime import G_RUNNING, Goroutine, Machine, RuntimeReader, Snapshot
+from goflame.symbolize import Symbolizer
+from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+
+STACK_WINDOW = 64 * 1024  # bytes of stack read in one go per goroutine (more on demand)
+STOPPED_WINDOW = 16 * 1024  # bytes read while a thread is stopped: keep the stop short
+
+
+@dataclass(frozen=True, slots=True)
+class StackFrame:
+    """A logical frame plus what Go's traceback format needs about its physical frame."""
+
+    frame: Frame
+    pc: int  # physical pc (process address)
+    entry: int  # process address of the physical function's entry
+    func_id: int
+    depth: int = 0  # index of the physical frame this logical frame belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class GoroutineStack:
+    g: Goroutine
+    frames: tuple[StackFrame, ...]  # innermost first, nothing elided
+    start: str  # "sched", "syscall", "registers", "vdso", "stale" (running, not paused)
+    stop: str  # why the walk ended (see unwind.gopclntab.Walk)
+    thread: int = 0  # tid of the thread running it, if any
+    pause_ns: int = 0  # how long that thread was stopped for this stack
+
+    @property
+    def logical(self) -> tuple[Frame, ...]:
+        return tuple(sf.frame for sf in self.frames)
+
+
+class StackCollector:
+    """Turns a runtime snapshot into goroutine stacks; holds per-pc caches across samples."""
+
+    def __init__(self, proc: Process, binary: GoBinary, reader: RuntimeReader):
+        self.proc = proc
+        self.binary = binary
+        self.reader = reader
+        self.bias = reader.bias
+        self.unwinder = GoUnwinder(binary, self.bias)
+        self.symbolizer = Symbolizer(binary, self.bias)
+        self.pause_ns: list[int] = []
+
+    # -- registers of running goroutines ----------------------------------------------------------
+    def _stack_bounds_of(self, m: Machine, g: Goroutine, snap: Snapshot, rsp: int) -> tuple[int, int] | None:
+        if g.contains_sp(rsp):
+            return g.stack_lo, g.stack_hi
+        for a in (m.g0, m.gsignal):
+            sys_g = snap.g0s.get(a)
+            if sys_g is not None and sys_g.stack_lo <= rsp < sys_g.stack_hi:
+                return sys_g.stack_lo, sys_g.stack_hi
+        return None
+
+    def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]) -> dict[int, tuple[Registers, bytes, int]]:
+        """goid -> (registers, stack bytes from rsp, pause ns) for goroutines on a thread."""
+        by_tid: dict[int, tuple[Machine, Goroutine]] = {}
+        for g in goroutines:
+            if g.status != G_RUNNING:
+                continue
+            m = snap.machine_of(g)
+            if m is not None and m.tid:
+                by_tid[m.tid] = (m, g)
+        if not by_tid:
+            return {}
+        mem = self.proc.memory
+
+        def while_stopped(tid: int, regs: Registers) -> bytes:
+            m, g = by_tid[tid]
+            bounds = self._stack_bounds_of(m, g, snap, regs.rsp)
+            if bounds is None:
+                return b""
+            n = min(STOPPED_WINDOW, bounds[1] - regs.rsp)
+            try:
+                return mem.read(regs.rsp, n) if n > 0 else b""
+            except InvalidMemory:
+                return b""
+
+        paused = self.proc.pause(list(by_tid), while_stopped)
+        out = {}
+        for tid, p in paused.items():
+            _m, g = by_tid[tid]
+            out[g.goid] = (p.regs, p.extra or b"", p.pause_ns)
+            self.pause_ns.append(p.pause_ns)
+        return out
+
+    # -- walks ------------------------------------------------------------------------------------
+    def collect(self, snap: Snapshot, *, pause: bool = True, goroutines: list[Goroutine] | None = None,
+                system_stacks: bool = True) -> list[GoroutineStack]:
+        gs = list(snap.goroutines if goroutines is None else goroutines)
+        regs = self.pause_running(snap, gs) if pause else {}
+        # One batched read of every parked goroutine's stack top.
+        starts: list[tuple[Goroutine, str, int, int, int]] = []
+        for g in gs:
+            if g.goid in regs:
+                continue
+            if g.syscall_sp and g.status != G_RUNNING:
+                starts.append((g, "syscall", g.syscall_pc, g.syscall_sp, 0))
+            else:
+                start = "stale" if g.status == G_RUNNING else "sched"
+                starts.append((g, start, g.sched_pc, g.sched_sp, g.sched_lr))
+        requests = [(sp, max(0, min(STACK_WINDOW, g.stack_hi - sp))) if g.contains_sp(sp) else (0, 0)
+                    for g, _s, _pc, sp, _lr in starts]
+        datas = self.proc.memory.read_many([r for r in requests if r[1] > 0]) if requests else []
+        it = iter(datas)
+        out: list[GoroutineStack] = []
+        read = self.proc.memory.read
+        for (g, start, pc, sp, lr), req in zip(starts, requests, strict=True):
+            data = (next(it) or b"") if req[1] > 0 else b""
+            mem = StackMemory(read, sp, data)
+            walk = self.unwinder.unwind(pc, sp, lr, mem, g.stack_lo, g.stack_hi,
+                                        from_syscall=start == "syscall")
+            out.append(self._stack(g, walk, start, 0, 0))
+        for g in gs:
+            if g.goid not in regs:
+                continue
+            r, data, pause_ns = regs[g.goid]
+            m = snap.machine_of(g)
+            out.append(self._walk_running(snap, g, m, r, data, pause_ns, system_stacks))
+        order = {g.addr: i for i, g in enumerate(gs)}
+        out.sort(key=lambda s: order.get(s.g.addr, 0))
+        return out
+
+    def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes,
+                      pause_ns: int, system_stacks: bool) -> GoroutineStack:
+        read = self.proc.memory.read
+        tid = m.tid if m else 0
+        pc, sp = r.rip, r.rsp
+        if not self.reader.in_text(pc):
+            # In the vDSO, C code or a raw syscall: the runtime's own records say where Go left off.
+            if m is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
+                mem = StackMemory(read)
+                walk = self.unwinder.unwind(m.vdso_pc, m.vdso_sp, 0, mem, g.stack_lo, g.stack_hi)
+                return self._stack(g, walk, "vdso", tid, pause_ns)
+            fresh = self.reader.read_g(g.addr) or g
+            if fresh.syscall_sp and fresh.contains_sp(fresh.syscall_sp):
+                mem = StackMemory(read)
+                walk = self.unwinder.unwind(fresh.syscall_pc, fresh.syscall_sp, 0, mem, g.stack_lo, g.stack_hi,
+                                            from_syscall=True)
+                return self._stack(g, walk, "syscall", tid, pause_ns)
+            mem = StackMemory(read)
+            walk = self.unwinder.unwind(fresh.sched_pc, fresh.sched_sp, fresh.sched_lr, mem, g.stack_lo, g.stack_hi)
+            return self._stack(g, walk, "stale", tid, pause_ns)
+        mem = StackMemory(read, sp, data)
+        if g.contains_sp(sp):
+            walk = self.unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
+            return self._stack(g, walk, "registers", tid, pause_ns)
+        bounds = self._stack_bounds_of(m, g, snap, sp) if m else None
+        if bounds is None:
+            walk = Walk([], "bounds")
+            return self._stack(g, walk, "registers", tid, pause_ns)
+
+        def switch(kind: str) -> StackSwitch | None:
+            if not system_stacks:
+                return None
+            cur = self.reader.read_g(g.addr) or g
+            return StackSwitch(cur.sched_pc, cur.sched_sp, cur.sched_lr, cur.stack_lo, cur.stack_hi)
+
+        walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
+        return self._stack(g, walk, "registers", tid, pause_ns)
+
+    def _stack(self, g: Goroutine, walk: Walk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
+        frames: list[StackFrame] = []
+        sym = self.symbolizer
+        bias = self.bias
+        for depth, pf in enumerate(walk.frames):
+            entry = pf.func.entry + bias
+            for fr, fid in sym.expand(pf.sym_pc):
+                frames.append(StackFrame(fr, pf.pc, entry, fid, depth))
+        return GoroutineStack(g, tuple(frames), start, walk.stop, tid, pause_ns)
+
+
+def physical(walk: Walk) -> list[PhysicalFrame]:
+    return list(walk.frames)

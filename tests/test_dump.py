@@ -1,0 +1,207 @@
+"""`goflame dump` against the runtime's own dump (runtime.Stack(buf, true)) of the same process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+import gotoolchain as gt
+
+GOFLAME = [sys.executable, "-m", "goflame.cli"]
+
+
+@dataclass
+class Block:
+    goid: int
+    state: str
+    frames: list[tuple[str, str]]  # (function without args, "\tfile:line +0x..")
+    created: tuple[str, str] | None
+
+
+HEADER = re.compile(r"^goroutine (\d+)(?: gp=\S+ m=\S+(?: mp=\S+)?)? \[(.*)\]:$")
+
+
+def parse_dump(text: str) -> dict[int, Block]:
+    blocks: dict[int, Block] = {}
+    for chunk in text.strip().split("\n\n"):
+        lines = chunk.splitlines()
+        m = HEADER.match(lines[0]) if lines else None
+        if not m:
+            continue
+        goid, state = int(m.group(1)), m.group(2)
+        state = re.sub(r", \d+ minutes", "", state)
+        frames, created = [], None
+        i = 1
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith("created by "):
+                created = (line, lines[i + 1] if i + 1 < len(lines) else "")
+                i += 2
+                continue
+            if line.startswith("..."):
+                frames.append((line, ""))
+                i += 1
+                continue
+            func = re.sub(r"\(.*\)$", "", line)
+            pos = lines[i + 1] if i + 1 < len(lines) else ""
+            frames.append((func, pos))
+            i += 2
+        blocks[goid] = Block(goid, state, frames, created)
+    return blocks
+
+
+class Fixture:
+    def __init__(self, binary: Path, tmp: Path, spin: int = 2):
+        self.dump_path = tmp / "runtime-dump.txt"
+        self.proc = subprocess.Popen([str(binary), "-dump", str(self.dump_path), "-spin", str(spin)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), line
+        self.pid = self.proc.pid
+
+    def runtime_dump(self) -> str:
+        os.kill(self.pid, signal.SIGUSR1)
+        for _ in range(200):
+            if self.dump_path.exists():
+                return self.dump_path.read_text()
+            time.sleep(0.05)
+        raise AssertionError("the fixture did not write its runtime dump")
+
+    def thread_states(self) -> set[str]:
+        states = set()
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            states.add(stat.rsplit(")", 1)[1].split()[0])
+        return states
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def describe_difference(goid: int, ours: Block, theirs: Block) -> str:
+    import difflib
+
+    a = [ours.state, *map(str, ours.frames), str(ours.created)]
+    b = [theirs.state, *map(str, theirs.frames), str(theirs.created)]
+    diff = "\n".join(list(difflib.unified_diff(b, a, "runtime", "goflame", lineterm="", n=1))[:20])
+    return f"goroutine {goid} ({len(ours.frames)} vs {len(theirs.frames)} frames):\n{diff}"
+
+
+def goflame(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([*GOFLAME, *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def check_dump_equals_runtime(spec: gt.BuildSpec, tmp_path: Path) -> None:
+    binary = gt.build(FIXTURES / "parked", spec)
+    fx = Fixture(binary, tmp_path)
+    try:
+        ours = parse_dump(goflame("dump", "--pid", str(fx.pid)).stdout)
+        assert not ({"t", "T"} & fx.thread_states()), "dump left a thread of the target stopped"
+        theirs = parse_dump(fx.runtime_dump())
+    finally:
+        fx.close()
+    parked_states = ("running", "runnable")
+    compared = 0
+    mismatches = []
+    for goid, want in theirs.items():
+        if want.state.split(",")[0] in parked_states:
+            continue  # the dumping goroutine itself, or one the runtime's stop-the-world caught moving
+        got = ours.get(goid)
+        if got is None or got.state.split(",")[0] in parked_states:
+            continue
+        compared += 1
+        if (got.state, got.frames, got.created) != (want.state, want.frames, want.created):
+            mismatches.append((goid, got, want))
+    assert compared >= 200, f"only {compared} parked goroutines compared"
+    assert not mismatches, "goflame dump differs from the runtime's:\n" + "\n".join(
+        describe_difference(g, o, t) for g, o, t in mismatches[:3])
+    # Spinning goroutines: innermost frame in the hot function, then its real call chain.
+    spinning = [b for b in ours.values() if b.state == "running"]
+    assert spinning, "no running goroutine found"
+    for b in spinning:
+        names = [f for f, _ in b.frames]
+        if names[:2] == ["main.spinHot", "main.spinner"]:
+            assert b.created and b.created[0].startswith("created by main.main")
+            break
+    else:
+        raise AssertionError(f"no running goroutine was caught in main.spinHot <- main.spinner: {spinning}")
+
+
+FAST = [gt.BuildSpec(), gt.BuildSpec(cgo=True, stripped=True, pie=True), gt.BuildSpec(go="1.19")]
+
+
+@pytest.mark.parametrize("spec", FAST, ids=[s.tag for s in FAST])
+def test_dump_equals_the_runtimes_own_dump(spec, tmp_path):
+    check_dump_equals_runtime(spec, tmp_path)
+
+
+MATRIX = [s for v in gt.MATRIX for s in gt.matrix_specs(v)]
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("spec", MATRIX, ids=[s.tag for s in MATRIX])
+def test_matrix_dump_equals_the_runtimes_own_dump(spec, tmp_path):
+    check_dump_equals_runtime(spec, tmp_path)
+
+
+def test_dump_json_has_structured_goroutines(tmp_path):
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec(stripped=True)), tmp_path, spin=1)
+    try:
+        doc = json.loads(goflame("dump", "--pid", str(fx.pid), "--json").stdout)
+        theirs = parse_dump(fx.runtime_dump())
+    finally:
+        fx.close()
+    assert doc["go_version"].startswith("go1.")
+    by_id = {g["goid"]: g for g in doc["goroutines"]}
+    assert set(theirs) - {1} <= set(by_id) | {g for g, b in theirs.items() if b.state == "running"}
+    sleeping = [g for g in doc["goroutines"] if g["wait_reason"] == "sleep"]
+    assert len(sleeping) == 10
+    g = sleeping[0]
+    assert g["frames"][0]["function"] == "time.Sleep" and g["created_by"]["function"] == "main.spawn"
+    assert all({"function", "file", "line", "pc", "inlined"} <= set(f) for f in g["frames"])
+
+
+def test_summary_counts_goroutines_by_state_and_start_function(tmp_path):
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=1)
+    try:
+        doc = json.loads(goflame("summary", "--pid", str(fx.pid), "--json", "--top", "50").stdout)
+        theirs = parse_dump(fx.runtime_dump())
+    finally:
+        fx.close()
+    reasons = doc["goroutines"]["by_wait_reason"]
+    want: dict[str, int] = {}
+    for b in theirs.values():
+        want[b.state] = want.get(b.state, 0) + 1
+    for state in ("chan send", "sync.Cond.Wait", "sleep", "sync.WaitGroup.Wait", "select (no cases)"):
+        assert reasons.get(state) == want[state], state
+    assert doc["gomaxprocs"] == len(doc["processors"]) >= 1
+    assert doc["threads"]["total"] == len(os.listdir(f"/proc/{fx.pid}/task")) if False else doc["threads"]["total"] >= 2
+    groups = {g["start_function"]: g for g in doc["groups"]}
+    assert groups["main.main.func12"]["states"] == {"sleep": 10}
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["dump", "--pid", "999999999"], 3, "no process"),
+    (["summary", "--pid", str(os.getpid())], 2, "not a Go program"),
+])
+def test_bad_targets_get_one_line_and_an_exit_code(args, code, words):
+    r = goflame(*args, check=False)
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
