@@ -112,5 +112,88 @@ def summary(pid: int, as_json: bool, top_n: int) -> None:
     click.echo(summarize(pid, as_json=as_json, top_n=top_n), nl=False)
 
 
+def _format_choice() -> click.Choice:
+    from goflame.export import FORMATS
+
+    return click.Choice(sorted({"raw", *FORMATS}))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--pid", "-p", type=int, help="Process id of a running Go program.")
+@click.option("--rate", "-r", type=float, default=100.0, show_default=True, help="Samples per second.")
+@click.option("--duration", "-d", type=float, help="Seconds to record (default: until Ctrl-C or the target exits).")
+@click.option("--output", "-o", type=str, help="Output file (default goflame-<pid>-<time>.svg).")
+@click.option("--format", "-f", "fmt", type=_format_choice(), help="Output format (default: from -o's extension).")
+@click.option("--idle", is_flag=True, help="Also sample goroutines off the CPU (wall-clock view; leaf = state).")
+@click.option("--threads", is_flag=True, help="Add a root frame per thread.")
+@click.option("--goroutines", is_flag=True, help="Add a root frame per goroutine id.")
+@click.option("--nonblocking", is_flag=True,
+              help="Never pause the target: running goroutines show their last saved stack (less accurate).")
+@click.option("--lines", is_flag=True, help="Put file:line in each frame.")
+@click.option("--inverted", is_flag=True, help="SVG: icicle graph (roots at the top).")
+@click.option("--keep-raw", is_flag=True, help="Keep the streamed .goflame recording next to the output.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@reports_errors
+def record(pid: int | None, rate: float, duration: float | None, output: str | None, fmt: str | None, idle: bool,
+           threads: bool, goroutines: bool, nonblocking: bool, lines: bool, inverted: bool, keep_raw: bool,
+           command: tuple[str, ...]) -> None:
+    """Record a flame graph of a running Go process (--pid) or of COMMAND (after --)."""
+    from goflame.record import RecordOptions
+    from goflame.record import record as run_record
+
+    opts = RecordOptions(pid=pid, command=tuple(command), rate=rate, duration=duration, output=output, fmt=fmt,
+                         idle=idle, threads=threads, goroutines=goroutines, nonblocking=nonblocking, lines=lines,
+                         inverted=inverted, keep_raw=keep_raw)
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def status(st: Any) -> None:
+        if tty and st.elapsed - last[0] >= 0.25:
+            last[0] = st.elapsed
+            click.echo(f"\rgoflame: {st.elapsed:6.1f} s  {st.samples:,} samples  {st.rate:5.0f} Hz  "
+                       f"{st.errors:,} errors ", err=True, nl=False)
+
+    def warn(msg: str) -> None:
+        click.echo(("\n" if tty else "") + f"goflame: warning: {msg}", err=True)
+
+    if nonblocking:
+        warn("--nonblocking: running goroutines are sampled at their last saved context, "
+             "so CPU time is attributed to where they last parked, not where they run")
+    res = run_record(opts, on_status=status, on_warning=warn)
+    if tty:
+        click.echo("", err=True)
+    st = res.stats
+    pauses = sorted(st.pause_ns)
+    median = f", median pause {pauses[len(pauses) // 2] / 1000:.0f} µs" if pauses else ""
+    click.echo(f"Wrote {res.output}: {st.samples:,} samples, {st.errors:,} errors, {st.elapsed:.1f} s at "
+               f"{st.rate:.0f} Hz{median}" + (f"; raw recording kept in {res.raw_path}" if res.raw_path and
+                                              res.raw_path != res.output else ""), err=True)
+    if res.exit_status is not None:
+        click.echo(f"goflame: {' '.join(command)} exited with status {res.exit_status}", err=True)
+    elif res.target_exited:
+        click.echo(f"goflame: process {res.pid} exited", err=True)
+
+
+@main.command()
+@click.argument("fmt", metavar="FORMAT", type=_format_choice())
+@click.argument("input_path", metavar="INPUT", type=str)
+@click.option("--output", "-o", type=str, help="Output file (default: standard output).")
+@click.option("--lines", is_flag=True, help="Put file:line in each frame.")
+@click.option("--threads", is_flag=True, help="Add a root frame per thread (raw recordings only).")
+@click.option("--goroutines", is_flag=True, help="Add a root frame per goroutine (raw recordings only).")
+@click.option("--inverted", is_flag=True, help="SVG: icicle graph.")
+@click.option("--title", type=str, help="SVG title.")
+@reports_errors
+def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: bool, goroutines: bool,
+           inverted: bool, title: str | None) -> None:
+    """Convert a recording (raw, folded or pprof; detected by content) to FORMAT."""
+    from goflame.export import read_profile, write_profile
+
+    profile = read_profile(input_path)
+    fmt = "goflame" if fmt == "raw" else fmt
+    write_profile(profile, fmt, output if output else sys.stdout, lines=lines, threads=threads,
+                  goroutines=goroutines, inverted=inverted, title=title)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

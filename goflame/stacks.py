@@ -107,28 +107,7 @@ class StackCollector:
                 system_stacks: bool = True) -> list[GoroutineStack]:
         gs = list(snap.goroutines if goroutines is None else goroutines)
         regs = self.pause_running(snap, gs) if pause else {}
-        # One batched read of every parked goroutine's stack top.
-        starts: list[tuple[Goroutine, str, int, int, int]] = []
-        for g in gs:
-            if g.goid in regs:
-                continue
-            if g.syscall_sp and g.status != G_RUNNING:
-                starts.append((g, "syscall", g.syscall_pc, g.syscall_sp, 0))
-            else:
-                start = "stale" if g.status == G_RUNNING else "sched"
-                starts.append((g, start, g.sched_pc, g.sched_sp, g.sched_lr))
-        requests = [(sp, max(0, min(STACK_WINDOW, g.stack_hi - sp))) if g.contains_sp(sp) else (0, 0)
-                    for g, _s, _pc, sp, _lr in starts]
-        datas = self.proc.memory.read_many([r for r in requests if r[1] > 0]) if requests else []
-        it = iter(datas)
-        out: list[GoroutineStack] = []
-        read = self.proc.memory.read
-        for (g, start, pc, sp, lr), req in zip(starts, requests, strict=True):
-            data = (next(it) or b"") if req[1] > 0 else b""
-            mem = StackMemory(read, sp, data)
-            walk = self.unwinder.unwind(pc, sp, lr, mem, g.stack_lo, g.stack_hi,
-                                        from_syscall=start == "syscall")
-            out.append(self._stack(g, walk, start, 0, 0))
+        out = self.collect_parked([g for g in gs if g.goid not in regs])
         for g in gs:
             if g.goid not in regs:
                 continue
@@ -138,6 +117,33 @@ class StackCollector:
         order = {g.addr: i for i, g in enumerate(gs)}
         out.sort(key=lambda s: order.get(s.g.addr, 0))
         return out
+
+    def collect_parked(self, gs: list[Goroutine]) -> list[GoroutineStack]:
+        """Stacks of goroutines not on a thread, from their saved context; one batched read."""
+        starts: list[tuple[Goroutine, str, int, int, int]] = []
+        for g in gs:
+            if g.syscall_sp and g.status != G_RUNNING:
+                starts.append((g, "syscall", g.syscall_pc, g.syscall_sp, 0))
+            else:
+                start = "stale" if g.status == G_RUNNING else "sched"
+                starts.append((g, start, g.sched_pc, g.sched_sp, g.sched_lr))
+        requests = [(sp, max(0, min(STACK_WINDOW, g.stack_hi - sp))) if g.contains_sp(sp) else (0, 0)
+                    for g, _s, _pc, sp, _lr in starts]
+        wanted = [r for r in requests if r[1] > 0]
+        datas = self.proc.memory.read_many(wanted) if wanted else []
+        it = iter(datas)
+        out: list[GoroutineStack] = []
+        read = self.proc.memory.read
+        for (g, start, pc, sp, lr), req in zip(starts, requests, strict=True):
+            data = (next(it) or b"") if req[1] > 0 else b""
+            mem = StackMemory(read, sp, data)
+            walk = self.unwinder.unwind(pc, sp, lr, mem, g.stack_lo, g.stack_hi,
+                                        from_syscall=start == "syscall")
+            out.append(self._stack(g, walk, start, 0, 0))
+        return out
+
+    def collect_one(self, g: Goroutine) -> GoroutineStack:
+        return self.collect_parked([g])[0]
 
     def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes,
                       pause_ns: int, system_stacks: bool) -> GoroutineStack:

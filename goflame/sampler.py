@@ -1,0 +1,301 @@
+"""The sampling loop: what a sample is, when it is taken, and what it costs the target.
+
+CPU mode (default): at each tick, the threads the kernel shows running (state R) are paused
+one at a time — PTRACE_SEIZE, INTERRUPT, registers and one read of the stack top, DETACH —
+and the goroutine each runs is unwound from those registers after the thread is released.
+Wall mode (`idle=True`) adds every other goroutine, unwound from its saved context; a parked
+goroutine's stack cannot change while it stays parked, so its walk is cached by its context.
+Ticks are jittered around the rate so periodic work is not aliased; lag is accounted for.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from goflame.errors import GoflameError, InvalidMemory, ProcessGone
+from goflame.frame import Frame, FrameKind
+from goflame.process import Registers
+from goflame.profile import Sample
+from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
+from goflame.stacks import STOPPED_WINDOW, GoroutineStack
+from goflame.target import Target
+from goflame.unwind.gopclntab import StackMemory, StackSwitch, Walk
+
+M_REFRESH_S = 1.0
+
+
+@dataclass(slots=True)
+class SamplerStats:
+    ticks: int = 0
+    samples: int = 0
+    errors: int = 0  # samples dropped: torn memory, a thread gone mid-pause, an undecodable g
+    missed: int = 0  # ticks skipped because sampling fell behind
+    max_lag_s: float = 0.0
+    pause_ns: list[int] = field(default_factory=list)
+    started: float = 0.0
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.ticks / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerConfig:
+    rate: float = 100.0
+    idle: bool = False  # wall-clock: every goroutine, not just those on a CPU
+    nonblocking: bool = False  # never pause: running goroutines are read from their last saved context
+    include_system: bool = True  # runtime goroutines (GC workers ...) are part of CPU time
+
+
+class Sampler:
+    def __init__(self, target: Target, config: SamplerConfig = SamplerConfig()):
+        if config.rate <= 0 or config.rate > 10_000:
+            raise GoflameError(f"rate {config.rate} Hz is out of range (1..10000)")
+        self.t = target
+        self.cfg = config
+        self.stats = SamplerStats()
+        self._ms: dict[int, Machine] = {}
+        self._g0_bounds: dict[int, tuple[int, int]] = {}  # g0/gsignal address -> stack bounds
+        self._ms_time = 0.0
+        self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
+        self._rng = random.Random()
+        mem = target.proc.memory
+        self._mem = mem
+        lay = target.reader
+        self._g_size = lay.g.size
+        self._m_size = lay.m.size
+        self._collector = target.stacks
+        self._sym = target.stacks.symbolizer
+        self._unwinder = target.stacks.unwinder
+
+    # -- Ms (threads) -----------------------------------------------------------------------------
+    def _refresh_ms(self, now: float) -> None:
+        ms, _bad = self.t.reader.machines()
+        self._ms = {m.tid: m for m in ms if m.tid}
+        for m in ms:
+            for a in (m.g0, m.gsignal):
+                if a and a not in self._g0_bounds:
+                    g = self.t.reader.read_g(a)
+                    if g is not None:
+                        self._g0_bounds[a] = (g.stack_lo, g.stack_hi)
+        self._ms_time = now
+
+    # -- one tick ---------------------------------------------------------------------------------
+    def sample(self, ts_ns: int) -> list[Sample]:
+        now = time.monotonic()
+        threads = self.t.proc.threads()
+        running = [th.tid for th in threads if th.state == "R"]
+        if now - self._ms_time > M_REFRESH_S or any(tid not in self._ms for tid in running):
+            self._refresh_ms(now)
+        out: list[Sample] = []
+        on_cpu_goids: set[int] = set()
+        if self.cfg.nonblocking:
+            out += self._sample_running_nonblocking(ts_ns, running, on_cpu_goids)
+        elif running:
+            out += self._sample_running(ts_ns, running, on_cpu_goids)
+        if self.cfg.idle:
+            out += self._sample_idle(ts_ns, on_cpu_goids)
+        self.stats.samples += len(out)
+        return out
+
+    def _sample_running(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
+        mem = self._mem
+
+        def while_stopped(tid: int, regs: Registers) -> bytes:
+            try:
+                return mem.read(regs.rsp, STOPPED_WINDOW)
+            except InvalidMemory:
+                try:
+                    return mem.read(regs.rsp, 0x1000 - (regs.rsp & 0xFFF) or 0x1000)
+                except InvalidMemory:
+                    return b""
+
+        try:
+            paused = self.t.proc.pause(tids, while_stopped)
+        except ProcessGone:
+            raise
+        for p in paused.values():
+            self.stats.pause_ns.append(p.pause_ns)
+        self.stats.errors += len(tids) - len(paused)
+        # After the threads are released: which goroutine was each running? One batched read.
+        order = [tid for tid in tids if tid in paused and tid in self._ms]
+        self.stats.errors += sum(1 for tid in paused if tid not in self._ms)
+        mbufs = mem.read_many([(self._ms[tid].addr, self._m_size) for tid in order])
+        curgs: list[int] = []
+        for tid, buf in zip(order, mbufs, strict=True):
+            curgs.append(self.t.reader.m.get(buf, "curg") if buf is not None else -1)
+        gbufs = mem.read_many([(a, self._g_size) for a in curgs if a > 0])
+        git = iter(gbufs)
+        out: list[Sample] = []
+        for tid, curg in zip(order, curgs, strict=True):
+            if curg < 0:
+                self.stats.errors += 1
+                continue
+            p = paused[tid]
+            m = self._ms[tid]
+            g = None
+            if curg:
+                buf = next(git)
+                g = self.t.reader.decode_g(curg, buf) if buf is not None else None
+                if g is None:
+                    self.stats.errors += 1
+                    continue
+            frames = self._walk_live(m, g, p.regs, p.extra or b"")
+            if not frames:
+                self.stats.errors += 1
+                continue
+            if g is not None:
+                on_cpu.add(g.goid)
+            out.append(Sample(ts_ns, g.goid if g else 0, tid, "running", frames))
+        return out
+
+    def _walk_live(self, m: Machine, g: Goroutine | None, regs: Registers, data: bytes) -> tuple[Frame, ...]:
+        pc, sp = regs.rip, regs.rsp
+        mem = StackMemory(self._mem.read, sp, data)
+        unwinder = self._unwinder
+        walk: Walk
+        if not self.t.reader.in_text(pc):
+            # Native code (vDSO, libc, cgo) or the kernel: Go's own records say where Go left off.
+            native = Frame("[native code]", kind=FrameKind.NATIVE, pc=pc)
+            if g is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
+                walk = unwinder.unwind(m.vdso_pc, m.vdso_sp, 0, StackMemory(self._mem.read), g.stack_lo, g.stack_hi)
+            elif g is not None and g.syscall_sp and g.contains_sp(g.syscall_sp):
+                walk = unwinder.unwind(g.syscall_pc, g.syscall_sp, 0, StackMemory(self._mem.read),
+                                       g.stack_lo, g.stack_hi, from_syscall=True)
+            else:
+                return (native,)
+            return (native, *self._logical(walk))
+        if g is not None and g.contains_sp(sp):
+            walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
+            return self._logical(walk)
+        bounds = None
+        for a in (m.g0, m.gsignal):
+            b = self._g0_bounds.get(a)
+            if b and b[0] <= sp < b[1]:
+                bounds = b
+                break
+        if bounds is None:
+            return ()
+        switch_to = None
+        if g is not None:
+            switch_to = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi)
+
+        def switch(kind: str) -> StackSwitch | None:
+            return switch_to
+
+        walk = unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True,
+                               on_system_stack=switch if switch_to else None)
+        return self._logical(walk)
+
+    def _logical(self, walk: Walk) -> tuple[Frame, ...]:
+        sym = self._sym
+        out: list[Frame] = []
+        callee = 0
+        for pf in walk.frames:
+            kept, callee = sym.elide(sym.expand(pf.sym_pc), callee)
+            out.extend(kept)
+        if walk.stop not in ("top", "zero-pc", "spwrite"):
+            out.append(Frame(f"[truncated: {walk.stop}]", kind=FrameKind.UNKNOWN))
+        return tuple(out)
+
+    def _sample_running_nonblocking(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
+        """No ptrace: a running goroutine is shown at its last saved context (stale by design)."""
+        out = []
+        for tid in tids:
+            m = self._ms.get(tid)
+            if m is None or not m.curg:
+                continue
+            g = self.t.reader.read_g(m.curg)
+            if g is None:
+                self.stats.errors += 1
+                continue
+            stack = self._collector.collect_one(g)
+            on_cpu.add(g.goid)
+            out.append(Sample(ts_ns, g.goid, tid, "running", self._frames_of(stack)))
+        return out
+
+    def _frames_of(self, stack: GoroutineStack) -> tuple[Frame, ...]:
+        sym = self._sym
+        out: list[Frame] = []
+        callee = 0
+        for sf in stack.frames:
+            kept, callee = sym.elide(((sf.frame, sf.func_id),), callee)
+            out.extend(kept)
+        return tuple(out)
+
+    def _sample_idle(self, ts_ns: int, on_cpu: set[int]) -> list[Sample]:
+        reader = self.t.reader
+        gs, bad = reader.goroutines()
+        self.stats.errors += bad
+        bias = reader.bias
+        out = []
+        need: list[Goroutine] = []
+        keys = {}
+        for g in gs:
+            if g.goid in on_cpu or g.status == G_RUNNING:
+                continue
+            if not self.cfg.include_system and is_system_goroutine(self.t.binary, g, bias):
+                continue
+            key = (g.addr, g.goid, g.sched_pc, g.sched_sp, g.syscall_sp)
+            keys[g.goid] = key
+            if key not in self._parked:
+                need.append(g)
+        if need:
+            for stack in self._collector.collect_parked(need):
+                self._parked[keys[stack.g.goid]] = self._frames_of(stack)
+        if len(self._parked) > 200_000:
+            self._parked.clear()
+        for g in gs:
+            key = keys.get(g.goid)
+            if key is None:
+                continue
+            frames = self._parked.get(key)
+            if frames is None:
+                continue
+            out.append(Sample(ts_ns, g.goid, 0, g.state, frames))
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, on_samples: Callable[[list[Sample]], None], *, duration: float | None = None,
+            should_stop: Callable[[], bool] = lambda: False, on_tick: Callable[[SamplerStats], None] | None = None,
+            ) -> SamplerStats:
+        """Sample until `duration` passes, `should_stop()` says so, or the target exits."""
+        interval = 1.0 / self.cfg.rate
+        start = time.monotonic()
+        self.stats.started = time.time()
+        next_t = start
+        st = self.stats
+        try:
+            while not should_stop():
+                now = time.monotonic()
+                if duration is not None and now - start >= duration:
+                    break
+                if now < next_t:
+                    time.sleep(next_t - now)
+                    now = time.monotonic()
+                lag = now - next_t
+                st.max_lag_s = max(st.max_lag_s, lag)
+                if lag > interval:
+                    # Behind: skip the ticks that can no longer be taken on time.
+                    skipped = int(lag / interval)
+                    st.missed += skipped
+                    next_t += skipped * interval
+                try:
+                    samples = self.sample(int((now - start) * 1e9))
+                except ProcessGone:
+                    break
+                st.ticks += 1
+                if samples:
+                    on_samples(samples)
+                st.elapsed = time.monotonic() - start
+                if on_tick is not None:
+                    on_tick(st)
+                # Jitter each interval by up to ±50 % so periodic work is not aliased.
+                next_t += interval * (0.5 + self._rng.random())
+        finally:
+            st.elapsed = time.monotonic() - start
+        return st
