@@ -66,6 +66,8 @@ class ElfFile:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise BadInput(f"{self.path}: is a directory, not an executable")
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:

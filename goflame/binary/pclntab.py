@@ -181,6 +181,8 @@ class Pclntab:
         if self.quantum not in (1, 2, 4) or self.ptr_size not in (4, 8):
             raise CorruptBinary(f"corrupt pclntab header (quantum {self.quantum}, ptrsize {self.ptr_size})")
         ps = self.ptr_size
+        if len(self.data) < 8 + 8 * ps:
+            raise CorruptBinary("corrupt pclntab: too short for its header")
         self._uintptr = "<Q" if ps == 8 else "<I"
         words = [struct.unpack_from(self._uintptr, self.data, 8 + i * ps)[0] for i in range(8)]
         self.nfunc = words[0]
