@@ -16,23 +16,36 @@ import (
 
 var sink uint64
 
+// Each hot function does its own work (no shared callee), so even a profiler that only
+// sees the leaf (perf with frame pointers loses the caller of a frameless leaf) can tell
+// them apart.
+
 //go:noinline
-func spin(n int) uint64 {
+func hot1() { // three units of work
 	x := sink
-	for i := 0; i < n; i++ {
+	for i := 0; i < 150000; i++ {
 		x = x*6364136223846793005 + 1442695040888963407
 	}
-	return x
+	sink += x
 }
 
 //go:noinline
-func hot1() { sink += spin(150000) } // three units of work
+func hot2() { // two
+	x := sink
+	for i := 0; i < 100000; i++ {
+		x = x*6364136223846793005 + 1442695040888963407
+	}
+	sink += x
+}
 
 //go:noinline
-func hot2() { sink += spin(100000) } // two
-
-//go:noinline
-func hot3() { sink += spin(50000) } // one
+func hot3() { // one
+	x := sink
+	for i := 0; i < 50000; i++ {
+		x = x*6364136223846793005 + 1442695040888963407
+	}
+	sink += x
+}
 
 func main() {
 	dur := flag.Duration("d", 0, "run for this long (0: until SIGINT/SIGTERM)")

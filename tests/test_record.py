@@ -1,0 +1,241 @@
+"""`goflame record` and `report` on real Go programs: accuracy against the workload's own
+clock and against perf, wall-clock states against the runtime's dump, every stop path."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+from test_dump import Fixture, parse_dump
+
+import gotoolchain as gt
+
+ROOT = Path(__file__).resolve().parent.parent
+GOFLAME = [sys.executable, "-m", "goflame.cli"]
+HOT = ("main.hot1", "main.hot2", "main.hot3")
+
+
+def cpuhog(spec: gt.BuildSpec = gt.BuildSpec()) -> Path:
+    return gt.build(ROOT / "examples" / "cpuhog", spec)
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*GOFLAME, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def folded_counts(path: Path) -> Counter[str]:
+    c: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        c[stack] += int(n)
+    return c
+
+
+def shares(stacks: Counter[str] | dict[str, int], sep: str = ";") -> dict[str, float]:
+    """Share of each hot function among samples in any of them (what the workload measures)."""
+    per = Counter()
+    for stack, n in stacks.items():
+        names = stack.split(sep)
+        for h in HOT:
+            if h in names:
+                per[h] += n
+                break
+    total = sum(per.values())
+    assert total > 0, "no sample in the hot functions"
+    return {h: 100 * per[h] / total for h in HOT}
+
+
+def no_thread_stopped(pid: int) -> bool:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state in ("t", "T"):
+            return False
+    return True
+
+
+def perf_stacks(data: Path) -> Counter[str]:
+    out = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym"], capture_output=True, text=True,
+                         timeout=120).stdout
+    c: Counter[str] = Counter()
+    for block in out.split("\n\n"):
+        syms = [ln.split(None, 1)[1].split("+")[0].strip() for ln in block.strip().splitlines() if len(ln.split()) > 1]
+        if syms:
+            c[";".join(reversed(syms))] += 1
+    return c
+
+
+@pytest.mark.slow
+def test_cpu_shares_match_the_workloads_own_clock_and_perf(tmp_path):
+    # Sampling error is binomial: 4 busy goroutines give ~4,000 goflame samples in 10 s at 100 Hz
+    # (σ < 1 point); perf at 499 Hz gives more, so a 2-point disagreement is a real one.
+    hog = subprocess.Popen([str(cpuhog()), "-d", "12s", "-workers", "4"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        perf_data = tmp_path / "perf.data"
+        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(hog.pid),
+                                 "-o", str(perf_data), "--", "sleep", "10"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = tmp_path / "hog.folded"
+        r = run("record", "--pid", str(hog.pid), "-d", "10", "-r", "100", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        perf.wait(timeout=60)
+        own_text, _ = hog.communicate(timeout=30)
+    finally:
+        hog.kill()
+    own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
+    ours = shares(folded_counts(out))
+    theirs = shares(perf_stacks(perf_data))
+    for h in HOT:
+        assert abs(ours[h] - own[h]) <= 2.0, (h, ours, own)
+        assert abs(ours[h] - theirs[h]) <= 2.0, (h, ours, theirs)
+
+
+def test_idle_mode_leaf_states_match_the_runtimes_dump(tmp_path):
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=0)
+    try:
+        out = tmp_path / "idle.goflame"
+        r = run("record", "--pid", str(fx.pid), "-d", "2", "-r", "20", "--idle", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        theirs = parse_dump(fx.runtime_dump())
+        folded = tmp_path / "idle.folded"
+        assert run("report", "folded", str(out), "-o", str(folded)).returncode == 0
+    finally:
+        fx.close()
+    want = Counter(b.state for b in theirs.values() if b.state not in ("running", "runnable"))
+    leaves = Counter()
+    for stack, n in folded_counts(folded).items():
+        leaf = stack.rsplit(";", 1)[-1]
+        if leaf.startswith("[") and leaf.endswith("]"):
+            leaves[leaf[1:-1].split(",")[0]] += n
+    ticks = leaves["sleep"] / want["sleep"]  # every tick sees all 10 sleepers
+    assert ticks >= 10
+    for state, n in want.items():
+        if state in ("chan receive", "select"):
+            continue  # also where the runtime's own (system/signal) goroutines park: counted below
+        assert leaves[state] == pytest.approx(n * ticks, rel=0.02), (state, leaves[state], n, ticks)
+
+
+def test_record_writes_every_format_and_report_round_trips(tmp_path):
+    hog = subprocess.Popen([str(cpuhog()), "-d", "20s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        raw = tmp_path / "rec.goflame"
+        r = run("record", "--pid", str(hog.pid), "-d", "2", "-f", "raw", "-o", str(raw))
+        assert r.returncode == 0, r.stderr
+        assert re.search(r"Wrote .*rec.goflame: [\d,]+ samples, \d+ errors", r.stderr)
+        assert no_thread_stopped(hog.pid)
+    finally:
+        hog.kill()
+    f1 = tmp_path / "a.folded"
+    assert run("report", "folded", str(raw), "-o", str(f1)).returncode == 0
+    f2 = tmp_path / "b.folded"
+    assert run("report", "folded", str(f1), "-o", str(f2)).returncode == 0
+    assert folded_counts(f1) == folded_counts(f2) and sum(folded_counts(f1).values()) > 50
+    svg = tmp_path / "a.svg"
+    assert run("report", "svg", str(raw), "-o", str(svg)).returncode == 0
+    ET.parse(svg)
+    assert run("report", "speedscope", str(raw), "-o", str(tmp_path / "a.speedscope.json")).returncode == 0
+    stdout = run("report", "folded", str(raw)).stdout
+    assert "main.hot1" in stdout
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "target-exit", "duration"])
+def test_every_stop_path_writes_the_output_and_leaves_the_target_running(tmp_path, how):
+    hog = subprocess.Popen([str(cpuhog()), "-d", "60s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "out.folded"
+    try:
+        args = [*GOFLAME, "record", "--pid", str(hog.pid), "-o", str(out)]
+        if how == "duration":
+            args += ["-d", "1.5"]
+        g = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_samples(Path(str(out) + ".goflame"))
+        if how in ("sigint", "sigterm"):
+            g.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+        elif how == "target-exit":
+            hog.send_signal(signal.SIGINT)  # the workload exits cleanly on SIGINT
+        _, err = g.communicate(timeout=60)
+        assert g.returncode == 0, err
+        assert sum(folded_counts(out).values()) > 20, err
+        if how == "target-exit":
+            assert "exited" in err
+        else:
+            assert hog.poll() is None and no_thread_stopped(hog.pid)
+    finally:
+        hog.kill()
+
+
+def wait_for_samples(raw: Path, seconds: float = 1.5, limit: float = 60.0) -> None:
+    """Wait until goflame has streamed samples for about `seconds` (startup time varies)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if raw.exists() and raw.stat().st_size > 200:
+            time.sleep(seconds)
+            return
+        time.sleep(0.05)
+    raise AssertionError("goflame did not start recording")
+
+
+def test_kill_9_of_goflame_keeps_the_raw_recording_up_to_the_last_second(tmp_path):
+    hog = subprocess.Popen([str(cpuhog()), "-d", "60s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "out.svg"
+    try:
+        g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "-o", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_samples(Path(str(out) + ".goflame"), seconds=3.0)
+        g.kill()
+        g.wait()
+        time.sleep(0.3)
+        assert hog.poll() is None and no_thread_stopped(hog.pid)
+    finally:
+        hog.kill()
+    raw = Path(str(out) + ".goflame")
+    folded = tmp_path / "after.folded"
+    r = run("report", "folded", str(raw), "-o", str(folded))
+    assert r.returncode == 0, r.stderr
+    # ≥ 3 s at 100 Hz were sampled; at most the last (unflushed) second may be lost.
+    assert sum(folded_counts(folded).values()) >= 150
+
+
+def test_launched_command_is_profiled_and_its_exit_status_reported(tmp_path):
+    out = tmp_path / "launch.folded"
+    r = run("record", "-o", str(out), "--", str(cpuhog()), "-d", "2s")
+    assert r.returncode == 0, r.stderr
+    assert "exited with status 0" in r.stderr
+    assert shares(folded_counts(out))["main.hot1"] > 30
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["record", "--pid", "999999999", "-d", "1", "-o", "x.svg"], 3, "no process"),
+    (["record", "--pid", "1", "-d", "1", "-o", "/nonexistent-dir/x.svg"], 5, "does not exist"),
+    (["record", "-d", "1", "-o", "x.svg"], 2, "--pid"),
+    (["record", "--pid", "1", "-o", "x.unknownext"], 2, "format"),
+])
+def test_record_bad_input_gets_one_line_and_an_exit_code(args, code, words):
+    r = run(*args)
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_rejects_truncated_and_foreign_files(tmp_path):
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(os.urandom(2000))
+    trunc = tmp_path / "trunc.goflame"
+    trunc.write_bytes(b"GOFLAME")
+    for p in (foreign, trunc, tmp_path / "missing.goflame"):
+        r = run("report", "folded", str(p))
+        assert r.returncode == 2, (p, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = run("report", "nosuchformat", str(foreign))
+    assert r.returncode == 2
