@@ -205,3 +205,89 @@ def test_bad_targets_get_one_line_and_an_exit_code(args, code, words):
     r = goflame(*args, check=False)
     assert r.returncode == code, r.stderr
     assert words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_nonblocking_dump_pauses_nothing_and_marks_running_goroutines(tmp_path):
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=2)
+    try:
+        out = goflame("dump", "--pid", str(fx.pid), "--nonblocking").stdout
+        theirs = parse_dump(fx.runtime_dump())
+    finally:
+        fx.close()
+    ours = parse_dump(out)
+    stale = [b for b in ours.values() if "last parked stack shown" in b.state]
+    assert stale, "running goroutines should be marked as showing a stale stack"
+    sleepers = [g for g, b in theirs.items() if b.state == "sleep"]
+    assert all(ours[g].frames == theirs[g].frames for g in sleepers)
+
+
+def _spawn_in_container(binary: Path, tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
+    """Run the fixture in new mount + pid namespaces from a tmpfs the host cannot see."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    dump = tmp_path / "runtime-dump.txt"
+    script = (f"mount -t tmpfs none {hidden} && cp {binary} {hidden}/parked && "
+              f"exec {hidden}/parked -dump {dump} -spin 1")
+    outer = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+                             stdout=subprocess.PIPE, text=True)
+    line = outer.stdout.readline()
+    assert line.startswith("ready"), line
+    # The fixture is pid 1 inside; find its pid out here: the child of unshare.
+    for _ in range(100):
+        kids = subprocess.run(["pgrep", "-P", str(outer.pid)], capture_output=True, text=True).stdout.split()
+        if kids:
+            break
+        time.sleep(0.05)
+    host_pid = int(kids[0])
+    assert not (hidden / "parked").exists(), "the binary must be invisible from the host"
+    return outer, host_pid, dump
+
+
+def test_dump_of_a_containerized_target_whose_binary_the_host_cannot_see(tmp_path):
+    binary = gt.build(FIXTURES / "parked", gt.BuildSpec(stripped=True))
+    outer, pid, dump_path = _spawn_in_container(binary, tmp_path)
+    try:
+        ours = parse_dump(goflame("dump", "--pid", str(pid)).stdout)
+        os.kill(pid, signal.SIGUSR1)
+        for _ in range(200):
+            if dump_path.exists():
+                break
+            time.sleep(0.05)
+        theirs = parse_dump(dump_path.read_text())
+    finally:
+        outer.kill()
+        subprocess.run(["pkill", "-KILL", "-P", str(outer.pid)], check=False)
+        outer.wait()
+    same = [g for g, b in theirs.items() if b.state not in ("running", "runnable") and g in ours
+            and ours[g].frames == b.frames and ours[g].state == b.state]
+    assert len(same) >= 200
+
+
+def test_kill_9_of_goflame_mid_dump_leaves_the_target_running(tmp_path):
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=2)
+    try:
+        for delay in (0.2, 0.5, 0.8, 1.1, 1.4):
+            g = subprocess.Popen([*GOFLAME, "dump", "--pid", str(fx.pid)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            g.kill()
+            g.wait()
+            time.sleep(0.1)
+            assert fx.proc.poll() is None
+            assert not ({"t", "T"} & fx.thread_states()), f"a thread was left stopped (kill after {delay}s)"
+        assert "goroutine" in fx.runtime_dump()  # and it still works
+    finally:
+        fx.close()
+
+
+def test_dump_without_permission_to_trace_says_what_to_do(tmp_path):
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=0)
+    try:
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *GOFLAME, "dump",
+                            "--pid", str(fx.pid)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    finally:
+        fx.close()
+    assert r.returncode == 4, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "root" in r.stderr or "sudo" in r.stderr or "ptrace" in r.stderr
