@@ -79,13 +79,15 @@ class Symbolizer:
         return len(self._cache)
 
 
-def func_name_for_print(name: str) -> str:
-    """How the runtime prints a function name (Go 1.21+): generic shapes become `[...]`.
+def func_name_for_print(name: str, minor: int = 27) -> str:
+    """How the runtime of Go 1.`minor` prints a function name: generic shapes become `[...]`.
 
-    `pkg.F[go.shape.int]` -> `pkg.F[...]`; a generic method of a generic type keeps its
-    middle part: `pkg.(*T[go.shape.int]).M[go.shape.string]` -> `pkg.(*T[...]).M[...]`.
-    Malformed brackets leave the name alone, as the runtime does.
+    `pkg.F[go.shape.int]` -> `pkg.F[...]` (1.21+); from 1.27 a generic method of a generic
+    type keeps its middle part: `pkg.(*T[go.shape.int]).M[go.shape.string]` ->
+    `pkg.(*T[...]).M[...]`. Malformed brackets leave the name alone, as the runtime does.
     """
+    if minor < 21:
+        return name
     i = name.find("[")
     if i < 0:
         return name
@@ -93,7 +95,7 @@ def func_name_for_print(name: str) -> str:
     if j <= i:
         return name
     interior = name[i + 1 : j]
-    if "[" not in interior:
+    if "[" not in interior or minor < 27:
         return name[:i] + "[...]" + name[j + 1 :]
     depth = 1
     rbr = lbr = -1

@@ -63,7 +63,7 @@ class Rules:
     def print_name(self, name: str) -> str:
         if name == "runtime.gopanic":
             return "panic"
-        return func_name_for_print(name) if self.minor >= 21 else name
+        return func_name_for_print(name, self.minor)
 
 
 def rules_for(binary: GoBinary) -> Rules:
