@@ -5,6 +5,8 @@ need=()
 [ -x /usr/lib/go-1.19/bin/go ] || need+=(golang-1.19-go)
 command -v perf >/dev/null || need+=(linux-perf)
 command -v tmux >/dev/null || need+=(tmux)
+command -v npm >/dev/null || need+=(npm)
+command -v unshare >/dev/null || need+=(util-linux)
 command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

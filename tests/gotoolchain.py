@@ -8,6 +8,7 @@ Builds are cached by (source hash, Go version, flags) so a second run is instant
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -138,6 +139,15 @@ def build(src: Path, spec: BuildSpec = BuildSpec(), name: str | None = None) -> 
         return out
     root = goroot(spec.go)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Tests, benchmarks and helpers may build the same source at once: one builder at a time.
+    with open(out_dir.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        return _build_locked(src, spec, name, root, out_dir, out)
+
+
+def _build_locked(src: Path, spec: BuildSpec, name: str, root: Path, out_dir: Path, out: Path) -> Path:
     ldflags = "-s -w" if spec.stripped else ""
     args = [str(root / "bin" / "go"), "build", "-o", str(out) + ".tmp"]
     if spec.pie:

@@ -772,7 +772,7 @@ def find_globals(binary: GoBinary, *, use_symtab: bool = True) -> Globals:
         how = "moduledata-scan"
         if md is not None and md.how == "symtab" and not use_symtab:
             # GoBinary took it from .symtab; redo the stripped binary's search.
-            addr = binary._scan_for_moduledata(binary.pclntab.data)
+            addr = binary.scan_for_moduledata(binary.pclntab.data)
         elif md is not None:
             addr, how = md.addr, ("symtab" if md.how == "symtab" else "moduledata-scan")
         if addr is not None:

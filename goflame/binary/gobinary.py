@@ -95,7 +95,7 @@ class GoBinary:
         if sym is not None:
             addr, how = sym.value, "symtab"
         else:
-            addr = self._scan_for_moduledata(pcln)
+            addr = self.scan_for_moduledata(pcln)
         if addr is None:
             return None
         text_off, etext_off, gofunc_off = self._moduledata_fields()
@@ -107,7 +107,7 @@ class GoBinary:
             return None
         return ModuleData(addr, how, text, etext, gofunc or None)
 
-    def _scan_for_moduledata(self, pcln: memoryview) -> int | None:
+    def scan_for_moduledata(self, pcln: memoryview) -> int | None:
         """moduledata starts with a pointer to the pclntab header, followed by funcnametab."""
         elf = self.elf
         ps = elf.ptr_size

@@ -258,12 +258,31 @@ class Pclntab:
             yield self.func_at_index(i)
 
     def func_by_name(self, name: str) -> Func | None:
-        if self._by_name is None:
-            self._by_name = {}
-            for i in range(self.nfunc):
-                self._by_name.setdefault(self._name_at_index(i), i)
-        i = self._by_name.get(name)
-        return None if i is None else self.func_at_index(i)
+        """The function called `name`: its name is found in funcnametab first, then the one
+        function record pointing at that offset — no index of every name is built."""
+        if self._by_name is not None:
+            i = self._by_name.get(name)
+            return None if i is None else self.func_at_index(i)
+        want = name.encode()
+        tab = self.funcnametab
+        offsets = []
+        if tab.startswith(want + b"\0"):
+            offsets.append(0)
+        pos = tab.find(b"\0" + want + b"\0")
+        while pos >= 0:
+            offsets.append(pos + 1)
+            pos = tab.find(b"\0" + want + b"\0", pos + 1)
+        if not offsets:
+            return None
+        t = self.pclntable
+        field = self.ptr_size if self.format == "1.16" else 4
+        limit = len(t) - field - 4
+        wanted = set(offsets)
+        unpack = struct.Struct("<i").unpack_from
+        for i, off in enumerate(self._funcoffs[: self.nfunc]):
+            if off <= limit and unpack(t, off + field)[0] in wanted:
+                return self.func_at_index(i)
+        return None
 
     def _name_at_index(self, i: int) -> str:
         off = self._funcoffs[i]
