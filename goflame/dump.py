@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from goflame.export.gotraceback import format_stack, rules_for, stack_json
-from goflame.runtime import G_RUNNING, is_system_goroutine
+from goflame.runtime import G_RUNNING, Goroutine, is_system_goroutine
 from goflame.target import Target
 
 
-def dump_goroutines(pid: int, *, all_frames: bool = False, as_json: bool = False, nonblocking: bool = False) -> str:
+def dump_goroutines(pid: int, *, all_frames: bool = False, as_json: bool = False, nonblocking: bool = False,
+                    native: bool = False) -> str:
     with Target(pid) as t:
+        if native:
+            t.stacks.enable_native()
         snap, stacks = t.goroutine_stacks(pause=not nonblocking)
         rules = rules_for(t.binary)
         bias = t.reader.bias
@@ -41,6 +45,23 @@ def _start_name(t: Target, pc: int) -> str:
     return name.name if name else "?"
 
 
+def goroutine_groups(t: Target, goroutines: Iterable[Goroutine],
+                     names: dict[int, str] | None = None) -> dict[str, Counter[str]]:
+    """Goroutines by start function, counted per state (the runtime traceback's wording).
+
+    A leak shows as one start function whose count keeps growing; `summary` and `top` both
+    list these. `names` caches start pc -> name across calls (top refreshes every second).
+    """
+    names = {} if names is None else names
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for g in goroutines:
+        name = names.get(g.start_pc)
+        if name is None:
+            name = names[g.start_pc] = _start_name(t, g.start_pc)
+        groups[name][g.state] += 1
+    return groups
+
+
 def summary_data(t: Target, top_n: int = 10) -> dict[str, Any]:
     snap = t.snapshot()
     bias = t.reader.bias
@@ -53,9 +74,7 @@ def summary_data(t: Target, top_n: int = 10) -> dict[str, Any]:
     user = [g for g in snap.goroutines if not is_system_goroutine(t.binary, g, bias)]
     by_status = Counter(g.status_text for g in snap.goroutines)
     by_reason = Counter(g.wait_reason for g in snap.goroutines if g.wait_reason)
-    groups: dict[str, Counter[str]] = defaultdict(Counter)
-    for g in user:
-        groups[_start_name(t, g.start_pc)][g.state] += 1
+    groups = goroutine_groups(t, user)
     top = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:top_n]
     procs = []
     for p in sorted(snap.processors, key=lambda p: p.id):
@@ -125,4 +144,4 @@ def summarize(pid: int, *, as_json: bool = False, top_n: int = 10) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["dump_goroutines", "summarize", "summary_data", "G_RUNNING"]
+__all__ = ["dump_goroutines", "goroutine_groups", "summarize", "summary_data", "G_RUNNING"]
