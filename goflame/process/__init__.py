@@ -6,7 +6,7 @@ every kernel refusal into a GoflameError with one line of advice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -91,10 +91,10 @@ class Process:
         if not self.alive():
             raise ProcessGone(gone_message(self.pid))
 
-    def pause(self, tids: Iterable[int],
-              while_stopped: Callable[[int, Registers], Any] | None = None) -> dict[int, PausedThread]:
-        """Stop each thread briefly, one at a time, and return its registers (see Pauser.pause)."""
-        return self._pauser.pause(tids, while_stopped)
+    def pause(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], Any] | None = None,
+              *, overlap: bool = True) -> dict[int, PausedThread]:
+        """Stop each thread briefly and return its registers (see Pauser.pause)."""
+        return self._pauser.pause(tids, while_stopped, overlap=overlap)
 
     def paused(self, tids: Iterable[int]) -> AbstractContextManager[dict[int, Registers]]:
         """Hold all `tids` stopped inside a `with` block (see Pauser.paused)."""
@@ -117,7 +117,3 @@ class Process:
     def __repr__(self) -> str:
         return f"Process(pid={self.pid}, exe={self.exe.target!r})"
 
-
-def iter_running(threads: Iterable[ThreadInfo]) -> Iterator[int]:
-    """Tids of the threads on a CPU: the only ones a sampler needs to pause."""
-    return (t.tid for t in threads if t.state == "R")

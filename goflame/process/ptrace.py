@@ -1,0 +1,460 @@
+"""Stopping threads for a few microseconds: PTRACE_SEIZE + PTRACE_INTERRUPT, then detach.
+
+Why this shape (see DESIGN.md, "Safety rules"):
+- never SIGSTOP and never PTRACE_ATTACH: both leave a stop behind if goflame dies, and a
+  seized thread is resumed by the kernel when its tracer exits;
+- never stay attached between samples: Go sends SIGURG to running threads all the time and
+  a traced thread that gets a signal stops until its tracer services it;
+- never swallow a signal: when the stop we get is a signal-delivery-stop (often SIGURG,
+  sometimes the user's SIGTERM or SIGHUP) the registers are just as good for a sample, and
+  the signal is handed back with PTRACE_DETACH(sig). Job-control semantics stay the
+  kernel's: detaching a thread whose group is stopped leaves it stopped, and a SIGCONT that
+  arrives during our stop wins over a SIGSTOP we pass on.
+
+A Pauser must be used by one thread: the kernel ties a tracee to the thread that seized it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from goflame.errors import NotPermitted, ProcessGone
+from goflame.process import procfs
+from goflame.process.memory import gone_message, permission_advice
+
+PTRACE_GETREGS = 12
+PTRACE_DETACH = 17
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_EVENT_STOP = 128  # status >> 16 of an interrupt- or group-stop
+WALL = 0x40000000  # __WALL: wait for clone children (threads) too
+_EVENT_STOP_CODE = signal.SIGTRAP | PTRACE_EVENT_STOP << 8  # si_code of an interrupt stop
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ptrace = _libc.ptrace
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_ptrace.restype = ctypes.c_long
+
+# struct user_regs_struct (arch/x86/include/asm/user_64.h), 27 unsigned longs.
+_REG_NAMES = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+              "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+              "gs_base", "ds", "es", "fs", "gs")
+_REGS = struct.Struct(f"<{len(_REG_NAMES)}Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Registers:
+    """x86_64 user_regs_struct of a stopped thread."""
+
+    r15: int
+    r14: int
+    r13: int
+    r12: int
+    rbp: int
+    rbx: int
+    r11: int
+    r10: int
+    r9: int
+    r8: int
+    rax: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    orig_rax: int
+    rip: int
+    cs: int
+    eflags: int
+    rsp: int
+    ss: int
+    fs_base: int
+    gs_base: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Registers:
+        return cls(*_REGS.unpack(raw))
+
+    @property
+    def pc(self) -> int:
+        return self.rip
+
+    @property
+    def sp(self) -> int:
+        return self.rsp
+
+    @property
+    def fp(self) -> int:
+        return self.rbp
+
+
+@dataclass(frozen=True, slots=True)
+class PausedThread:
+    """What one pause of one thread produced."""
+
+    tid: int
+    regs: Registers
+    pause_ns: int  # from PTRACE_INTERRUPT to PTRACE_DETACH (includes a queued thread's wait for a CPU)
+    held_ns: int  # from seeing the stop to PTRACE_DETACH: the part of the stop that is ours alone
+    signal: int = 0  # a signal that arrived during the stop and was passed on at detach
+    extra: Any = None  # what the while_stopped callback returned
+
+
+class _Tracee:
+    """Book-keeping for one seized thread, updated right after each syscall."""
+
+    __slots__ = ("tid", "sig", "t_interrupt", "t_stopped", "raw")
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+        self.sig = 0
+        self.t_interrupt = 0
+        self.t_stopped = 0
+        self.raw = b""
+
+
+def _err() -> int:
+    return ctypes.get_errno()
+
+
+def _not_permitted(pid: int, tid: int) -> NotPermitted:
+    try:
+        tracer = procfs.tracer_pid(pid, tid)
+    except ProcessGone:
+        tracer = 0
+    if tracer and tracer != os.getpid():
+        return NotPermitted(f"pid {pid} is already being traced by pid {tracer} (a debugger?): "
+                            f"detach it first")
+    return NotPermitted(permission_advice(pid))
+
+
+def _thread_alive(pid: int, tid: int) -> bool:
+    state = procfs.thread_state(pid, tid)
+    return state is not None and state not in "ZXx" and procfs.alive(pid)
+
+
+def check_can_trace(pid: int) -> None:
+    """Raise ProcessGone / NotPermitted now, with advice, instead of failing mid-sample.
+
+    Opening /proc/PID/mem runs the kernel's ptrace access check (the same credentials,
+    capability and Yama rules as PTRACE_SEIZE) without touching the target.
+    """
+    if not procfs.exists(pid):
+        raise ProcessGone(gone_message(pid))
+    if procfs.is_zombie(pid):
+        raise ProcessGone(f"process {pid} has exited (it is a zombie)")
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(gone_message(pid)) from None
+    except PermissionError:
+        raise NotPermitted(permission_advice(pid)) from None
+    os.close(fd)
+    tracer = procfs.tracer_pid(pid)
+    if tracer and tracer != os.getpid():
+        raise NotPermitted(f"pid {pid} is already being traced by pid {tracer} (a debugger?): "
+                           f"detach it first")
+
+
+class Pauser:
+    """Stops threads of one process just long enough to read their registers.
+
+    `pause` detaches each thread as soon as its registers are read, so a thread is held
+    only for its own getregs/detach (the sampler's path); `paused` holds them all for
+    the body of a `with`, a consistent snapshot across threads at the price of longer
+    stops. bench/bench_pause.py measures both.
+
+    With `boost`, `pause` runs the calling thread as SCHED_FIFO (priority 1, reset on
+    fork) for its duration, when the kernel allows it: on a busy machine the tracer can
+    otherwise lose its CPU between seeing a stop and detaching, holding the target for
+    a whole scheduler slice. While boosted the thread only blocks in wait calls or runs
+    the `while_stopped` callback, which must stay short.
+    """
+
+    def __init__(self, pid: int, boost: bool = False) -> None:
+        self.pid = pid
+        self.boost = boost
+        self._regs = (ctypes.c_uint64 * len(_REG_NAMES))()
+        self._regs_addr = ctypes.addressof(self._regs)
+        self._siginfo = ctypes.create_string_buffer(128)  # siginfo_t
+        self._held: dict[int, _Tracee] = {}
+        self.last_pause_ns: dict[int, int] = {}
+        self.last_signals: dict[int, int] = {}
+
+    def pause(self, tids: Iterable[int],
+              while_stopped: Callable[[int, Registers], Any] | None = None, *,
+              overlap: bool = True) -> dict[int, PausedThread]:
+        """Stop each thread briefly and read its registers; threads that exit are left out.
+
+        Each thread is detached as soon as its registers are read. With `overlap` every
+        thread is interrupted first and served in the order their stops arrive, so the
+        waits of threads queued for a CPU overlap instead of adding up; without it,
+        threads are taken strictly one after the other.
+        `while_stopped(tid, regs)` runs while that thread is stopped (read its stack top
+        there, nothing more); its result lands in `PausedThread.extra`.
+        """
+        wanted = list(dict.fromkeys(tids))  # a thread listed twice is paused once
+        out: dict[int, PausedThread] = {}
+        boosted = self._boost() if self.boost else None
+        try:
+            if overlap:
+                pending: dict[int, _Tracee] = {}
+                for tid in wanted:
+                    t = self._seize(tid)
+                    if t is not None and self._interrupt(t):
+                        pending[tid] = t
+                while pending:
+                    t = pending.pop(self._next_stop(pending))
+                    if self._wait_stop(t):
+                        self._sample(t, while_stopped, out)
+            else:
+                for tid in wanted:
+                    t = self._seize(tid)
+                    if t is not None and self._interrupt(t) and self._wait_stop(t):
+                        self._sample(t, while_stopped, out)
+        finally:
+            try:
+                self._release_all()
+            finally:
+                if boosted is not None:
+                    _unboost(boosted)
+        if wanted and not out and not procfs.alive(self.pid):
+            raise ProcessGone(gone_message(self.pid))
+        return out
+
+    def _next_stop(self, pending: dict[int, _Tracee]) -> int:
+        """The pending thread whose stop (or exit) arrived first, without consuming it.
+
+        waitid(P_ALL, WNOWAIT) peeks at any child of ours; if what it reports is not one
+        of our tracees (a child process of this program), fall back to the first pending
+        thread and a plain blocking wait on it.
+        """
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WSTOPPED | os.WNOWAIT | WALL)
+        except ChildProcessError:
+            info = None
+        if info is not None and info.si_pid in pending:
+            return info.si_pid
+        return next(iter(pending))
+
+    def _sample(self, t: _Tracee, while_stopped: Callable[[int, Registers], Any] | None,
+                out: dict[int, PausedThread]) -> None:
+        """Read registers of a stopped tracee, run the callback, detach, record."""
+        raw = self._getregs(t)
+        if raw is None:
+            self._release(t)
+            return
+        extra = None
+        regs = None
+        try:
+            if while_stopped is not None:
+                regs = Registers.from_bytes(raw)
+                extra = while_stopped(t.tid, regs)
+        finally:
+            released = self._detach(t)
+        t_end = time.perf_counter_ns()
+        if released:
+            out[t.tid] = PausedThread(t.tid, regs or Registers.from_bytes(raw), t_end - t.t_interrupt,
+                                      t_end - t.t_stopped, t.sig, extra)
+
+    @contextmanager
+    def paused(self, tids: Iterable[int]) -> Iterator[dict[int, Registers]]:
+        """Hold every thread stopped for the body of the `with`; detach them all on exit.
+
+        Durations and passed-on signals are in `last_pause_ns` / `last_signals` afterwards.
+        """
+        self.last_pause_ns = {}
+        self.last_signals = {}
+        regs: dict[int, Registers] = {}
+        asked = False
+        try:
+            tracees = []
+            for tid in dict.fromkeys(tids):
+                asked = True
+                t = self._seize(tid)
+                if t is not None and self._interrupt(t):
+                    tracees.append(t)
+            for t in tracees:
+                if self._wait_stop(t):
+                    raw = self._getregs(t)
+                    if raw is not None:
+                        t.raw = raw
+            for t in tracees:
+                if t.raw:
+                    regs[t.tid] = Registers.from_bytes(t.raw)
+            if asked and not regs and not procfs.alive(self.pid):
+                raise ProcessGone(gone_message(self.pid))
+            yield regs
+        finally:
+            held = list(self._held.values())
+            self._release_all()
+            now = time.perf_counter_ns()
+            for t in held:
+                if t.tid in regs:
+                    self.last_pause_ns[t.tid] = now - t.t_interrupt
+                    self.last_signals[t.tid] = t.sig
+
+    def _boost(self) -> tuple[int, os.sched_param] | None:
+        try:
+            policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+            if policy != os.SCHED_OTHER:
+                return None  # someone chose a policy for this thread: leave it alone
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        except OSError:
+            self.boost = False  # not permitted (no CAP_SYS_NICE): do without
+            return None
+        return policy, param
+
+    # -- the steps; each updates the _Tracee right after its syscall ------------------------
+
+    def _seize(self, tid: int) -> _Tracee | None:
+        # Book it before the syscall: an exception landing right after PTRACE_SEIZE must not
+        # leave a tracee nobody knows about. _release copes with one that was never seized.
+        t = self._held[tid] = _Tracee(tid)
+        if _ptrace(PTRACE_SEIZE, tid, None, None) != 0:
+            err = _err()
+            del self._held[tid]
+            if err == errno.ESRCH:
+                return None  # exited already
+            if err == errno.EPERM:
+                if not _thread_alive(self.pid, tid):
+                    return None  # the kernel refuses to seize an exiting thread
+                raise _not_permitted(self.pid, tid)
+            raise NotPermitted(f"cannot trace thread {tid} of pid {self.pid}: {os.strerror(err)}")
+        return t
+
+    def _interrupt(self, t: _Tracee) -> bool:
+        t.t_interrupt = time.perf_counter_ns()
+        if _ptrace(PTRACE_INTERRUPT, t.tid, None, None) != 0:
+            self._forget(t)  # not traced any more: it died between seize and interrupt
+            return False
+        return True
+
+    def _wait_stop(self, t: _Tracee) -> bool:
+        """Wait until the thread is in a ptrace stop; False when it exited instead.
+
+        A blocking wait measured better than polling with WNOHANG: polling keeps our CPU
+        busy, and the thread we interrupted may be queued on that very CPU. There is no
+        timeout because there is no safe way to give up: PTRACE_DETACH needs a stopped
+        tracee, so one that is seized and interrupted must be waited for. A thread in
+        uninterruptible sleep (D) delays the pause until it returns to user space; that
+        is why a sampler pauses only threads in state R.
+        """
+        try:
+            _, status = os.waitpid(t.tid, WALL)
+        except ChildProcessError:
+            self._held.pop(t.tid, None)
+            return False
+        t.t_stopped = time.perf_counter_ns()
+        return self._on_status(t, status)
+
+    def _on_status(self, t: _Tracee, status: int) -> bool:
+        if os.WIFSTOPPED(status):
+            if status >> 16 == 0:
+                # signal-delivery-stop: the signal was dequeued for this thread; pass it on.
+                t.sig = os.WSTOPSIG(status)
+            # else PTRACE_EVENT_STOP: our interrupt (SIGTRAP) or a group-stop (a stop signal);
+            # neither carries a signal to deliver.
+            return True
+        self._held.pop(t.tid, None)  # exited or killed: waitpid reaped it
+        return False
+
+    def _getregs(self, t: _Tracee) -> bytes | None:
+        if _ptrace(PTRACE_GETREGS, t.tid, None, self._regs_addr) != 0:
+            return None  # killed while stopped; _release_all reaps it
+        return bytes(self._regs)
+
+    def _detach(self, t: _Tracee) -> bool:
+        if _ptrace(PTRACE_DETACH, t.tid, None, t.sig) == 0:
+            self._held.pop(t.tid, None)
+            return True
+        return False
+
+    def _stop_signal(self, tid: int) -> int:
+        """The signal a stopped tracee is being delivered (signal-delivery-stop), else 0."""
+        info = self._siginfo
+        if _ptrace(PTRACE_GETSIGINFO, tid, None, ctypes.addressof(info)) != 0:
+            return 0  # not stopped, gone, or in a group-stop (EINVAL): nothing to pass on
+        signo, _, code = struct.unpack_from("<iii", info.raw)
+        return 0 if code == _EVENT_STOP_CODE else signo
+
+    def _forget(self, t: _Tracee) -> None:
+        """Reap a tracee that is no longer stoppable (it is exiting) without blocking long."""
+        self._held.pop(t.tid, None)
+        try:
+            os.waitpid(t.tid, WALL | os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+    def _release_all(self) -> None:
+        """Detach everything still held, whatever state it is in; retried across Ctrl-C.
+
+        The state we recorded may lag one syscall behind (an exception can land between a
+        syscall and its book-keeping), so each tracee is first simply detached, and only
+        if that fails (not stopped, or gone) is it interrupted, waited for and detached.
+        """
+        deferred: BaseException | None = None
+        while self._held:
+            try:
+                for t in list(self._held.values()):
+                    self._release(t)
+            except BaseException as e:  # KeyboardInterrupt/SystemExit mid-cleanup: finish first
+                deferred = deferred or e
+        if deferred is not None:
+            raise deferred
+
+    def _release(self, t: _Tracee) -> None:
+        while True:
+            if not t.sig:
+                # Our record of the stop may have been lost to an exception between waitpid
+                # and the book-keeping: ask the kernel which signal (if any) is in hand.
+                t.sig = self._stop_signal(t.tid)
+            if self._detach(t):
+                return
+            if _err() != errno.ESRCH:
+                self._held.pop(t.tid, None)  # nothing more we can do for it
+                return
+            # Not in a ptrace stop: running towards one, or exiting.
+            try:
+                pid, status = os.waitpid(t.tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                self._held.pop(t.tid, None)  # not ours any more: gone, or detached already
+                return
+            if pid == 0:
+                if _ptrace(PTRACE_INTERRUPT, t.tid, None, None) != 0:
+                    self._held.pop(t.tid, None)
+                    return
+                try:
+                    _, status = os.waitpid(t.tid, WALL)
+                except ChildProcessError:
+                    self._held.pop(t.tid, None)
+                    return
+            if not self._on_status(t, status):
+                return  # it exited and waitpid reaped it
+
+
+def _unboost(saved: tuple[int, os.sched_param]) -> None:
+    try:
+        os.sched_setscheduler(0, saved[0], saved[1])
+    except OSError:
+        pass
+
+
+def pause_threads(pid: int, tids: Iterable[int],
+                  while_stopped: Callable[[int, Registers], Any] | None = None) -> dict[int, PausedThread]:
+    """One-shot `Pauser(pid).pause(tids)`."""
+    return Pauser(pid).pause(tids, while_stopped)
+
