@@ -96,11 +96,13 @@ def test_cpu_shares_match_the_workloads_own_clock_and_perf(tmp_path):
     finally:
         hog.kill()
     own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
-    ours = shares(folded_counts(out))
-    theirs = shares(perf_stacks(perf_data))
+    ours_stacks, perf = folded_counts(out), perf_stacks(perf_data)
+    ours, theirs = shares(ours_stacks), shares(perf)
+    n_ours = sum(n for st, n in ours_stacks.items() if any(h in st for h in HOT))
+    n_perf = sum(n for st, n in perf.items() if any(h in st for h in HOT))
     for h in HOT:
-        assert abs(ours[h] - own[h]) <= 2.0, (h, ours, own)
-        assert abs(ours[h] - theirs[h]) <= 2.0, (h, ours, theirs)
+        assert abs(ours[h] - own[h]) <= 2.0, (h, ours, own, n_ours)
+        assert abs(ours[h] - theirs[h]) <= 2.0, (h, ours, theirs, n_ours, n_perf)
 
 
 def test_idle_mode_leaf_states_match_the_runtimes_dump(tmp_path):

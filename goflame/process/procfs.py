@@ -241,6 +241,21 @@ class TaskDir:
             raise _gone(self.pid)
         return out
 
+    def run_time_ns(self, tid: int) -> int | None:
+        """Nanoseconds the thread has spent on a CPU (first field of schedstat); None if gone.
+
+        A thread in state R may be running or only waiting for a CPU; how much its run time
+        grew since the last look tells the two apart.
+        """
+        try:
+            data = _read(f"{tid}/schedstat", dir_fd=self._fd)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        try:
+            return int(data.split()[0])
+        except (ValueError, IndexError):
+            return None
+
     def _names(self) -> list[str]:
         try:
             return os.listdir(self._fd)
