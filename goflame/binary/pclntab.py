@@ -15,7 +15,6 @@ import bisect
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from goflame.errors import CorruptBinary
 from goflame.frame import Frame, FrameKind
@@ -81,73 +80,6 @@ class InlinedCall:
     start_line: int  # 0 before 1.20
 
 
-@dataclass(frozen=True, slots=True)
-class PcTable:
-    """A decoded pcvalue table: value `values[i]` holds for pcs in [ends[i-1], ends[i])."""
-
-    start: int
-    ends: tuple[int, ...]
-    values: tuple[int, ...]
-
-    def at(self, pc: int) -> int | None:
-        if pc < self.start:
-            return None
-        i = bisect.bisect_right(self.ends, pc)
-        return self.values[i] if i < len(self.values) else None
-
-
-def decode_pcvalue(table: bytes | memoryview, off: int, entry: int, quantum: int, limit: int) -> PcTable:
-    """Decode the zig-zag/varint pcvalue stream at `off` (value starts at -1, pc at entry).
-
-    `limit` bounds the pc range (the function's end): a corrupt stream cannot run forever.
-    """
-    n = len(table)
-    pos = off
-    pc = entry
-    val = -1
-    ends: list[int] = []
-    values: list[int] = []
-    first = True
-    while True:
-        # value delta
-        if pos >= n:
-            raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
-        b = table[pos]
-        if b == 0 and not first:
-            break
-        uv = 0
-        shift = 0
-        while True:
-            if pos >= n or shift > 35:
-                raise CorruptBinary("corrupt pclntab: bad varint in pcvalue table")
-            b = table[pos]
-            pos += 1
-            uv |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
-        # pc delta
-        pd = 0
-        shift = 0
-        while True:
-            if pos >= n or shift > 35:
-                raise CorruptBinary("corrupt pclntab: bad varint in pcvalue table")
-            b = table[pos]
-            pos += 1
-            pd |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        pc += pd * quantum
-        first = False
-        ends.append(pc)
-        values.append(val)
-        if pc >= limit:
-            break
-    return PcTable(entry, tuple(ends), tuple(values))
-
-
 class Pclntab:
     """Reader over the raw bytes of a pclntab.
 
@@ -203,6 +135,7 @@ class Pclntab:
         self.cutab = self.data[cu:]
         self.filetab = bytes(self.data[files : pct if pct > files else size])
         self.pctab = self.data[pct:]
+        self._pctab = bytes(self.data[pct : pcln if pcln > pct else size])  # one copy: bytes index fast
         self.pclntable = self.data[pcln:]
         self.text_start = text_start if text_start else header_text
         if self.format != "1.16" and not self.text_start:
@@ -229,7 +162,6 @@ class Pclntab:
         self._name_cache: dict[int, str] = {}
         self._file_cache: dict[int, str] = {}
         self._by_name: dict[str, int] | None = None
-        self.decode = lru_cache(maxsize=65536)(self._decode)
 
     # -- function table ---------------------------------------------------------------------------
     @property
@@ -349,16 +281,48 @@ class Pclntab:
         return s
 
     # -- pcvalue tables ---------------------------------------------------------------------------
-    def _decode(self, table_off: int, func_index: int) -> PcTable:
-        f = self.func_at_index(func_index)
-        if table_off >= len(self.pctab):
-            raise CorruptBinary("corrupt pclntab: pcvalue table offset outside pctab")
-        return decode_pcvalue(self.pctab, table_off, f.entry, self.quantum, f.end)
-
     def pcvalue(self, f: Func, table_off: int, pc: int) -> int | None:
+        """The value of a pcvalue table at `pc`, decoding only up to it (the runtime's `pcvalue`).
+
+        Lookups are answered once per pc and cached by the callers, so stopping at the target is
+        cheaper than decoding whole tables: most of a table lies after the pc asked about.
+        """
         if table_off == 0:
             return None
-        return self.decode(table_off, f.index).at(pc)
+        p = self._pctab
+        n = len(p)
+        pos = table_off
+        cur = f.entry
+        end = f.end
+        q = self.quantum
+        val = -1
+        first = True
+        while True:
+            if pos >= n:
+                raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
+            b = p[pos]
+            if b == 0 and not first:
+                return None
+            if b < 0x80:
+                uv = b
+                pos += 1
+            else:
+                uv, pos = _uvarint(p, pos)
+            val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
+            if pos >= n:
+                raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
+            b = p[pos]
+            if b < 0x80:
+                pd = b
+                pos += 1
+            else:
+                pd, pos = _uvarint(p, pos)
+            cur += pd * q
+            first = False
+            if pc < cur:
+                return val
+            if cur >= end:
+                return None
 
     def spdelta(self, f: Func, pc: int) -> int | None:
         """Frame size at pc: bytes between the sp at pc and the return address slot."""
@@ -451,6 +415,21 @@ class Pclntab:
     def frames(self, pc: int) -> list[Frame]:
         """Logical frames at `pc`, innermost first (see `expand`)."""
         return [fr for fr, _ in self.expand(pc)]
+
+
+def _uvarint(p: bytes, pos: int) -> tuple[int, int]:
+    v = 0
+    shift = 0
+    n = len(p)
+    while True:
+        if pos >= n or shift > 35:
+            raise CorruptBinary("corrupt pclntab: bad varint in pcvalue table")
+        b = p[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            return v, pos
+        shift += 7
 
 
 def _cstring(buf: bytes, off: int, what: str) -> str:
