@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import gotoolchain as gt  # noqa: E402
 from elftools.elf.elffile import ELFFile  # noqa: E402
 
+import gotoolchain as gt  # noqa: E402
 from goflame.binary import layout as L  # noqa: E402
 
 

@@ -20,7 +20,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 import gotoolchain  # noqa: E402
-
 from goflame.process import procfs  # noqa: E402
 from goflame.process.memory import ProcessMemory  # noqa: E402
 

@@ -33,7 +33,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import gotoolchain  # noqa: E402
 from benchlib import budget, load  # noqa: E402
-
 from goflame.process import Process  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 
-class FrameKind(str, Enum):
+class FrameKind(str, Enum):  # noqa: UP042 - str() of members is relied on as "FrameKind.X"-free .value
     GO = "go"            # Go code, symbolized through pclntab
     NATIVE = "native"    # C / libc / vDSO, symbolized through ELF symbols
     STATE = "state"      # synthetic leaf: "[chan receive]", "[runnable]", ...

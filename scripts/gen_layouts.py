@@ -23,9 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from gotoolchain import MATRIX, BuildSpec, build, goroot  # noqa: E402
-
 from goflame.binary.layout import Layout, dump_table, layout_from_dwarf, layout_to_dict  # noqa: E402
+from gotoolchain import MATRIX, BuildSpec, build, goroot  # noqa: E402
 
 PROBE = ROOT / "scripts" / "layoutprobe"
 OUT = ROOT / "goflame" / "binary" / "layouts"

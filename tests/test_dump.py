@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
 
 import gotoolchain as gt
+from conftest import FIXTURES
 
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 

@@ -9,11 +9,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import export_data
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import export_data
 from goflame.errors import BadInput
 from goflame.export import read_profile, write_profile
 from goflame.export.folded import read_folded

@@ -6,9 +6,9 @@ import gzip
 import io
 from collections import Counter
 
-import export_data
 import pytest
 
+import export_data
 from goflame.errors import BadInput
 from goflame.export import FORMATS, format_from_extension, read_profile, sniff_format, write_profile
 from goflame.profile import Profile, RecordingMeta, Sample, read_recording

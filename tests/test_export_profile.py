@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import export_data
 import pytest
 
+import export_data
 from goflame.errors import BadInput
 from goflame.export.folded import read_folded
 from goflame.frame import Frame, FrameKind

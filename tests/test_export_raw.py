@@ -12,11 +12,11 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
-import export_data
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import export_data
 from goflame.errors import BadInput, OutputError
 from goflame.export import read_profile
 from goflame.frame import Frame, FrameKind

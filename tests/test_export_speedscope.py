@@ -10,10 +10,10 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import export_data
 import jsonschema
 import pytest
 
+import export_data
 from goflame.export import write_profile
 from goflame.export.folded import read_folded
 from goflame.profile import Profile

@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-import export_data
 import pytest
 
+import export_data
 from goflame.export import write_profile
 from goflame.export.folded import read_folded
 from goflame.export.svg import category, render_svg

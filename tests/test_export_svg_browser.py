@@ -12,11 +12,11 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 
-import export_data
 import pytest
-from cdp import CHROMIUM, chromium
 from test_export_svg import FH, NASTY, expected_display, frames_of, nasty_profile
 
+import export_data
+from cdp import CHROMIUM, chromium
 from goflame.export import write_profile
 from goflame.profile import Profile
 

@@ -23,11 +23,11 @@ import time
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
-import gotoolchain as gt
 import pytest
-from conftest import FIXTURES
 from elftools.elf.elffile import ELFFile
 
+import gotoolchain as gt
+from conftest import FIXTURES
 from goflame.binary.globals import GLOBALS, GlobalAddr, find_globals
 from goflame.binary.gobinary import GoBinary
 from goflame.errors import CorruptBinary, GoflameError

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
 
 import gotoolchain as gt
+from conftest import FIXTURES
 
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 PROBE = FIXTURES / "binprobe"

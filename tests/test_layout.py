@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import gotoolchain as gt
 import pytest
 from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gotoolchain as gt
 from goflame.binary import layout as L
 from goflame.binary.layout import (
     MAX_DEPTH,

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
 
 import gotoolchain as gt
+from conftest import FIXTURES
 from goflame.binary.gobinary import GoBinary
 from goflame.symbolize import Symbolizer, func_name_for_print
 

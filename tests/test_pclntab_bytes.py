@@ -8,11 +8,11 @@ import signal
 import struct
 
 import pytest
-from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gotoolchain as gt
+from conftest import FIXTURES
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import MAGIC_116, Pclntab
 from goflame.errors import GoflameError

@@ -16,10 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import gotoolchain
 import pytest
 from elftools.elf.elffile import ELFFile
 
+import gotoolchain
 from goflame.errors import BadInput, InvalidMemory, ProcessGone
 from goflame.process import Process, procfs
 from goflame.process.memory import ProcessMemory

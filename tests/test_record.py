@@ -14,17 +14,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
-from test_dump import Fixture, parse_dump
 
 import gotoolchain as gt
+from conftest import FIXTURES
+from test_dump import Fixture, parse_dump
 
 ROOT = Path(__file__).resolve().parent.parent
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 HOT = ("main.hot1", "main.hot2", "main.hot3")
 
 
-def cpuhog(spec: gt.BuildSpec = gt.BuildSpec()) -> Path:
+DEFAULT = gt.BuildSpec()
+
+
+def cpuhog(spec: gt.BuildSpec = DEFAULT) -> Path:
     return gt.build(ROOT / "examples" / "cpuhog", spec)
 
 

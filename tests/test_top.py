@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import gotoolchain as gt
 import pytest
+
+import gotoolchain as gt
 from conftest import FIXTURES
 from test_dump import Fixture, parse_dump
 
