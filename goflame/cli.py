@@ -91,12 +91,15 @@ def _pid_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Structured output: one JSON object.")
 @click.option("--nonblocking", is_flag=True,
               help="Never pause the target: running goroutines show their last parked stack, marked stale.")
+@click.option("--native", is_flag=True,
+              help="Also unwind C frames (cgo, libc, vDSO) and stitch them into goroutine stacks.")
 @reports_errors
-def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool) -> None:
+def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool, native: bool) -> None:
     """Print every goroutine's stack in Go's own traceback format."""
     from goflame.dump import dump_goroutines
 
-    click.echo(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking), nl=False)
+    click.echo(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking, native=native),
+               nl=False)
 
 
 @main.command()
@@ -132,18 +135,20 @@ def _format_choice() -> click.Choice:
 @click.option("--lines", is_flag=True, help="Put file:line in each frame.")
 @click.option("--inverted", is_flag=True, help="SVG: icicle graph (roots at the top).")
 @click.option("--keep-raw", is_flag=True, help="Keep the streamed .goflame recording next to the output.")
+@click.option("--native", is_flag=True,
+              help="Also unwind C frames (cgo, libc, vDSO) and stitch them into goroutine stacks.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
 def record(pid: int | None, rate: float, duration: float | None, output: str | None, fmt: str | None, idle: bool,
            threads: bool, goroutines: bool, nonblocking: bool, lines: bool, inverted: bool, keep_raw: bool,
-           command: tuple[str, ...]) -> None:
+           native: bool, command: tuple[str, ...]) -> None:
     """Record a flame graph of a running Go process (--pid) or of COMMAND (after --)."""
     from goflame.record import RecordOptions
     from goflame.record import record as run_record
 
     opts = RecordOptions(pid=pid, command=tuple(command), rate=rate, duration=duration, output=output, fmt=fmt,
                          idle=idle, threads=threads, goroutines=goroutines, nonblocking=nonblocking, lines=lines,
-                         inverted=inverted, keep_raw=keep_raw)
+                         inverted=inverted, keep_raw=keep_raw, native=native)
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -193,6 +198,81 @@ def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: 
     fmt = "goflame" if fmt == "raw" else fmt
     write_profile(profile, fmt, output if output else sys.stdout, lines=lines, threads=threads,
                   goroutines=goroutines, inverted=inverted, title=title)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--pid", "-p", type=int, help="Process id of a running Go program.")
+@click.option("--rate", "-r", type=float, default=100.0, show_default=True, help="Samples per second.")
+@click.option("--idle", is_flag=True, help="Also sample goroutines off the CPU (their state is the leaf).")
+@click.option("--nonblocking", is_flag=True,
+              help="Never pause the target: running goroutines show their last saved stack (less accurate).")
+@click.option("--delay", type=float, default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Sample for --delay seconds, print one snapshot, exit.")
+@click.option("--view", type=click.Choice(["functions", "goroutines"]), default="functions", show_default=True,
+              help="View to start in (and to print when not on a terminal).")
+@click.option("--lines", is_flag=True, help="Start with one row per source line instead of per function.")
+@click.option("--filter", "filter_", default="", help="Show only rows containing this text (like the / key).")
+@click.option("--native", is_flag=True, help="Also unwind C frames (cgo, libc, vDSO) into goroutine stacks.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@reports_errors
+def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: float, once: bool, view: str,
+        lines: bool, filter_: str, native: bool, command: tuple[str, ...]) -> None:
+    """Live view of the hottest functions and goroutine groups of --pid or COMMAND (after --).
+
+    \b
+    Keys: 1-4 sort, l lines, g goroutines, / filter, r reset, ? help, q quit.
+    Not on a terminal (or --once): prints a plain-text snapshot every --delay seconds.
+    """
+    from goflame.top import TopOptions, run_top
+
+    opts = TopOptions(pid=pid, command=tuple(command), rate=rate, idle=idle, nonblocking=nonblocking,
+                      delay=delay, once=once, view=view, lines=lines, filter=filter_, native=native)
+    res = run_top(opts, on_snapshot=lambda text: click.echo(text))
+    if res.command_log:
+        click.echo(f"goflame: output of {command[0]} is in {res.command_log}", err=True)
+    if res.exit_status is not None and res.target_exited:
+        click.echo(f"goflame: {' '.join(command)} exited with status {res.exit_status}", err=True)
+    elif res.target_exited:
+        click.echo(f"goflame: process {res.pid} exited", err=True)
+
+
+@main.command()
+@click.argument("base", metavar="BASE", type=str)
+@click.argument("new", metavar="NEW", type=str)
+@click.option("--output", "-o", type=str, help="Write a differential flame graph SVG (NEW's shape, red grew).")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
+              show_default=True, help="Report on standard output (markdown: ready for a PR comment).")
+@click.option("--fail-on", metavar="PCT", default="1", show_default=True,
+              help="Fail when a function's total share grows by PCT percentage points or more (off: never).")
+@click.option("--fail-on-self", metavar="PCT", default="1", show_default=True,
+              help="Fail when a function's self share grows by PCT percentage points or more (off: never).")
+@click.option("--confidence", type=float, default=0.99, show_default=True,
+              help="Confidence that a flagged change is not sampling noise (for the whole report).")
+@click.option("--min-samples", type=int, default=10, show_default=True,
+              help="Judge only functions with at least N samples in BASE and NEW together.")
+@click.option("--dispersion", type=float, help="Over-dispersion factor (default: measured, or 2 for pprof/folded).")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows in the text and markdown tables.")
+@reports_errors
+def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_on_self: str, confidence: float,
+         min_samples: int, dispersion: float | None, top: int) -> None:
+    """Compare two profiles (raw, folded or pprof) and fail on a significant regression.
+
+    \b
+    Exit codes: 0 no significant regression over the thresholds, 1 regression(s) found,
+    2 bad usage or unreadable input.
+    """
+    from goflame.diff import RENDERERS, DiffOptions, diff_files, parse_threshold, write_diff_svg
+
+    opts = DiffOptions(fail_on=parse_threshold(fail_on, "--fail-on"),
+                       fail_on_self=parse_threshold(fail_on_self, "--fail-on-self"),
+                       confidence=confidence, min_samples=min_samples, dispersion=dispersion)
+    result, _, new_profile = diff_files(base, new, opts)
+    for w in result.warnings:
+        click.echo(f"goflame: warning: {w}", err=True)
+    if output:
+        write_diff_svg(result, new_profile, output)
+    click.echo(RENDERERS[fmt](result, top), nl=False)
+    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

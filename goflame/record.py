@@ -42,6 +42,7 @@ class RecordOptions:
     inverted: bool = False
     keep_raw: bool = False
     title: str | None = None
+    native: bool = False  # C frames too (cgo, libc, vDSO), stitched into goroutine stacks
 
 
 @dataclass(slots=True)
@@ -181,12 +182,13 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
     meta = RecordingMeta(
         goflame_version=__version__, pid=pid, binary=target.exe_display, go_version=target.binary.go_version,
         mode="wall" if opts.idle else "cpu", rate_hz=opts.rate, start_time=time.time(),
-        command=tuple(opts.command), extra={"nonblocking": opts.nonblocking},
+        command=tuple(opts.command), extra={"nonblocking": opts.nonblocking, **({"native": True} if opts.native else {})},
     )
     warned = False
     try:
         with target:
-            sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking))
+            sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking,
+                                                    native=opts.native))
             writer = RecordingWriter(raw_path, meta)
             try:
                 def on_tick(st: SamplerStats) -> None:
@@ -219,7 +221,8 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                                               "duration": stats.elapsed, "samples": stats.samples,
                                               "errors": stats.errors,
                                               "extra": {"nonblocking": opts.nonblocking, "missed_ticks": stats.missed,
-                                                        "achieved_rate_hz": round(stats.rate, 2)}}))
+                                                        "achieved_rate_hz": round(stats.rate, 2),
+                                                        **({"native": True} if opts.native else {})}}))
             except BaseException:
                 writer.abandon() if hasattr(writer, "abandon") else None
                 raise

@@ -193,6 +193,8 @@ class RuntimeReader:
         self.p = _Fields(self.layout, P_FIELDS, "runtime.p")
         text_lo, text_hi = binary.text_range
         self.text = (text_lo + self.bias, text_hi + self.bias)
+        # Free g's: _Gdead, and from Go 1.26 _Gdeadextra (an extra M's g parked for cgo callbacks).
+        self.dead = {G_DEAD} | {v for k, v in self.layout.g_status.items() if k == "_Gdeadextra"}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _u64(self, addr: int) -> int:
@@ -236,7 +238,7 @@ class RuntimeReader:
             if g is None:
                 bad += 1
                 continue
-            if g.status == G_DEAD and not include_dead:
+            if g.status in self.dead and not include_dead:
                 continue
             out.append(g)
         return out, bad

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from goflame.errors import GoflameError, InvalidMemory, ProcessGone
 from goflame.frame import Frame, FrameKind
@@ -23,6 +24,9 @@ from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
 from goflame.unwind.gopclntab import StackMemory, StackSwitch, Walk
+
+if TYPE_CHECKING:
+    from goflame.unwind.native import Stopped
 
 M_REFRESH_S = 1.0
 
@@ -49,6 +53,7 @@ class SamplerConfig:
     idle: bool = False  # wall-clock: every goroutine, not just those on a CPU
     nonblocking: bool = False  # never pause: running goroutines are read from their last saved context
     include_system: bool = True  # runtime goroutines (GC workers ...) are part of CPU time
+    native: bool = False  # unwind C frames too (cgo, libc, vDSO) and stitch them into the goroutine's stack
 
 
 class Sampler:
@@ -63,6 +68,7 @@ class Sampler:
         self._ms_time = 0.0
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
+        self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
         mem = target.proc.memory
         self._mem = mem
         lay = target.reader
@@ -71,6 +77,7 @@ class Sampler:
         self._collector = target.stacks
         self._sym = target.stacks.symbolizer
         self._unwinder = target.stacks.unwinder
+        self._native = target.stacks.enable_native() if config.native else None
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -88,7 +95,7 @@ class Sampler:
     def sample(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
         threads = self.t.proc.threads()
-        running = [th.tid for th in threads if th.state == "R"]
+        running = self._on_cpu([th.tid for th in threads if th.state == "R"], now)
         if now - self._ms_time > M_REFRESH_S or any(tid not in self._ms for tid in running):
             self._refresh_ms(now)
         out: list[Sample] = []
@@ -100,6 +107,31 @@ class Sampler:
         if self.cfg.idle:
             out += self._sample_idle(ts_ns, on_cpu_goids)
         self.stats.samples += len(out)
+        return out
+
+    def _on_cpu(self, runnable: list[int], now: float) -> list[int]:
+        """Threads in state R that are really on a CPU, not just waiting in a run queue.
+
+        The kernel's R means either. Each R thread is kept with probability equal to the share
+        of the last interval it actually ran (schedstat), which makes the samples an unbiased
+        estimate of CPU time even when the machine is overloaded.
+        """
+        proc = self.t.proc
+        out = []
+        for tid in runnable:
+            rt = proc.run_time_ns(tid)
+            if rt is None:
+                continue
+            prev = self._run_ns.get(tid)
+            self._run_ns[tid] = (rt, now)
+            if prev is None or now <= prev[1]:
+                out.append(tid)
+                continue
+            share = (rt - prev[0]) / ((now - prev[1]) * 1e9)
+            if share >= 1.0 or self._rng.random() < share:
+                out.append(tid)
+        if len(self._run_ns) > 4 * len(runnable) + 1024:  # forget threads not seen for a while
+            self._run_ns = {t: v for t, v in self._run_ns.items() if now - v[1] < 10}
         return out
 
     def _sample_running(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
@@ -114,20 +146,29 @@ class Sampler:
                 except InvalidMemory:
                     return b""
 
+        if self._native is not None:
+            def while_stopped(tid: int, regs: Registers) -> Stopped:
+                return self._native.while_stopped(self._ms.get(tid), regs, STOPPED_WINDOW)
+
         try:
             paused = self.t.proc.pause(tids, while_stopped)
         except ProcessGone:
             raise
         for p in paused.values():
-            self.stats.pause_ns.append(p.pause_ns)
+            self.stats.pause_ns.append(p.held_ns)
         self.stats.errors += len(tids) - len(paused)
         # After the threads are released: which goroutine was each running? One batched read.
         order = [tid for tid in tids if tid in paused and tid in self._ms]
-        self.stats.errors += sum(1 for tid in paused if tid not in self._ms)
+        foreign = [tid for tid in paused if tid not in self._ms]  # threads the Go runtime does not own
+        if self._native is None:
+            self.stats.errors += len(foreign)
         mbufs = mem.read_many([(self._ms[tid].addr, self._m_size) for tid in order])
         curgs: list[int] = []
-        for tid, buf in zip(order, mbufs, strict=True):
+        for _tid, buf in zip(order, mbufs, strict=True):
             curgs.append(self.t.reader.m.get(buf, "curg") if buf is not None else -1)
+        if self._native is not None:  # m.curg as it was in the stop, consistent with the registers
+            curgs = [paused[tid].extra.curg if paused[tid].extra.curg >= 0 else c
+                     for tid, c in zip(order, curgs, strict=True)]
         gbufs = mem.read_many([(a, self._g_size) for a in curgs if a > 0])
         git = iter(gbufs)
         out: list[Sample] = []
@@ -151,9 +192,29 @@ class Sampler:
             if g is not None:
                 on_cpu.add(g.goid)
             out.append(Sample(ts_ns, g.goid if g else 0, tid, "running", frames))
+        if self._native is not None:
+            out += self._sample_foreign(ts_ns, foreign, paused)
+        return out
+
+    def _sample_foreign(self, ts_ns: int, tids: list[int], paused: dict) -> list[Sample]:
+        """--native: a thread that is no M (C's own threads) is one native stack, goroutine 0."""
+        out = []
+        for tid in tids:
+            p = paused[tid]
+            walk = self._native.thread(None, None, p.regs, StackMemory(self._mem.read, p.regs.rsp, p.extra.stack), {})
+            frames = self._native.logical(walk, self._sym)
+            if not frames:
+                self.stats.errors += 1
+                continue
+            out.append(Sample(ts_ns, 0, tid, "running", frames))
         return out
 
     def _walk_live(self, m: Machine, g: Goroutine | None, regs: Registers, data: bytes) -> tuple[Frame, ...]:
+        if self._native is not None:
+            stopped: Stopped = data  # type: ignore[assignment]  # what while_stopped read
+            walk = self._native.thread(m, g, regs, StackMemory(self._mem.read, regs.rsp, stopped.stack),
+                                       self._g0_bounds, stopped)
+            return self._native.logical(walk, self._sym)
         pc, sp = regs.rip, regs.rsp
         mem = StackMemory(self._mem.read, sp, data)
         unwinder = self._unwinder

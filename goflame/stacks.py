@@ -10,14 +10,18 @@ way the runtime's profiler does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from goflame.binary.gobinary import GoBinary
 from goflame.errors import InvalidMemory
 from goflame.frame import Frame
 from goflame.process import Process, Registers
-from goflame.runtime import G_RUNNING, Goroutine, Machine, RuntimeReader, Snapshot
+from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeReader, Snapshot
 from goflame.symbolize import Symbolizer
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+
+if TYPE_CHECKING:
+    from goflame.unwind.native import MixedWalk, NativeStitcher
 
 STACK_WINDOW = 64 * 1024  # bytes of stack read in one go per goroutine (more on demand)
 STOPPED_WINDOW = 16 * 1024  # bytes read while a thread is stopped: keep the stop short
@@ -59,6 +63,15 @@ class StackCollector:
         self.unwinder = GoUnwinder(binary, self.bias)
         self.symbolizer = Symbolizer(binary, self.bias)
         self.pause_ns: list[int] = []
+        self.native: NativeStitcher | None = None
+
+    def enable_native(self) -> NativeStitcher:
+        """--native: C frames too. Only then is anything native imported, opened or parsed."""
+        if self.native is None:
+            from goflame.unwind.native import NativeStitcher
+
+            self.native = NativeStitcher(self.proc, self.reader, self.unwinder)
+        return self.native
 
     # -- registers of running goroutines ----------------------------------------------------------
     def _stack_bounds_of(self, m: Machine, g: Goroutine, snap: Snapshot, rsp: int) -> tuple[int, int] | None:
@@ -74,9 +87,11 @@ class StackCollector:
         """goid -> (registers, stack bytes from rsp, pause ns) for goroutines on a thread."""
         by_tid: dict[int, tuple[Machine, Goroutine]] = {}
         for g in goroutines:
-            if g.status != G_RUNNING:
+            if g.status != G_RUNNING and not (self.native is not None and g.status == G_SYSCALL):
                 continue
             m = snap.machine_of(g)
+            if g.status == G_SYSCALL and not (m is not None and m.incgo):
+                continue  # --native: a thread in C (maybe blocked in libc) is paused for its C frames
             if m is not None and m.tid:
                 by_tid[m.tid] = (m, g)
         if not by_tid:
@@ -139,6 +154,8 @@ class StackCollector:
             mem = StackMemory(read, sp, data)
             walk = self.unwinder.unwind(pc, sp, lr, mem, g.stack_lo, g.stack_hi,
                                         from_syscall=start == "syscall")
+            if self.native is not None:
+                walk = self.native.splice(walk, None, g, mem)  # C frames of a callback into Go
             out.append(self._stack(g, walk, start, 0, 0))
         return out
 
@@ -149,6 +166,10 @@ class StackCollector:
                       pause_ns: int, system_stacks: bool) -> GoroutineStack:
         read = self.proc.memory.read
         tid = m.tid if m else 0
+        if self.native is not None:
+            g0_bounds = {a: (sg.stack_lo, sg.stack_hi) for a, sg in snap.g0s.items()}
+            walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, data), g0_bounds)
+            return self._stack(g, walk, "registers", tid, pause_ns)
         pc, sp = r.rip, r.rsp
         if not self.reader.in_text(pc):
             # In the vDSO, C code or a raw syscall: the runtime's own records say where Go left off.
@@ -183,11 +204,14 @@ class StackCollector:
         walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
         return self._stack(g, walk, "registers", tid, pause_ns)
 
-    def _stack(self, g: Goroutine, walk: Walk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
+    def _stack(self, g: Goroutine, walk: Walk | MixedWalk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
         frames: list[StackFrame] = []
         sym = self.symbolizer
         bias = self.bias
         for depth, pf in enumerate(walk.frames):
+            if not isinstance(pf, PhysicalFrame):  # a native frame (--native)
+                frames.append(StackFrame(pf.frame, pf.pc, pf.entry, 0, depth))
+                continue
             entry = pf.func.entry + bias
             for fr, fid in sym.expand(pf.sym_pc):
                 frames.append(StackFrame(fr, pf.pc, entry, fid, depth))

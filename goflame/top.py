@@ -91,6 +91,7 @@ class TopOptions:
     view: str = "functions"
     lines: bool = False
     filter: str = ""  # what `/` would set: rows whose label contains it (case-insensitive)
+    native: bool = False  # unwind C frames too (cgo, libc, vDSO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +476,7 @@ class TopSession:
         self.t = target
         self.opts = opts
         self.child = child
-        self.sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle,
+        self.sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, native=opts.native,
                                                      nonblocking=opts.nonblocking))
         bias = target.reader.bias
         pcln = target.binary.pclntab

@@ -55,9 +55,11 @@ class Reader:
 
 
 def _is_gzip_or_protobuf(head: bytes) -> bool:
-    # pprof files are gzip'd protobuf; an uncompressed one starts with field 1 (sample_type),
-    # a length-delimited field, tag byte 0x0a, and is not text.
-    return head[:2] == b"\x1f\x8b" or (head[:1] == b"\x0a" and not _is_text(head))
+    # pprof files are gzip'd protobuf; an uncompressed one is a run of valid profile.proto
+    # fields (Go writes time_nanos first, others sample_type): goflame.export.pprof checks.
+    from goflame.export.pprof import looks_like_pprof
+
+    return looks_like_pprof(head) and not _is_text(head)
 
 
 _CONTROL = bytes(c for c in range(32) if c not in b"\t\n\r\f") + b"\x7f"

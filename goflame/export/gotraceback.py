@@ -10,10 +10,11 @@ Argument values are not reproduced: every frame prints `(...)`, which traceback 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import Func
+from goflame.frame import FrameKind
 from goflame.runtime import G_SYSCALL, G_WAITING, Goroutine
 from goflame.stacks import GoroutineStack, StackFrame
 from goflame.symbolize import func_name_for_print
@@ -27,6 +28,7 @@ MAX_FRAMES_OLD = 100  # _TracebackMaxFrames (before 1.21)
 class Rules:
     minor: int
     func_ids: dict[str, int]
+    _shown: dict[tuple[str, int, bool, int], bool] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def wrapper(self) -> int:
@@ -51,7 +53,14 @@ class Rules:
         return bool(rest) and "A" <= rest[0] <= "Z" and (not rcvr or "A" <= rcvr[0] <= "Z")
 
     def show(self, name: str, func_id: int, first: bool, callee: int) -> bool:
-        """runtime.showfuncinfo at GOTRACEBACK=single (the default)."""
+        """runtime.showfuncinfo at GOTRACEBACK=single (the default); cached, a dump asks often."""
+        key = (name, func_id, first, callee)
+        hit = self._shown.get(key)
+        if hit is None:
+            hit = self._shown[key] = self._show(name, func_id, first, callee)
+        return hit
+
+    def _show(self, name: str, func_id: int, first: bool, callee: int) -> bool:
         if func_id == self.wrapper and self.elide_wrapper_calling(callee):
             return False
         if self.minor >= 25 and func_id in (self.func_ids.get("runFinalizers"), self.func_ids.get("runCleanups")):
@@ -87,6 +96,10 @@ def header(g: Goroutine, now_ns: int, status_label: str | None = None) -> str:
 
 def _frame_lines(rules: Rules, sf: StackFrame) -> str:
     f = sf.frame
+    if f.kind is FrameKind.NATIVE:
+        # --native: C frames the way the runtime prints a cgo traceback (printOneCgoTraceback),
+        # the object standing in for the file.
+        return f"{f.function}\n\t{f.file}:{f.line} pc={sf.pc:#x}" if f.file else f"{f.function}\n\tpc={sf.pc:#x}"
     name = rules.print_name(f.function) if not (f.inlined and rules.minor < 21) else f.function
     if f.inlined and f.function == "runtime.gopanic":
         name = "panic" if rules.minor >= 21 else f.function
@@ -102,7 +115,7 @@ def visible_frames(rules: Rules, frames: tuple[StackFrame, ...], all_frames: boo
     out: list[StackFrame] = []
     callee = rules.func_ids.get("normal", 0)
     for sf in frames:
-        if rules.show(sf.frame.function, sf.func_id, not out, callee):
+        if sf.frame.kind is FrameKind.NATIVE or rules.show(sf.frame.function, sf.func_id, not out, callee):
             out.append(sf)
         callee = sf.func_id
     return out
@@ -174,7 +187,9 @@ def stack_json(stack: GoroutineStack, rules: Rules, binary: GoBinary, bias: int,
         "stack_from": stack.start,
         "complete": stack.stop in ("top", "zero-pc"),
         "frames": [{"function": sf.frame.function, "file": sf.frame.file, "line": sf.frame.line,
-                    "pc": f"{sf.pc:#x}", "inlined": sf.frame.inlined} for sf in shown],
+                    "pc": f"{sf.pc:#x}", "inlined": sf.frame.inlined,
+                    **({"kind": sf.frame.kind.value} if sf.frame.kind is not FrameKind.GO else {})}
+                   for sf in shown],
         "created_by": ({"function": creator.name, "pc": f"{g.creator_pc:#x}", "goroutine": g.parent_goid or None}
                        if creator else None),
         "start_function": (binary.pclntab.find_func(g.start_pc - bias).name

@@ -1,0 +1,679 @@
+"""pprof's profile.proto (gzipped), the format of `go tool pprof`, written and read.
+
+Writing follows Go's runtime/pprof conventions so that Go's own tools treat our files like
+theirs: CPU mode has sample types `samples/count` and `cpu/nanoseconds` with a period of
+1e9/rate ns; wall mode (`--idle`) has `samples/count` and `wall/nanoseconds`. One Location per
+pc; the frames inlined at that pc are its Line entries, innermost first, the function they were
+inlined into last — as Go writes them, so `go tool pprof` shows `(inline)` frames and
+`-lines`/`-addresses` work. Each goflame sample keeps its goroutine id, thread id and goroutine
+state as sample labels (`goroutine`, `thread` numbers; `state` string), so reading our own file
+back gives a recording that `--threads`/`--goroutines` still work on.
+
+Reading takes any profile.proto, gzipped or not: Go's CPU profiles (`go test -cpuprofile`,
+`/debug/pprof/profile`), goroutine profiles (`/debug/pprof/goroutine`, debug=0), heap, block and
+mutex profiles, and our own. A sample's weight is its `count` value when the profile has one
+(`samples/count`, `goroutine/count`: what the statistics of `goflame diff` need), else the
+default sample type.
+
+Encoding: the `protobuf` package's C parser (upb) with a message definition written here, as
+data (`_SCHEMA`), and turned into message classes at run time — no protoc, no generated code.
+A decoder of our own in pure Python was the alternative, and would be smaller; it is not
+faster: it decodes varints byte by byte in Python, and merely walking the samples' location
+ids that way takes 1.6x the CPU time of goflame's whole read of a 50 MB profile (26 s against
+16 s here; bench/bench_pprof_diff.py measures both). The definition declares the string table
+as `bytes` (wire-identical to `string`): upb would reject a proto3 `string` that is not UTF-8,
+and a Go binary's names need not be.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from itertools import chain
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from goflame import __version__
+from goflame.errors import BadInput, GoflameError, OutputError
+from goflame.frame import Frame, FrameKind
+from goflame.profile import Profile, RecordingMeta, Sample
+
+# ---------------------------------------------------------------------------------------------
+# the message definition (field numbers and types from pprof's proto/profile.proto)
+
+_U64, _I64, _BOOL, _BYTES = "uint64", "int64", "bool", "bytes"
+_REP = True
+
+# message -> (field name, number, scalar type or message name, repeated)
+_SCHEMA: dict[str, tuple[tuple[str, int, str, bool], ...]] = {
+    "Profile": (
+        ("sample_type", 1, "ValueType", _REP),
+        ("sample", 2, "Sample", _REP),
+        ("mapping", 3, "Mapping", _REP),
+        ("location", 4, "Location", _REP),
+        ("function", 5, "Function", _REP),
+        ("string_table", 6, _BYTES, _REP),
+        ("drop_frames", 7, _I64, False),
+        ("keep_frames", 8, _I64, False),
+        ("time_nanos", 9, _I64, False),
+        ("duration_nanos", 10, _I64, False),
+        ("period_type", 11, "ValueType", False),
+        ("period", 12, _I64, False),
+        ("comment", 13, _I64, _REP),
+        ("default_sample_type", 14, _I64, False),
+        ("doc_url", 15, _I64, False),
+    ),
+    "ValueType": (("type", 1, _I64, False), ("unit", 2, _I64, False)),
+    "Sample": (
+        ("location_id", 1, _U64, _REP),
+        ("value", 2, _I64, _REP),
+        ("label", 3, "Label", _REP),
+    ),
+    "Label": (("key", 1, _I64, False), ("str", 2, _I64, False), ("num", 3, _I64, False),
+              ("num_unit", 4, _I64, False)),
+    "Mapping": (
+        ("id", 1, _U64, False),
+        ("memory_start", 2, _U64, False),
+        ("memory_limit", 3, _U64, False),
+        ("file_offset", 4, _U64, False),
+        ("filename", 5, _I64, False),
+        ("build_id", 6, _I64, False),
+        ("has_functions", 7, _BOOL, False),
+        ("has_filenames", 8, _BOOL, False),
+        ("has_line_numbers", 9, _BOOL, False),
+        ("has_inline_frames", 10, _BOOL, False),
+    ),
+    "Location": (
+        ("id", 1, _U64, False),
+        ("mapping_id", 2, _U64, False),
+        ("address", 3, _U64, False),
+        ("line", 4, "Line", _REP),
+        ("is_folded", 5, _BOOL, False),
+    ),
+    "Line": (("function_id", 1, _U64, False), ("line", 2, _I64, False), ("column", 3, _I64, False)),
+    "Function": (
+        ("id", 1, _U64, False),
+        ("name", 2, _I64, False),
+        ("system_name", 3, _I64, False),
+        ("filename", 4, _I64, False),
+        ("start_line", 5, _I64, False),
+    ),
+}
+
+
+# For reading, a Sample's location ids and labels are taken as raw bytes (wire-compatible with
+# the packed ids and the Label messages): the bytes of a stack are a dict key as they are, and
+# only each distinct stack and label is decoded (by upb, as a tiny `Ids` / `Label` message).
+_SCHEMA["SampleIn"] = (("location_id", 1, _BYTES, _REP), ("value", 2, _I64, _REP), ("label", 3, _BYTES, _REP))
+_SCHEMA["ProfileIn"] = tuple((f, n, "SampleIn" if t == "Sample" else t, r) for f, n, t, r in _SCHEMA["Profile"])
+_SCHEMA["Ids"] = (("id", 1, _U64, _REP),)
+
+
+@cache
+def _message_classes() -> dict[str, type]:
+    """Message classes built from `_SCHEMA` in a private descriptor pool (made once, on first use)."""
+    try:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise BadInput("pprof support needs the 'protobuf' package: pip install protobuf") from None
+    fdp = descriptor_pb2.FieldDescriptorProto
+    scalar = {_U64: fdp.TYPE_UINT64, _I64: fdp.TYPE_INT64, _BOOL: fdp.TYPE_BOOL, _BYTES: fdp.TYPE_BYTES}
+    pkg = "goflame.pprof"
+    f = descriptor_pb2.FileDescriptorProto(name="goflame/pprof.proto", package=pkg, syntax="proto3")
+    for msg, fields in _SCHEMA.items():
+        m = f.message_type.add(name=msg)
+        for fname, number, typ, repeated in fields:
+            fd = m.field.add(name=fname, number=number,
+                             label=fdp.LABEL_REPEATED if repeated else fdp.LABEL_OPTIONAL)
+            if typ in scalar:
+                fd.type = scalar[typ]
+            else:
+                fd.type = fdp.TYPE_MESSAGE
+                fd.type_name = f".{pkg}.{typ}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{pkg}.{name}"))
+            for name in _SCHEMA}
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+# Label keys for what a goflame sample knows beyond its stack.
+LABEL_GOROUTINE = "goroutine"
+LABEL_THREAD = "thread"
+LABEL_STATE = "state"
+
+# The profile kind (see `profile_kind`) -> sample types and period type, as Go names them.
+_CPU_TYPES = (("samples", "count"), ("cpu", "nanoseconds"))
+_WALL_TYPES = (("samples", "count"), ("wall", "nanoseconds"))
+
+
+def profile_kind(profile: Profile) -> str:
+    """What a profile's weights count: "cpu", "wall", "goroutine", another pprof type, or "" (unknown)."""
+    extra = profile.meta.extra
+    kind = extra.get("profile_kind")
+    if isinstance(kind, str):
+        return kind
+    if extra.get("source") == "folded":
+        return ""
+    return profile.meta.mode
+
+
+@dataclass(frozen=True, slots=True)
+class _Types:
+    sample: tuple[tuple[str, str], ...]
+    period: tuple[str, str]
+    period_ns: int  # the period written; values[1] = count * period for time types
+
+
+def _types_for(profile: Profile) -> _Types:
+    kind = profile_kind(profile)
+    rate = profile.meta.rate_hz
+    if kind in ("cpu", "wall"):
+        types = _CPU_TYPES if kind == "cpu" else _WALL_TYPES
+        if rate > 0:
+            return _Types(types, types[1], max(1, round(1e9 / rate)))
+        return _Types(types[:1], types[0], 1)
+    if kind == "goroutine":
+        return _Types((("goroutine", "count"),), ("goroutine", "count"), 1)
+    typ, _, unit = (str(profile.meta.extra.get("pprof_sample_type") or "samples/count")).partition("/")
+    return _Types(((typ, unit or "count"),), (typ, unit or "count"), 1)
+
+
+class _Strings:
+    """The string table: index 0 is always the empty string."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {"": 0}
+        self.table: list[str] = [""]
+
+    def __call__(self, s: str) -> int:
+        i = self.index.get(s)
+        if i is None:
+            i = self.index[s] = len(self.table)
+            self.table.append(s)
+        return i
+
+
+def _start_lines(profile: Profile, binary: str | os.PathLike[str] | None, names: Iterable[str]) -> dict[str, int]:
+    """name -> the line its `func` keyword is on, from the binary's pclntab (Go 1.20+).
+
+    Frames do not carry it, so it is looked up by name in the binary the profile was taken
+    of, when that file is still there and is the same Go version; else 0 ("unknown" in pprof).
+    """
+    path = binary if binary is not None else profile.meta.binary
+    if not path:
+        return {}
+    try:
+        from goflame.binary.gobinary import GoBinary
+
+        b = GoBinary(path)
+    except (GoflameError, OSError, ValueError):
+        return {}
+    found: dict[str, int] = {}
+    try:
+        if binary is None and profile.meta.go_version and b.go_version != profile.meta.go_version:
+            return {}
+        tab = b.pclntab
+        for name in names:
+            try:
+                f = tab.func_by_name(name)
+            except GoflameError:
+                continue
+            if f is not None and f.start_line > 0:
+                found[name] = f.start_line
+    except GoflameError:
+        return {}
+    finally:
+        b.close()
+    return found
+
+
+def _locations_of(frames: tuple[Frame, ...]) -> list[tuple[Frame, ...]]:
+    """Split a stack (innermost first) into Locations: the frames inlined at one pc, then the
+    frame they were inlined into, form one; a frame with no pc (synthetic, or read from a
+    folded file) is a Location of its own."""
+    out: list[tuple[Frame, ...]] = []
+    group: list[Frame] = []
+    for f in frames:
+        if group and (f.pc != group[0].pc or not group[-1].inlined):
+            out.append(tuple(group))
+            group = []
+        group.append(f)
+        if not f.pc or not f.inlined:
+            out.append(tuple(group))
+            group = []
+    if group:
+        out.append(tuple(group))
+    return out
+
+
+def encode_pprof(profile: Profile, *, binary: str | os.PathLike[str] | None = None) -> bytes:
+    """The uncompressed profile.proto message for `profile`."""
+    cls = _message_classes()
+    p = cls["Profile"]()
+    strings = _Strings()
+    types = _types_for(profile)
+    for typ, unit in types.sample:
+        p.sample_type.add(type=strings(typ), unit=strings(unit))
+    p.period_type.type = strings(types.period[0])
+    p.period_type.unit = strings(types.period[1])
+    p.period = types.period_ns
+    timed = len(types.sample) > 1
+    m = profile.meta
+    if m.start_time:
+        p.time_nanos = int(m.start_time * 1e9)
+    if m.duration:
+        p.duration_nanos = int(m.duration * 1e9)
+    comments = [f"goflame {m.goflame_version or __version__}"]
+    if m.pid:
+        comments.append(f"pid {m.pid}")
+    if m.go_version:
+        comments.append(m.go_version)
+    if m.errors:
+        comments.append(f"{m.errors} samples dropped")
+    p.comment.extend(strings(c) for c in comments)
+
+    functions: dict[tuple[str, str], int] = {}
+    locations: dict[tuple[int, tuple[tuple[str, str, int], ...], FrameKind], int] = {}
+    stack_locs: dict[int, tuple[tuple[Frame, ...], tuple[int, ...]]] = {}  # id(frames) -> locations
+    go_pcs: list[int] = []
+    go_functions: list[tuple[int, str]] = []  # (index in p.function, name): start lines come last
+    main_mapping, native_mapping = 1, 2
+    uses_native = False
+
+    def function_id(f: Frame) -> int:
+        key = (f.function, f.file)
+        i = functions.get(key)
+        if i is None:
+            i = functions[key] = len(functions) + 1
+            name = strings(f.function)
+            p.function.add(id=i, name=name, system_name=name, filename=strings(f.file))
+            if f.kind is FrameKind.GO:
+                go_functions.append((i - 1, f.function))
+        return i
+
+    def location_id(group: tuple[Frame, ...]) -> int:
+        nonlocal uses_native
+        head = group[0]
+        key = (head.pc, tuple((f.function, f.file, f.line) for f in group), group[-1].kind)
+        i = locations.get(key)
+        if i is None:
+            i = locations[key] = len(locations) + 1
+            loc = p.location.add(id=i, address=head.pc)
+            kind = group[-1].kind
+            if head.pc and kind is FrameKind.GO:
+                loc.mapping_id = main_mapping
+                go_pcs.append(head.pc)
+            elif kind is FrameKind.NATIVE:
+                loc.mapping_id = native_mapping
+                uses_native = True
+            for f in group:
+                loc.line.add(function_id=function_id(f), line=f.line)
+        return i
+
+    def locs_for(frames: tuple[Frame, ...]) -> tuple[int, ...]:
+        hit = stack_locs.get(id(frames))
+        if hit is not None and hit[0] is frames:
+            return hit[1]
+        ids = tuple(location_id(g) for g in _locations_of(frames))
+        stack_locs[id(frames)] = (frames, ids)
+        return ids
+
+    # Samples that share a stack, goroutine, thread and state merge into one pprof sample.
+    merged: dict[tuple[tuple[int, ...], int, int, str], int] = {}
+    get = merged.get
+    detailed = profile.detailed
+    for s in profile.samples:
+        key = (locs_for(s.frames), s.goroutine, s.thread, s.state) if detailed else (locs_for(s.frames), 0, 0, "")
+        merged[key] = get(key, 0) + s.weight
+    k_goroutine, k_thread, k_state = strings(LABEL_GOROUTINE), strings(LABEL_THREAD), strings(LABEL_STATE)
+    period = types.period_ns
+    add = p.sample.add
+    for (locs, goroutine, thread, state), count in merged.items():
+        s = add(location_id=locs, value=(count, count * period) if timed else (count,))
+        if detailed:
+            if goroutine:
+                s.label.add(key=k_goroutine, num=goroutine)
+            if thread:
+                s.label.add(key=k_thread, num=thread)
+            if state:
+                s.label.add(key=k_state, str=strings(state))
+
+    if go_functions:
+        lines = _start_lines(profile, binary, {n for _, n in go_functions})
+        if lines:
+            for idx, fname in go_functions:
+                p.function[idx].start_line = lines.get(fname, 0)
+    if go_pcs or m.binary:
+        lo, hi = (min(go_pcs), max(go_pcs)) if go_pcs else (0, 0)
+        p.mapping.add(id=main_mapping, memory_start=lo & ~0xFFF, memory_limit=(hi | 0xFFF) + 1 if hi else 0,
+                      filename=strings(m.binary), has_functions=True, has_filenames=True,
+                      has_line_numbers=True, has_inline_frames=True)
+    else:
+        p.mapping.add(id=main_mapping, has_functions=True)
+    if uses_native:  # C code (cgo, libc, vDSO): goflame names it from ELF symbols, without lines
+        p.mapping.add(id=native_mapping, filename=strings("[native]"), has_functions=True)
+    p.string_table.extend(s.encode("utf-8", "surrogateescape") for s in strings.table)
+    return p.SerializeToString()
+
+
+def write_pprof(profile: Profile, out: str | os.PathLike[str] | BinaryIO, *,
+                binary: str | os.PathLike[str] | None = None, **_ignored: Any) -> None:
+    """Write a gzipped profile.proto (what `go tool pprof` and Go's runtime/pprof use)."""
+    data = gzip.compress(encode_pprof(profile, binary=binary), compresslevel=6, mtime=0)
+    if isinstance(out, (str, os.PathLike)):
+        try:
+            Path(out).write_bytes(data)
+        except OSError as e:
+            raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+    else:
+        out.write(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+# Wire type of each top-level Profile field (0 varint, 2 length-delimited); comment (13) may
+# be packed (2) or not (0).
+_PROFILE_WIRE = {1: {2}, 2: {2}, 3: {2}, 4: {2}, 5: {2}, 6: {2}, 7: {0}, 8: {0}, 9: {0}, 10: {0}, 11: {2},
+                 12: {0}, 13: {0, 2}, 14: {0}, 15: {0}}
+
+
+def looks_like_pprof(head: bytes) -> bool:
+    """Whether the first bytes of a file are gzip, or top-level profile.proto fields.
+
+    Only the structure is checked (every field a Profile field of the right wire type, as far
+    as `head` goes): enough to tell a pprof file from text or another binary format.
+    """
+    if head[:2] == b"\x1f\x8b":
+        return True
+    pos, n, fields = 0, len(head), 0
+    while pos < n:
+        tag, pos = _varint(head, pos)
+        if tag is None:
+            break
+        number, wire = tag >> 3, tag & 7
+        if wire not in _PROFILE_WIRE.get(number, ()):
+            return False
+        length, pos = _varint(head, pos)
+        if length is None:
+            break
+        fields += 1
+        if wire == 2:
+            pos += length
+    return fields >= 1 and (fields >= 2 or pos >= n)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int | None, int]:
+    v = shift = 0
+    while pos < len(buf):
+        b = buf[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            return v, pos
+        shift += 7
+        if shift > 63:
+            return None, pos
+    return None, pos
+
+
+def _decompress(data: bytes, name: str) -> bytes:
+    if data[:2] != b"\x1f\x8b":
+        return data
+    out = io.BytesIO()
+    d = zlib.decompressobj(wbits=31)
+    view = memoryview(data)
+    try:
+        while True:  # concatenated gzip members are one stream (gzip's rule)
+            out.write(d.decompress(view))
+            if not d.eof:
+                raise BadInput(f"{name}: truncated gzip data (the file was cut short)")
+            rest = d.unused_data
+            if not rest.strip(b"\0"):
+                break
+            view = memoryview(rest)
+            d = zlib.decompressobj(wbits=31)
+    except zlib.error as e:
+        raise BadInput(f"{name}: corrupt gzip data ({e})") from None
+    return out.getvalue()
+
+
+def _pick_value(types: list[tuple[str, str]], default: str, want: str | None, name: str) -> int:
+    """Which value of each sample becomes the weight (see the module docstring)."""
+    if want is not None:
+        for i, (t, u) in enumerate(types):
+            if want in (t, f"{t}/{u}"):
+                return i
+        have = ", ".join(f"{t}/{u}" for t, u in types)
+        raise BadInput(f"{name}: no sample type {want!r} in this profile (it has {have})")
+    for i, (t, u) in enumerate(types):
+        if u == "count" and t in ("samples", "goroutine", "contentions", "count"):
+            return i
+    if default:
+        for i, (t, _u) in enumerate(types):
+            if t == default:
+                return i
+    return len(types) - 1
+
+
+def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None = None) -> Profile:
+    """A Profile from profile.proto bytes (gzipped or not); BadInput for anything else."""
+    if not data:
+        raise BadInput(f"{name}: empty file, not a pprof profile")
+    raw = _decompress(data, name)
+    if not raw:
+        raise BadInput(f"{name}: empty pprof profile (no data inside the gzip stream)")
+    cls = _message_classes()
+    p = cls["ProfileIn"]()
+    try:
+        p.ParseFromString(raw)
+    except Exception as e:  # noqa: BLE001 - the protobuf runtime's DecodeError, or upb's own
+        raise BadInput(f"{name}: not a pprof profile (protobuf decoding failed: {e})") from None
+    strings = [s.decode("utf-8", "surrogateescape") for s in p.string_table]
+    if not strings or strings[0]:
+        raise BadInput(f"{name}: not a pprof profile (its string table does not start with '')")
+    nstr = len(strings)
+
+    def s_(i: int, what: str) -> str:
+        if not 0 <= i < nstr:
+            raise BadInput(f"{name}: corrupt pprof profile ({what} refers to string {i} of {nstr})")
+        return strings[i]
+
+    types = [(s_(v.type, "sample type"), s_(v.unit, "sample type")) for v in p.sample_type]
+    if not types:
+        raise BadInput(f"{name}: not a pprof profile (no sample types)" if not p.sample
+                       else f"{name}: corrupt pprof profile (samples but no sample types)")
+    vi = _pick_value(types, s_(p.default_sample_type, "default sample type"), sample_type, name)
+    ntypes = len(types)
+
+    # Mappings: the first is the main binary (pprof's rule); code in any other is native.
+    main_mapping = p.mapping[0].id if len(p.mapping) else 0
+    binary = s_(p.mapping[0].filename, "mapping") if len(p.mapping) else ""
+
+    functions: dict[int, tuple[str, str]] = {}
+    for f in p.function:
+        functions[f.id] = (s_(f.name, "function") or s_(f.system_name, "function"), s_(f.filename, "function"))
+    locations: dict[int, tuple[Frame, ...]] = {}
+    for loc in p.location:
+        addr = loc.address
+        native = bool(loc.mapping_id) and loc.mapping_id != main_mapping
+        lines = loc.line
+        n = len(lines)
+        if not n:
+            locations[loc.id] = (Frame(f"{addr:#x}", kind=FrameKind.UNKNOWN, pc=addr),)
+            continue
+        frames = []
+        for j, ln in enumerate(lines):
+            fn = functions.get(ln.function_id)
+            if fn is None:
+                raise BadInput(f"{name}: corrupt pprof profile (location {loc.id} names no function "
+                               f"{ln.function_id})")
+            kind = FrameKind.NATIVE if native else _kind_of(fn[0], addr)
+            frames.append(Frame(fn[0], fn[1], ln.line, j < n - 1, kind, addr))
+        locations[loc.id] = tuple(frames)
+
+    samples, labelled, total = _samples(p, cls, locations, s_, vi, ntypes, name)
+
+    typ, unit = types[vi]
+    period_t = (s_(p.period_type.type, "period type"), s_(p.period_type.unit, "period type"))
+    all_types = {t for t, _ in types}
+    if "cpu" in all_types:
+        kind = "cpu"
+    elif "wall" in all_types:
+        kind = "wall"
+    elif typ == "goroutine":
+        kind = "goroutine"
+    else:
+        kind = f"{typ}/{unit}"
+    rate = 1e9 / p.period if kind in ("cpu", "wall") and p.period > 0 and period_t[1] == "nanoseconds" else 0.0
+    comments = [s_(c, "comment") for c in p.comment]
+    meta = RecordingMeta(
+        goflame_version=next((c.split(" ", 1)[1] for c in comments if c.startswith("goflame ")), ""),
+        binary=binary,
+        go_version=next((c for c in comments if c.startswith("go1")), ""),
+        mode="cpu" if kind == "cpu" else "wall",
+        rate_hz=rate,
+        start_time=p.time_nanos / 1e9,
+        duration=p.duration_nanos / 1e9,
+        samples=total,
+        extra={"source": "pprof", "profile_kind": kind, "pprof_sample_type": f"{typ}/{unit}",
+               "pprof_sample_types": [f"{t}/{u}" for t, u in types], "unit": unit, "comments": comments},
+    )
+    return Profile(meta, tuple(samples), detailed=labelled)
+
+
+def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...]], s_: Callable[[int, str], str],
+             vi: int, ntypes: int, name: str) -> tuple[list[Sample], bool, int]:
+    """The samples of a parsed ProfileIn; each distinct stack and label decoded once."""
+    ids_cls, label_cls, sample_cls = cls["Ids"], cls["Label"], cls["Sample"]
+    loc_frames = locations.__getitem__
+    # Most locations hold one frame: a stack of them is one map over a dict, no chaining.
+    single = {i: fr[0] for i, fr in locations.items() if len(fr) == 1}.__getitem__
+    by_bytes: dict[bytes, tuple[Frame, ...]] = {}
+    label_cache: dict[bytes, tuple[int, int | str] | None] = {}
+    labelled = False
+
+    def frames_of(ids: Any) -> tuple[Frame, ...]:
+        try:
+            return tuple(map(single, ids))
+        except KeyError:
+            pass
+        try:
+            return tuple(chain.from_iterable(map(loc_frames, ids)))
+        except KeyError as e:
+            raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {e.args[0]}, "
+                           "which is not in the file)") from None
+
+    def label(raw: bytes) -> tuple[int, int | str] | None:
+        """(0 goroutine | 1 thread | 2 state, value) for goflame's labels, None for others."""
+        lb = label_cls.FromString(raw)
+        k = s_(lb.key, "label")
+        if k == LABEL_GOROUTINE:
+            out: tuple[int, int | str] | None = (0, lb.num)
+        elif k == LABEL_THREAD:
+            out = (1, lb.num)
+        elif k == LABEL_STATE:
+            out = (2, s_(lb.str, "label"))
+        else:
+            out = None
+        label_cache[raw] = out
+        return out
+
+    headers: dict[int, bytes] = {}
+
+    def decode_stack(raw: bytes) -> tuple[Frame, ...]:
+        n = len(raw)
+        hdr = headers.get(n)
+        if hdr is None:
+            hdr = headers[n] = b"\x0a" + _uvarint_bytes(n)
+        fr = by_bytes[raw] = frames_of(ids_cls.FromString(hdr + raw).id)
+        return fr
+
+    samples: list[Sample] = []
+    append = samples.append
+    stack_of = by_bytes.get
+    total = 0
+    try:
+        for s in p.sample:
+            chunks = s.location_id
+            if len(chunks) == 1:
+                raw = chunks[0]
+                fr = stack_of(raw) or decode_stack(raw)
+            elif chunks:
+                raw = b"".join(chunks)
+                fr = stack_of(raw) or decode_stack(raw)
+            else:  # ids written unpacked (Go does so for 1 or 2 of them), or none: decode the sample
+                fr = frames_of(sample_cls.FromString(s.SerializeToString()).location_id)
+            values = s.value
+            if len(values) != ntypes:
+                raise BadInput(f"{name}: corrupt pprof profile (a sample has {len(values)} values for "
+                               f"{ntypes} sample types)")
+            w = values[vi]
+            if w <= 0:
+                if w < 0:
+                    raise BadInput(f"{name}: pprof profile has negative sample values (a diff of two profiles?); "
+                                   "goflame reads plain profiles")
+                continue
+            total += w
+            labels = s.label
+            if labels:
+                got: list[int | str] = [0, 0, ""]
+                for raw in labels:
+                    t = label_cache[raw] if raw in label_cache else label(raw)
+                    if t is not None:
+                        got[t[0]] = t[1]
+                        labelled = True
+                append(Sample(0, got[0], got[1], got[2], fr, w))  # type: ignore[arg-type]
+            else:
+                append(Sample(0, 0, 0, "", fr, w))
+    except Exception as e:  # noqa: BLE001 - upb's DecodeError for a corrupt nested message
+        if isinstance(e, GoflameError):
+            raise
+        raise BadInput(f"{name}: corrupt pprof profile (a sample does not decode: {e})") from None
+    return samples, labelled, total
+
+
+def _uvarint_bytes(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _kind_of(function: str, addr: int) -> FrameKind:
+    """Synthetic frames written by goflame ("[chan receive]", "thread 7") have no address."""
+    if addr == 0 and (function[:1] == "[" or function.startswith(("thread ", "goroutine ", "no thread",
+                                                                   "no goroutine"))):
+        from goflame.export.folded import frame_from_label
+
+        return frame_from_label(function).kind
+    return FrameKind.GO
+
+
+def read_pprof(source: str | os.PathLike[str] | IO[bytes], name: str | None = None, *,
+               sample_type: str | None = None) -> Profile:
+    """Read a pprof file (see the module docstring); BadInput names what is wrong with it."""
+    if isinstance(source, (str, os.PathLike)):
+        name = name or str(source)
+        try:
+            data = Path(source).read_bytes()
+        except OSError as e:
+            raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
+    else:
+        name = name or getattr(source, "name", "<pprof>")
+        data = source.read()
+    return decode_pprof(data, name, sample_type=sample_type)
+
+
+__all__ = ["LABEL_GOROUTINE", "LABEL_STATE", "LABEL_THREAD", "decode_pprof", "encode_pprof", "profile_kind",
+           "read_pprof", "write_pprof"]

@@ -1,0 +1,589 @@
+"""--native: C frames (cgo, libc, vDSO) unwound by CFI or prologue analysis, stitched into
+goroutine stacks. Oracles: readelf's decoding of the same CFI, nm's symbols, perf's DWARF
+unwinding of the same run, the runtime's own goroutine dump, and call chains known by
+construction of the cgochain fixture (tests/fixtures/cgochain).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import gotoolchain as gt
+import pytest
+from conftest import FIXTURES
+from test_dump import parse_dump
+
+GOFLAME = [sys.executable, "-m", "goflame.cli"]
+LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
+C_CHAIN = ["c_outer", "c_middle", "c_inner"]  # call order: outermost first
+GO_CHAIN = ["main.chainWorker", "main.goLevel1", "main.goLevel2", "main.callC", "main._Cfunc_c_outer",
+            "runtime.cgocall", "runtime.asmcgocall"]
+CGO_WRAPPER = re.compile(r"^_cgo(exp)?_[0-9a-f]+_(Cfunc_)?(\w+)$")
+OWN_SHARES = {"c_outer": 20.0, "c_middle": 30.0, "c_inner": 50.0}  # chain.h: 2 / 3 / 5 units
+DWARF_REGS = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp",
+              **{i: f"r{i}" for i in range(8, 16)}, 16: "ra"}
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+def cgochain(tmp_root: Path, frame_pointers: bool = False, spec: gt.BuildSpec | None = None) -> Path:
+    """The fixture, -O2 without frame pointers; or its twin with -fno-omit-frame-pointer."""
+    spec = spec or gt.BuildSpec(cgo=True)
+    src = FIXTURES / "cgochain"
+    if not frame_pointers:
+        return gt.build(src, spec)
+    twin = tmp_root / "cgochain_fp"
+    twin.mkdir(exist_ok=True)
+    for p in src.iterdir():
+        text = p.read_text()
+        if p.name == "main.go":
+            text = text.replace("#cgo CFLAGS: -O2 -fomit-frame-pointer", "#cgo CFLAGS: -O2 -fno-omit-frame-pointer")
+            assert "-fno-omit-frame-pointer" in text
+        (twin / p.name).write_text(text)
+    return gt.build(twin, spec, name="cgochain_fp")
+
+
+class Fixture:
+    def __init__(self, binary: Path, *args: str):
+        self.proc = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), line
+        self.pid = self.proc.pid
+
+    def runtime_dump(self, path: Path) -> str:
+        os.kill(self.pid, signal.SIGUSR1)
+        for _ in range(200):
+            if path.exists():
+                return path.read_text()
+            time.sleep(0.05)
+        raise AssertionError("the fixture did not write its runtime dump")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> Fixture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def goflame(*args: str, timeout: float = 180) -> str:
+    r = subprocess.run([*GOFLAME, *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def folded(path: Path) -> Counter[tuple[str, ...]]:
+    """Folded stacks, innermost frame first (goflame's order)."""
+    c: Counter[tuple[str, ...]] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        c[tuple(reversed(stack.split(";")))] += int(n)
+    return c
+
+
+def strip_wrapper(name: str) -> str:
+    """cgo's generated names without their package hash: _cgo_Cfunc_f, _cgoexp_f."""
+    m = CGO_WRAPPER.match(name)
+    if m is None:
+        return name
+    return f"_cgoexp_{m.group(3)}" if m.group(1) else f"_cgo_Cfunc_{m.group(3)}"
+
+
+def nm(path: Path, *flags: str) -> dict[int, set[str]]:
+    """Address -> names of defined text symbols, by binutils' nm."""
+    out = subprocess.run(["nm", "--defined-only", *flags, str(path)], capture_output=True, text=True).stdout
+    by_addr: dict[int, set[str]] = {}
+    for line in out.splitlines():
+        parts = line.split(None, 2)  # Go names can hold spaces: go.shape.interface {}
+        if len(parts) == 3 and parts[1] in "TtWwi":
+            by_addr.setdefault(int(parts[0], 16), set()).add(parts[2].split("@")[0])
+    return by_addr
+
+
+# -- CFI and symbols against binutils -----------------------------------------------------------------
+def readelf_rows(path: Path) -> list[tuple[int, str, dict[str, str]]]:
+    """(loc, CFA, {register: rule}) rows of `readelf --debug-dump=frames-interp` for .eh_frame."""
+    out = subprocess.run(["readelf", "-wF", str(path)], capture_output=True, text=True).stdout
+    rows, cols, section, in_fde = [], None, "", False
+    for line in out.splitlines():
+        if line.startswith("Contents of the"):
+            section = line
+        if ".eh_frame" not in section:
+            continue
+        if " FDE " in line or " CIE " in line:
+            cols, in_fde = None, " FDE " in line  # a CIE's own table (LOC 0) is no function's
+        elif line.startswith("   LOC") and in_fde:
+            cols = line.split()[2:]
+        elif cols is not None and (m := re.match(r"^([0-9a-f]{16}) (\S+)\s*(.*)$", line)):
+            regs: list[str] = []
+            for tok in m.group(3).split():
+                if tok.startswith("(") and regs:
+                    regs[-1] = tok.strip("()")  # a register rule: "r3 (rbx)"
+                else:
+                    regs.append(tok)
+            rows.append((int(m.group(1), 16), m.group(2), dict(zip(cols, regs, strict=True))))
+    return rows
+
+
+def describe_row(row) -> tuple[str, dict[str, str]]:  # noqa: ANN001
+    from goflame.unwind.native import EXPR, OFFSET, REGISTER, SAME, UNDEF, VAL_EXPR, VAL_OFFSET
+
+    cfa = "exp" if row.cfa_reg < 0 else f"{DWARF_REGS.get(row.cfa_reg, row.cfa_reg)}+{row.cfa_offset}"
+    rules = {}
+    for reg, (kind, arg) in row.rules:
+        rules[DWARF_REGS.get(reg, str(reg))] = {
+            OFFSET: lambda a: f"c{a:+d}", VAL_OFFSET: lambda a: f"v{a:+d}",
+            REGISTER: lambda a: DWARF_REGS.get(a, str(a)), EXPR: lambda a: "exp", VAL_EXPR: lambda a: "vexp",
+            UNDEF: lambda a: "u", SAME: lambda a: "s"}[kind](arg)
+    return cfa, rules
+
+
+def vdso_image(tmp_path: Path) -> Path:
+    """This process's vDSO (the same kernel's as every target here), copied out of memory."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith("[vdso]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            with open("/proc/self/mem", "rb") as f:
+                f.seek(lo)
+                data = f.read(hi - lo)
+            out = tmp_path / "vdso.so"
+            out.write_bytes(data)
+            return out
+    raise AssertionError("no [vdso] mapping")
+
+
+def test_cfi_rows_equal_readelfs_decoding_for_libc_the_fixture_and_the_vdso(tmp_path):
+    from goflame.unwind.native import ImageCache
+
+    cache = ImageCache()
+    for path in (LIBC, cgochain(tmp_path), vdso_image(tmp_path)):
+        img = cache.open_file(str(path), str(path))
+        assert img is not None and img.eh is not None, path
+        want = readelf_rows(path)
+        assert len(want) > 20, path
+        checked = 0
+        for loc, cfa, regs in want:
+            if img.eh.find(loc) is None:
+                assert loc < 0x1000, f"{path}: no FDE for {loc:#x}"
+                continue  # an FDE of a discarded section (pc 0), absent from .eh_frame_hdr too
+            got_cfa, got_rules = describe_row(img.eh.row_at(loc))
+            assert got_cfa == cfa, (path, hex(loc), got_cfa, cfa)
+            for col, rule in regs.items():
+                assert got_rules.get(col, "u") == rule, (path, hex(loc), col, got_rules, regs)
+            checked += 1
+        assert checked >= 0.99 * len(want), (path, checked, len(want))
+        assert img.eh.decode_all() >= checked
+
+
+def test_native_symbols_agree_with_nm(tmp_path):
+    from goflame.unwind.native import ImageCache
+
+    cache = ImageCache()
+    for path, flags in ((LIBC, ("-D",)), (cgochain(tmp_path), ())):
+        img = cache.open_file(str(path), str(path))
+        syms = nm(path, *flags)
+        starts = sorted(syms)
+        checked = 0
+        for a, b in zip(starts, starts[1:], strict=False):
+            if not any(lo <= a < hi for lo, hi in img.exec_ranges) or b - a < 2:
+                continue
+            s = img.symbol(a + (b - a) // 2)
+            if s is None:
+                continue  # past a sized symbol's end: padding between functions
+            assert s.start == a and s.name in syms[a], (path, hex(a), s, syms[a])
+            checked += 1
+        assert checked > 50, path
+    fixture = cache.open_file(str(cgochain(tmp_path)), "cgochain")
+    by_name = {n: a for a, names in nm(cgochain(tmp_path)).items() for n in names}
+    for fn in [*C_CHAIN, "asm_outer", "asm_inner", "goCallback", "c_callgo"]:
+        assert fixture.symbol(by_name[fn] + 1).name == fn
+
+
+def test_prologue_analysis_agrees_with_the_cfi_of_compiled_code(tmp_path):
+    """Where a table exists it is the truth: the heuristic must find the same CFA almost always."""
+    import capstone
+
+    from goflame.unwind.native import ImageCache
+    from goflame.unwind.prologue import PrologueAnalyzer
+
+    analyzer = PrologueAnalyzer()
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cache = ImageCache()
+    for path, limit, floor in ((cgochain(tmp_path), None, 0.97), (LIBC, 300, 0.93)):
+        img = cache.open_file(str(path), str(path))
+        agree = total = 0
+        for sym in img._symbol_table()[1][:limit]:
+            fde = img.eh.find(sym.start) if sym.size else None
+            if fde is None or fde.begin != sym.start:
+                continue
+            code = img.code(sym.start, sym.size)
+            for addr, _size, mnemonic, _ops in md.disasm_lite(code, sym.start):
+                row = img.eh.row_at(addr)
+                if row is None or row.cfa_reg < 0 or mnemonic in ("nop", "int3"):
+                    continue  # padding after the last instruction is never executed
+                off = addr - sym.start
+                rule = analyzer.analyze(code[:off], sym.start, addr, code[off:off + 64], sym.start + sym.size)
+                if rule is not None and rule.cfa_reg != row.cfa_reg:
+                    continue  # rsp- vs rbp-based: the same CFA can be written both ways
+                total += 1
+                agree += rule is not None and rule.cfa_offset == row.cfa_offset
+        assert total > 300, path
+        assert agree / total >= floor, (path, agree, total)
+
+
+# -- CPU samples through cgo, against perf --------------------------------------------------------------
+def perf_stacks(data: Path) -> Counter[tuple[str, ...]]:
+    """perf script's stacks, innermost first."""
+    out = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym"], capture_output=True, text=True,
+                         timeout=300).stdout
+    c: Counter[tuple[str, ...]] = Counter()
+    for block in out.split("\n\n"):
+        syms = [ln.split(None, 1)[1].split("+")[0].strip() for ln in block.strip().splitlines()
+                if len(ln.split()) > 1]
+        if syms:
+            c[tuple(syms)] += 1
+    return c
+
+
+def c_leaf_shares(stacks: Counter[tuple[str, ...]]) -> tuple[dict[str, float], int]:
+    per: Counter[str] = Counter()
+    for stack, n in stacks.items():
+        if stack and stack[0] in C_CHAIN:
+            per[stack[0]] += n
+    total = sum(per.values())
+    assert total > 0, "no sample in the C chain"
+    return {name: 100 * per[name] / total for name in C_CHAIN}, total
+
+
+def full_chain(stack: tuple[str, ...]) -> bool:
+    """A sample in the C chain shows it up to its leaf, cgo's wrapper, the Go chain, goexit."""
+    depth = C_CHAIN.index(stack[0]) + 1
+    want = [*reversed(C_CHAIN[:depth]), "_cgo_Cfunc_c_outer", *reversed(GO_CHAIN)]
+    return ([strip_wrapper(f) for f in stack[: len(want)]] == want
+            and stack[len(want):] in (("main.main.gowrap1", "runtime.goexit"), ("runtime.goexit",)))
+
+
+def record_alongside_perf(pid: int, tmp_path: Path, *, want: int, max_seconds: float
+                          ) -> tuple[Counter[tuple[str, ...]], Counter[tuple[str, ...]]]:
+    """goflame --native and `perf record --call-graph dwarf` on the same process at once.
+
+    goflame records in rounds until it has `want` C samples (or `max_seconds` pass): on a
+    loaded machine the target gets less CPU and both profilers fewer samples, and a share
+    measured on n samples is only good to ~50/sqrt(n) points.
+    """
+    perf_data = tmp_path / "perf.data"
+    perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf,512",
+                             "-p", str(pid), "-o", str(perf_data), "--", "sleep", str(max_seconds + 30)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours: Counter[tuple[str, ...]] = Counter()
+    start = time.monotonic()
+    try:
+        time.sleep(0.5)
+        i = 0
+        while sum(n for s, n in ours.items() if s[0] in C_CHAIN) < want and time.monotonic() - start < max_seconds:
+            out = tmp_path / f"round{i}.folded"
+            goflame("record", "--pid", str(pid), "--native", "-d", "6", "-r", "500", "-o", str(out))
+            ours += folded(out)
+            i += 1
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=120)
+    return ours, perf_stacks(perf_data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frame_pointers", [False, True], ids=["omit-frame-pointer", "frame-pointer"])
+def test_cpu_samples_show_the_go_chain_the_cgo_boundary_and_the_c_chain_as_perf_does(tmp_path, frame_pointers):
+    binary = cgochain(tmp_path, frame_pointers)
+    with Fixture(binary, "-mode", "chain", "-workers", "1", "-d", "120s") as fx:
+        ours, theirs = record_alongside_perf(fx.pid, tmp_path, want=6000, max_seconds=60)
+    # Every C sample: the C chain up to the leaf, the cgo wrapper, then the whole Go chain.
+    c_samples = Counter({s: n for s, n in ours.items() if s[0] in C_CHAIN})
+    complete = sum(n for s, n in c_samples.items() if full_chain(s))
+    total_c = sum(c_samples.values())
+    assert complete >= 0.99 * total_c, (complete, total_c, c_samples.most_common(3))
+    # perf sees the same C part of these stacks (its DWARF unwinding stops at the stack switch,
+    # and now and then earlier).
+    perf_c = perf_complete = 0
+    for stack, n in theirs.items():
+        if stack[0] in C_CHAIN:
+            depth = C_CHAIN.index(stack[0]) + 1
+            perf_c += n
+            if [strip_wrapper(f) for f in stack[: depth + 1]] == [*reversed(C_CHAIN[:depth]), "_cgo_Cfunc_c_outer"]:
+                perf_complete += n
+    assert perf_complete >= 0.95 * perf_c, (perf_complete, perf_c)
+    ours_shares, n_ours = c_leaf_shares(c_samples)
+    theirs_shares, n_theirs = c_leaf_shares(theirs)
+    assert n_ours >= 4000 and n_theirs >= 4000, f"too few samples to judge 2 points: {n_ours}, {n_theirs}"
+    for name in C_CHAIN:
+        assert abs(ours_shares[name] - theirs_shares[name]) <= 2.0, (name, ours_shares, theirs_shares)
+        assert abs(ours_shares[name] - OWN_SHARES[name]) <= 3.0, (name, ours_shares, OWN_SHARES)
+
+
+# -- C calling Go, a goroutine blocked in libc ------------------------------------------------------------
+CALLBACK_GO_INNER = ["main.goCallbackSpin", "main.goCallback"]
+CALLBACK_RUNTIME = ["_cgoexp_goCallback", "runtime.cgocallbackg1", "runtime.cgocallbackg", "runtime.cgocallback",
+                    "crosscall2"]  # innermost first: the //export wrapper, the runtime's way in from C
+CALLBACK_C = ["goCallback", "c_callgo", "_cgo_Cfunc_c_callgo"]
+CALLBACK_GO_OUTER = ["main._Cfunc_c_callgo", "main.goCaller", "main.callbackWorker"]
+
+
+def runtime_dump_showing(fx: Fixture, path: Path, function: str, tries: int = 20) -> list[str]:
+    """Go frame names of the goroutine in `function`, from the runtime's own dump.
+
+    The runtime stops the world to dump, and a goroutine in C stops at once while one in Go
+    must reach a safe point first: a goroutine that alternates between the two is caught in
+    C more often. Ask again until it is caught in Go.
+    """
+    for _ in range(tries):
+        path.unlink(missing_ok=True)
+        for b in parse_dump(fx.runtime_dump(path)).values():
+            names = [f for f, _ in b.frames]
+            if function in names:
+                return names
+    raise AssertionError(f"the runtime's dump never showed a goroutine in {function}")
+
+
+def test_c_calling_back_into_go_shows_go_then_c_then_go_again_in_one_stack(tmp_path):
+    binary = cgochain(tmp_path)
+    dump_path = tmp_path / "runtime.txt"
+    with Fixture(binary, "-mode", "callback", "-dump", str(dump_path)) as fx:
+        out = tmp_path / "cb.folded"
+        goflame("record", "--pid", str(fx.pid), "--native", "-d", "3", "-o", str(out))
+        runtime_go = runtime_dump_showing(fx, dump_path, "main.goCallback")
+    # The runtime's own traceback of the callback goroutine: Go frames only, C left out.
+    assert runtime_go[:2] == CALLBACK_GO_INNER and runtime_go[2:5] == CALLBACK_GO_OUTER, runtime_go
+    # goflame: the same Go frames, with the C frames that called back in between.
+    stacks = folded(out)
+    in_go = {s: n for s, n in stacks.items() if s[0] == "main.goCallbackSpin"}
+    assert sum(in_go.values()) >= 20, stacks.most_common(3)
+    for stack in in_go:
+        names = [strip_wrapper(f) for f in stack]
+        i = names.index("main.goCallback")
+        assert names[: i + 1] == CALLBACK_GO_INNER, names
+        j = names.index("goCallback")  # the C stub cgo generates for the //export
+        assert names[i + 1 : j] == CALLBACK_RUNTIME and names[j : j + 3] == CALLBACK_C, names
+        k = names.index("main._Cfunc_c_callgo")
+        assert names[j + 3 : k] == ["runtime.asmcgocall", "runtime.cgocall"], names
+        assert names[k : k + 3] == CALLBACK_GO_OUTER, names
+
+
+def test_a_goroutine_parked_inside_a_callback_dumps_with_the_c_frames_between_its_go_frames(tmp_path):
+    binary = cgochain(tmp_path)
+    dump_path = tmp_path / "runtime.txt"
+    with Fixture(binary, "-mode", "callbackpark", "-dump", str(dump_path)) as fx:
+        doc = json.loads(goflame("dump", "--pid", str(fx.pid), "--native", "--json"))
+        theirs = parse_dump(fx.runtime_dump(dump_path))
+    want = next(b for b in theirs.values() if any(f == "main.goCallbackPark" for f, _ in b.frames))
+    assert want.state.startswith("chan receive")
+    g = next(g for g in doc["goroutines"] if any(f["function"] == "main.goCallbackPark" for f in g["frames"]))
+    frames = g["frames"]
+    kinds = [f.get("kind", "go") for f in frames]
+    first_c, last_c = kinds.index("native"), len(kinds) - 1 - kinds[::-1].index("native")
+    assert set(kinds[:first_c]) == {"go"} and set(kinds[last_c + 1:]) == {"go"}, kinds  # Go, C, Go again
+    assert [strip_wrapper(f["function"]) for f in frames[first_c : last_c + 1]] == \
+        ["goCallbackPark", "c_callgo_park", "_cgo_Cfunc_c_callgo_park"], frames
+    go = [(f["function"], f"{f['file']}:{f['line']}") for f in frames if f.get("kind", "go") == "go"]
+    assert go == [(f, pos.strip().split(" +")[0]) for f, pos in want.frames], (go, want.frames)
+
+
+def test_dump_native_shows_libc_frames_of_a_goroutine_blocked_in_read(tmp_path):
+    binary = cgochain(tmp_path)
+    dump_path = tmp_path / "runtime.txt"
+    with Fixture(binary, "-mode", "block", "-dump", str(dump_path)) as fx:
+        maps = Path(f"/proc/{fx.pid}/maps").read_text()
+        doc = json.loads(goflame("dump", "--pid", str(fx.pid), "--native", "--json"))
+        text = goflame("dump", "--pid", str(fx.pid), "--native")
+        theirs = parse_dump(fx.runtime_dump(dump_path))
+    blocked = [g for g in doc["goroutines"] if any(f["function"] == "main.blockInC" for f in g["frames"])]
+    assert len(blocked) == 1, doc["goroutines"]
+    frames = blocked[0]["frames"]
+    # libc's read(2) wrapper first: nm names this address (its aliases included).
+    libc_syms = nm(LIBC, "-D")
+    read_addrs = [a for a, names in libc_syms.items() if "read" in names]
+    assert len(read_addrs) == 1
+    libc_base = min(int(line.split("-")[0], 16) - int(line.split()[2], 16)
+                    for line in maps.splitlines() if line.endswith(str(LIBC)) or line.endswith("/libc.so.6"))
+    top = frames[0]
+    assert top["kind"] == "native" and Path(top["file"]).name == "libc.so.6", frames[:3]
+    assert top["function"] in libc_syms[read_addrs[0]], (top, libc_syms[read_addrs[0]])
+    sizes = subprocess.run(["nm", "-D", "-S", "--defined-only", str(LIBC)], capture_output=True, text=True).stdout
+    size = next(int(line.split()[1], 16) for line in sizes.splitlines() if line.split()[-1].split("@")[0] == "read")
+    assert read_addrs[0] <= int(top["pc"], 16) - libc_base < read_addrs[0] + size
+    names = [strip_wrapper(f["function"]) for f in frames]
+    assert names[1:3] == ["c_block_read", "_cgo_Cfunc_c_block_read"], names
+    # Then the Go frames, exactly as the runtime shows this goroutine.
+    want = next(b for b in theirs.values() if any(f == "main.blockInC" for f, _ in b.frames))
+    assert want.state == "syscall"
+    go = [(f["function"], f"{f['file']}:{f['line']}") for f in frames if f.get("kind", "go") == "go"]
+    assert go == [(f, pos.strip().split(" +")[0]) for f, pos in want.frames], (go, want.frames)
+    assert "read\n\t" in text and "c_block_read\n\t" in text and " pc=0x" in text
+
+
+# -- no CFI: prologue analysis ----------------------------------------------------------------------------
+def fde_ranges(path: Path) -> list[tuple[int, int]]:
+    out = subprocess.run(["readelf", "-wf", str(path)], capture_output=True, text=True).stdout
+    return [(int(a, 16), int(b, 16)) for a, b in re.findall(r"FDE cie=\S+ pc=([0-9a-f]+)\.\.([0-9a-f]+)", out)]
+
+
+def test_frames_without_cfi_are_recovered_by_prologue_analysis_and_marked_heuristic(tmp_path):
+    binary = cgochain(tmp_path)
+    syms = {n: a for a, names in nm(binary).items() for n in names}
+    ranges = fde_ranges(binary)
+    for fn in ("asm_outer", "asm_inner"):
+        assert not any(lo <= syms[fn] < hi for lo, hi in ranges), f"{fn} has CFI: the test would prove nothing"
+    assert any(lo <= syms["c_inner"] < hi for lo, hi in ranges)
+    with Fixture(binary, "-mode", "asm") as fx:
+        out = tmp_path / "asm.folded"
+        goflame("record", "--pid", str(fx.pid), "--native", "-d", "3", "-o", str(out))
+    stacks = folded(out)
+    in_asm = {s: n for s, n in stacks.items() if s[0].startswith("asm_inner")}
+    assert sum(in_asm.values()) >= 50, stacks.most_common(3)
+    want = ["asm_inner [heuristic]", "asm_outer [heuristic]", "_cgo_Cfunc_asm_outer", "runtime.asmcgocall",
+            "runtime.cgocall", "main._Cfunc_asm_outer", "main.goAsm", "main.asmWorker"]
+    good = sum(n for s, n in in_asm.items() if [strip_wrapper(f) for f in s[: len(want)]] == want)
+    assert good == sum(in_asm.values()), in_asm
+    # Only functions without CFI are marked (crosscall1 in runtime/cgo is another one).
+    no_cfi = {n for a, names in nm(binary).items() for n in names if not any(lo <= a < hi for lo, hi in ranges)}
+    marked = {f.removesuffix(" [heuristic]") for s in stacks for f in s if f.endswith(" [heuristic]")}
+    assert marked <= no_cfi, marked - no_cfi
+
+
+# -- the vDSO ----------------------------------------------------------------------------------------------
+def test_vdso_frames_are_symbolized_from_the_image_in_the_targets_memory(tmp_path):
+    binary = gt.build(FIXTURES / "cgochain", gt.BuildSpec(cgo=True, stripped=True, pie=True))
+    with Fixture(binary, "-mode", "vdso") as fx:
+        for line in Path(f"/proc/{fx.pid}/maps").read_text().splitlines():
+            if line.endswith("[vdso]"):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        with open(f"/proc/{fx.pid}/mem", "rb") as f:
+            f.seek(lo)
+            image = tmp_path / "target-vdso.so"
+            image.write_bytes(f.read(hi - lo))
+        out = tmp_path / "vdso.folded"
+        goflame("record", "--pid", str(fx.pid), "--native", "-d", "3", "-o", str(out))
+    vdso_names = {n for names in nm(image, "-D").values() for n in names}
+    stacks = folded(out)
+    in_vdso = {s: n for s, n in stacks.items() if s[0] in vdso_names}
+    assert sum(in_vdso.values()) >= 20, stacks.most_common(5)
+    for stack in in_vdso:
+        go = [f for f in stack if f.startswith(("time.", "main."))]
+        assert go[-2:] == ["main.clockLoop", "main.vdsoWorker"] and "time.Now" in go, stack
+
+
+# -- without --native --------------------------------------------------------------------------------------
+def test_without_native_nothing_native_is_loaded_and_dumps_do_not_change(tmp_path):
+    binary = cgochain(tmp_path)
+    dump_path = tmp_path / "runtime.txt"
+    with Fixture(binary, "-mode", "block", "-dump", str(dump_path)) as fx:
+        probe = subprocess.run([sys.executable, "-c", (
+            "import sys; from goflame.dump import dump_goroutines; "
+            f"text = dump_goroutines({fx.pid}); "
+            "print(sorted(m for m in sys.modules if m.startswith('goflame.unwind')))")],
+            capture_output=True, text=True, timeout=120)
+        plain = goflame("dump", "--pid", str(fx.pid))
+        native = goflame("dump", "--pid", str(fx.pid), "--native")
+        theirs = parse_dump(fx.runtime_dump(dump_path))
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "['goflame.unwind', 'goflame.unwind.gopclntab']", probe.stdout
+    # Without --native the dump is Go's own: every goroutine the runtime shows parked, identical.
+    ours = parse_dump(plain)
+    compared = 0
+    for goid, want in theirs.items():
+        if want.state.split(",")[0] in ("running", "runnable") or goid not in ours:
+            continue
+        got = ours[goid]
+        assert (got.state, got.frames, got.created) == (want.state, want.frames, want.created), goid
+        compared += 1
+    assert compared >= 3  # main (sleep), the signal loop, the reader blocked in C
+    assert "pc=0x" not in plain and "[native" not in plain
+    # --native adds C frames and changes nothing else.
+    native_blocks = plain_blocks = 0
+    for chunk in native.strip().split("\n\n"):
+        lines = chunk.splitlines()
+        kept = [ln for i, ln in enumerate(lines)
+                if not (" pc=0x" in ln or (i + 1 < len(lines) and " pc=0x" in lines[i + 1]))]
+        native_blocks += 1
+        assert "\n".join(kept) in plain, chunk
+    plain_blocks = len(plain.strip().split("\n\n"))
+    assert native_blocks == plain_blocks
+
+
+def test_native_dump_of_a_pure_go_program_is_the_plain_dump(tmp_path):
+    """No C code in the process: --native must give the very same goroutine stacks."""
+    binary = gt.build(FIXTURES / "parked", gt.BuildSpec())
+    proc = subprocess.Popen([str(binary), "-dump", str(tmp_path / "d.txt"), "-spin", "0"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        plain = goflame("dump", "--pid", str(proc.pid))
+        native = goflame("dump", "--pid", str(proc.pid), "--native")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert native == plain
+
+
+# -- torn or corrupt tables --------------------------------------------------------------------------------
+def test_corrupt_cfi_never_raises_and_never_invents_a_row(tmp_path):
+    """Real .eh_frame bytes with bytes flipped: parsing and lookups end quietly (no row, or a row)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from goflame.binary.elf import ElfFile
+    from goflame.unwind.native import CfiSection, Row
+
+    elf = ElfFile(cgochain(tmp_path))
+    sec = elf.section(".eh_frame")
+    data = bytes(elf.section_bytes(".eh_frame"))
+    hdr_sec = elf.section(".eh_frame_hdr")
+    hdr = bytes(elf.section_bytes(".eh_frame_hdr"))
+    pcs = CfiSection(data, sec.addr, eh=True).starts
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+           st.booleans())
+    def mutated(flips, with_hdr):
+        raw = bytearray(data)
+        for pos, value in flips:
+            raw[pos] = value
+        try:
+            cfi = CfiSection(bytes(raw), sec.addr, eh=True, hdr=hdr if with_hdr else None, hdr_vaddr=hdr_sec.addr)
+        except Exception as e:  # noqa: BLE001
+            raise AssertionError(f"constructor raised {e!r}") from e
+        for pc in pcs:
+            for probe in (pc, pc + 1, pc + 7):
+                row = cfi.row_at(probe)
+                assert row is None or isinstance(row, Row)
+
+    mutated()
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("go", list(gt.MATRIX))
+def test_native_stitching_holds_on_every_go_release(tmp_path, go):
+    """asmcgocall, cgocallback and crosscall2 changed shape over the releases: stitch them all."""
+    binary = cgochain(tmp_path, spec=gt.BuildSpec(go=go, cgo=True))
+    with Fixture(binary, "-mode", "chain,callback,block", "-workers", "1") as fx:
+        out = tmp_path / "m.folded"
+        goflame("record", "--pid", str(fx.pid), "--native", "-d", "4", "-o", str(out))
+        doc = json.loads(goflame("dump", "--pid", str(fx.pid), "--native", "--json"))
+    stacks = folded(out)
+    chain = {s: n for s, n in stacks.items() if s[0] in C_CHAIN}
+    full = sum(n for s, n in chain.items() if full_chain(s))
+    assert chain and full >= 0.95 * sum(chain.values()), chain
+    callback = [s for s in stacks if s[0] == "main.goCallbackSpin"]
+    assert callback and all("c_callgo" in s and "main.goCaller" in s for s in callback), callback[:2]
+    blocked = [g for g in doc["goroutines"] if any(f["function"] == "main.blockInC" for f in g["frames"])]
+    assert blocked and [strip_wrapper(f["function"]) for f in blocked[0]["frames"][1:3]] == \
+        ["c_block_read", "_cgo_Cfunc_c_block_read"], blocked

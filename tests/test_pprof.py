@@ -1,0 +1,357 @@
+"""pprof in and out, judged by Go itself: `go tool pprof` reads what goflame writes, goflame
+reads what Go's runtime/pprof writes (go test -cpuprofile, /debug/pprof/profile and
+/debug/pprof/goroutine), and both sides agree stack for stack and total for total."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import export_data
+import gotoolchain as gt
+from conftest import FIXTURES
+from goflame.errors import BadInput
+from goflame.export import read_profile, sniff_format, write_profile
+from goflame.export.folded import folded_lines
+from goflame.export.pprof import decode_pprof, encode_pprof, read_pprof
+from goflame.frame import Frame
+from goflame.profile import Profile, RecordingMeta, Sample, read_recording
+from pprof_oracle import go_pprof, go_test_profile, raw_header, top_table, traces, traces_folded
+
+ROOT = Path(__file__).resolve().parent.parent
+GOFLAME = [sys.executable, "-m", "goflame.cli"]
+
+
+def goflame(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*GOFLAME, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def folded_of(profile: Profile) -> Counter[str]:
+    c: Counter[str] = Counter()
+    for line in folded_lines(profile.aggregate(states=False)):
+        stack, _, n = line.rpartition(" ")
+        c[stack] += int(n)
+    return c
+
+
+def flat_cum(samples: tuple[Sample, ...]) -> dict[str, tuple[int, int]]:
+    """Per function: samples with it as the leaf frame, and samples with it anywhere (once)."""
+    flat: Counter[str] = Counter()
+    cum: Counter[str] = Counter()
+    for s in samples:
+        if not s.frames:
+            continue
+        flat[s.frames[0].function] += s.weight
+        for name in {f.function for f in s.frames}:
+            cum[name] += s.weight
+    return {name: (flat[name], cum[name]) for name in cum}
+
+
+def tag_counts(path: Path) -> dict[str, Counter[str]]:
+    """`go tool pprof -tags`: label key -> {value: samples}."""
+    out: dict[str, Counter[str]] = {}
+    key = None
+    for line in go_pprof("-tags", "-sample_index=samples", path).splitlines():
+        m = re.match(r"^\s*(\S+): Total \d+ of \d+", line)
+        if m:
+            key = m.group(1)
+            out[key] = Counter()
+            continue
+        m = re.match(r"^\s*(\d+) \(\s*[0-9.]+%\): (.*)$", line)
+        if m and key:
+            out[key][m.group(2)] += int(m.group(1))
+    return out
+
+
+class PprofServer:
+    """tests/fixtures/pprofserve: net/http/pprof on 127.0.0.1, a CPU-bound chain with an inlined
+    leaf (main.mix inlined into main.spin) and goroutines parked on a channel and a mutex."""
+
+    def __init__(self) -> None:
+        exe = gt.build(FIXTURES / "pprofserve", gt.BuildSpec())
+        self.proc = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening "), line
+        self.addr = line.split()[1]
+        self.pid = self.proc.pid
+
+    def fetch(self, path: str, out: Path, timeout: float = 60) -> Path:
+        with urllib.request.urlopen(f"http://{self.addr}{path}", timeout=timeout) as r:
+            out.write_bytes(r.read())
+        return out
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = PprofServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def go_cpu_profile(tmp_path_factory) -> Path:
+    """A CPU profile of examples/regress written by `go test -bench -cpuprofile`."""
+    return go_test_profile(tmp_path_factory.mktemp("gotest") / "cpu.pprof", iterations=1500)
+
+
+@pytest.fixture(scope="module")
+def goflame_recording(tmp_path_factory, server) -> tuple[Path, Path]:
+    """goflame's pprof of pprofserve and the raw recording it was made from (--keep-raw)."""
+    d = tmp_path_factory.mktemp("rec")
+    out = d / "cpu.pb.gz"
+    r = goflame("record", "--pid", server.pid, "-d", "4", "-r", "400", "-f", "pprof", "--keep-raw", "-o", out)
+    assert r.returncode == 0, r.stderr
+    return out, Path(str(out) + ".goflame")
+
+
+# ---------------------------------------------------------------------------------------------
+# goflame -> go tool pprof
+
+
+def test_go_tool_pprof_top_equals_goflames_own_totals(goflame_recording):
+    pb, raw = goflame_recording
+    rec = read_recording(raw)
+    assert rec.meta.samples > 50
+    expected = flat_cum(rec.samples)
+    assert top_table(pb, "samples") == expected
+    # the default sample type is CPU time: every sample is worth one period (1e9 / rate ns)
+    period = round(1e9 / rec.meta.rate_hz)
+    assert top_table(pb, "cpu") == {k: (f * period, c * period) for k, (f, c) in expected.items()}
+
+
+def test_go_tool_pprof_traces_show_goflames_stacks_and_labels(goflame_recording):
+    pb, raw = goflame_recording
+    rec = read_recording(raw)
+    want: Counter[str] = Counter()
+    for s in rec.samples:
+        want[";".join(f.function for f in reversed(s.frames))] += s.weight
+    assert traces_folded(pb, "samples") == want
+    # goroutine, thread and state are sample labels: -tags counts samples per label value
+    tags = tag_counts(pb)
+    want_tags = {"goroutine": Counter(), "thread": Counter(), "state": Counter()}
+    for s in rec.samples:
+        for key, v in (("goroutine", s.goroutine), ("thread", s.thread), ("state", s.state)):
+            if v:
+                want_tags[key][str(v)] += s.weight
+    assert tags == {k: v for k, v in want_tags.items() if v}
+
+
+def compiler_inlining(src: Path) -> set[tuple[str, str]]:
+    """(callee, caller) pairs of package main that the Go compiler inlines (`-gcflags=-m`)."""
+    root = gt.goroot(gt.FAST)
+    work = src  # the fixture has no go.mod: build the file directly
+    r = subprocess.run([str(root / "bin" / "go"), "build", "-gcflags=-m", "-o", os.devnull, "main.go"], cwd=work,
+                       env=gt.go_env(root), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = (src / "main.go").read_text().splitlines()
+    pairs = set()
+    for m in re.finditer(r"^\./main\.go:(\d+):\d+: inlining call to (\w+)", r.stderr, re.M):
+        lineno = int(m.group(1))
+        caller = next(re.match(r"func (\w+)", lines[i]).group(1) for i in range(lineno - 1, -1, -1)
+                      if lines[i].startswith("func "))
+        pairs.add((f"main.{m.group(2)}", f"main.{caller}"))
+    return pairs
+
+
+def test_inlined_frames_are_lines_of_one_location_as_go_writes_them(goflame_recording):
+    pb, _ = goflame_recording
+    inlined = compiler_inlining(FIXTURES / "pprofserve")
+    assert ("main.mix", "main.spin") in inlined, "the fixture's inlining changed: fix the fixture"
+    ours = set()
+    for _, frames in traces(pb, "samples"):
+        for (inner, inl), (outer, _) in zip(frames, frames[1:], strict=False):
+            if inl:
+                ours.add((inner, outer))
+    assert ("main.mix", "main.spin") in ours
+    assert {p for p in ours if p[0].startswith("main.")} <= inlined
+    # -raw lists a location's lines under it: main.mix, then main.spin on the next line at one address
+    raw = go_pprof("-raw", pb)
+    loc_lines = raw[raw.index("Locations"):].splitlines()
+    assert any("main.mix " in a and "main.spin " in b and not b.lstrip()[0].isdigit()
+               for a, b in zip(loc_lines, loc_lines[1:], strict=False))
+
+
+def test_go_runtime_pprof_writes_the_same_inlined_locations(server, tmp_path):
+    """Go's own profile of the same fixture shows main.mix inlined into main.spin too: the
+    form goflame copies (sampled for seconds until it does, on a busy machine)."""
+    seen = False
+    for i in range(5):
+        own = server.fetch("/debug/pprof/profile?seconds=3", tmp_path / f"go-cpu{i}.pb.gz")
+        if any(("main.mix", True) in frames and frames[frames.index(("main.mix", True)) + 1][0] == "main.spin"
+               for _, frames in traces(own, "samples")):
+            seen = True
+            break
+    assert seen
+
+
+def test_sample_types_period_and_times_follow_gos_conventions(goflame_recording, tmp_path):
+    pb, raw = goflame_recording
+    rec = read_recording(raw)
+    head = raw_header(pb)
+    assert head["SampleTypes"].split() == ["samples/count", "cpu/nanoseconds"]
+    assert head["PeriodType"] == "cpu nanoseconds"
+    assert head["Period"] == str(round(1e9 / rec.meta.rate_hz))
+    assert float(head["Duration"].rstrip("s")) == pytest.approx(rec.meta.duration, abs=0.01)
+    # wall mode (--idle) has a wall-clock type instead
+    wall = Profile(RecordingMeta(mode="wall", rate_hz=50.0, duration=1.0, start_time=time.time()), rec.samples)
+    write_profile(wall, "pprof", tmp_path / "wall.pb.gz")
+    head = raw_header(tmp_path / "wall.pb.gz")
+    assert head["SampleTypes"].split() == ["samples/count", "wall/nanoseconds"]
+    assert head["PeriodType"] == "wall nanoseconds" and head["Period"] == "20000000"
+
+
+def test_go_tool_pprof_renders_goflames_file_as_a_graph(goflame_recording):
+    pb, raw = goflame_recording
+    dot = go_pprof("-dot", "-nodefraction=0", pb)
+    assert dot.startswith("digraph") and "main.spin" in dot and "main.churn" in dot
+
+
+def test_functions_carry_file_and_start_line_from_the_binary(goflame_recording):
+    pb, _ = goflame_recording
+    raw = go_pprof("-raw", pb)
+    src = (FIXTURES / "pprofserve" / "main.go").read_text().splitlines()
+    spin_line = next(i for i, s in enumerate(src, 1) if s.startswith("func spin("))
+    churn_line = next(i for i, s in enumerate(src, 1) if s.startswith("func churn("))
+    assert any(" main.spin " in ln and "main.go:" in ln and ln.endswith(f" s={spin_line}") for ln in raw.splitlines())
+    assert any(" main.churn " in ln and ln.endswith(f" s={churn_line}") for ln in raw.splitlines())
+
+
+# ---------------------------------------------------------------------------------------------
+# Go's runtime/pprof -> goflame
+
+
+def test_go_test_cpuprofile_reads_as_go_tool_pprof_traces(go_cpu_profile):
+    prof = read_profile(go_cpu_profile)
+    assert sniff_format(go_cpu_profile) == "pprof"
+    assert prof.meta.mode == "cpu" and prof.meta.rate_hz == 100.0
+    assert folded_of(prof) == traces_folded(go_cpu_profile, "samples")
+    assert sum(folded_of(prof).values()) > 20
+
+
+def test_report_folded_of_a_go_profile_equals_traces(go_cpu_profile, tmp_path):
+    out = tmp_path / "out.folded"
+    r = goflame("report", "folded", go_cpu_profile, "-o", out)
+    assert r.returncode == 0, r.stderr
+    got = Counter()
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        got[stack] += int(n)
+    assert got == traces_folded(go_cpu_profile, "samples")
+
+
+def test_debug_pprof_profile_and_goroutine_profile_read_as_traces(server, tmp_path):
+    cpu = server.fetch("/debug/pprof/profile?seconds=2", tmp_path / "profile")
+    gor = server.fetch("/debug/pprof/goroutine", tmp_path / "goroutine")
+    assert folded_of(read_pprof(cpu)) == traces_folded(cpu, "samples")
+    g = read_pprof(gor)
+    assert g.meta.extra["profile_kind"] == "goroutine"
+    assert folded_of(g) == traces_folded(gor)
+    stacks = folded_of(g)
+    assert stacks[next(k for k in stacks if k.endswith("main.waitOnChannel;runtime.chanrecv1;runtime.chanrecv;"
+                                                       "runtime.gopark"))] == 3
+
+
+def test_pprof_goflame_pprof_keeps_totals_and_stacks(go_cpu_profile, tmp_path):
+    again = tmp_path / "again.pb.gz"
+    write_profile(read_profile(go_cpu_profile), "pprof", again)
+    assert traces_folded(again, "samples") == traces_folded(go_cpu_profile, "samples")
+    assert traces_folded(again, "cpu") == traces_folded(go_cpu_profile, "cpu")
+    assert top_table(again) == top_table(go_cpu_profile)
+    assert raw_header(again)["Period"] == raw_header(go_cpu_profile)["Period"]
+
+
+def test_recording_to_pprof_and_back_keeps_goroutines_threads_and_states(tmp_path):
+    samples = export_data.random_samples(600)
+    prof = Profile(export_data.meta(), tuple(samples))
+    write_profile(prof, "pprof", tmp_path / "p.pb.gz")
+    back = read_profile(tmp_path / "p.pb.gz")
+    assert back.detailed
+
+    def key(s: Sample) -> tuple:
+        return (tuple((f.function, f.file, f.line) for f in s.frames), s.goroutine, s.thread, s.state)
+
+    want: Counter = Counter()
+    for s in samples:
+        want[key(s)] += s.weight
+    got: Counter = Counter()
+    for s in back.samples:
+        got[key(s)] += s.weight
+    assert got == want
+    assert {f.kind for s in back.samples for f in s.frames} == {f.kind for s in samples for f in s.frames}
+
+
+def test_frames_of_one_pc_become_one_location_with_lines_innermost_first():
+    inner = Frame("main.mix", "/src/m.go", 20, True, pc=0x401234)
+    mid = Frame("main.step", "/src/m.go", 30, True, pc=0x401234)
+    outer = Frame("main.spin", "/src/m.go", 40, False, pc=0x401234)
+    caller = Frame("main.main", "/src/m.go", 50, False, pc=0x401500)
+    prof = Profile(RecordingMeta(rate_hz=100.0), (Sample(0, 1, 2, "running", (inner, mid, outer, caller), 3),))
+    back = decode_pprof(encode_pprof(prof))
+    (s,) = back.samples
+    assert [(f.function, f.line, f.inlined, f.pc) for f in s.frames] == [
+        ("main.mix", 20, True, 0x401234), ("main.step", 30, True, 0x401234),
+        ("main.spin", 40, False, 0x401234), ("main.main", 50, False, 0x401500)]
+
+
+def test_pprof_is_recognised_by_content_gzipped_or_not(go_cpu_profile, tmp_path):
+    disguised = tmp_path / "looks.folded"
+    disguised.write_bytes(go_cpu_profile.read_bytes())
+    plain = tmp_path / "plain.goflame"
+    plain.write_bytes(gzip.decompress(go_cpu_profile.read_bytes()))
+    assert sniff_format(disguised) == "pprof" and sniff_format(plain) == "pprof"
+    assert folded_of(read_profile(plain)) == folded_of(read_profile(go_cpu_profile))
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, exit 2
+
+
+def test_truncated_gzip_is_one_line_bad_input(go_cpu_profile, tmp_path):
+    cut = tmp_path / "cut.pb.gz"
+    data = go_cpu_profile.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInput, match="truncated gzip"):
+        read_profile(cut)
+    r = goflame("report", "folded", cut)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "truncated" in r.stderr
+
+
+@pytest.mark.parametrize("payload, message", [
+    (gzip.compress(b"main;work 12\n"), "not a pprof profile"),
+    (gzip.compress(b""), "empty pprof profile"),
+    (b"\x1f\x8b\x08\x00garbage-after-the-magic" * 3, "corrupt gzip data"),
+    (b"\x0a\x05\x08\x01\x10\x02\xff\xff\xff", "not a pprof profile"),
+])
+def test_broken_pprof_files_are_one_line_bad_input(tmp_path, payload, message):
+    p = tmp_path / "bad.pb.gz"
+    p.write_bytes(payload)
+    with pytest.raises(BadInput, match=message) as e:
+        read_profile(p)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_references_inside_a_valid_protobuf_are_bad_input(go_cpu_profile):
+    from goflame.export.pprof import _message_classes
+
+    cls = _message_classes()["Profile"]
+    p = cls()
+    p.ParseFromString(gzip.decompress(go_cpu_profile.read_bytes()))
+    p.sample[0].location_id.append(10 ** 9)
+    with pytest.raises(BadInput, match="refers to location 1000000000"):
+        decode_pprof(p.SerializeToString(), "x")
+    p.ClearField("sample_type")
+    with pytest.raises(BadInput, match="samples but no sample types"):
+        decode_pprof(p.SerializeToString(), "x")
