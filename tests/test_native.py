@@ -16,8 +16,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import gotoolchain as gt
 import pytest
+
+import gotoolchain as gt
 from conftest import FIXTURES
 from test_dump import parse_dump
 
