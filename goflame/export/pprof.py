@@ -137,8 +137,10 @@ def _message_classes() -> dict[str, type]:
                 fd.type_name = f".{pkg}.{typ}"
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{pkg}.{name}"))
-            for name in _SCHEMA}
+    get_class = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.22
+    if get_class is None:  # pragma: no cover - protobuf 4.21
+        get_class = message_factory.MessageFactory(pool).GetPrototype
+    return {name: get_class(pool.FindMessageTypeByName(f"{pkg}.{name}")) for name in _SCHEMA}
 
 
 # ---------------------------------------------------------------------------------------------
