@@ -193,12 +193,15 @@ def wait_for_samples(raw: Path, seconds: float = 1.5, limit: float = 60.0) -> No
 
 
 def test_kill_9_of_goflame_keeps_the_raw_recording_up_to_the_last_second(tmp_path):
+    from goflame.profile import read_recording
+
     hog = subprocess.Popen([str(cpuhog()), "-d", "60s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "out.svg"
     try:
         g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "-o", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_samples(Path(str(out) + ".goflame"), seconds=3.0)
+        killed_at = time.time()
         g.kill()
         g.wait()
         time.sleep(0.3)
@@ -209,8 +212,11 @@ def test_kill_9_of_goflame_keeps_the_raw_recording_up_to_the_last_second(tmp_pat
     folded = tmp_path / "after.folded"
     r = run("report", "folded", str(raw), "-o", str(folded))
     assert r.returncode == 0, r.stderr
-    # ≥ 3 s at 100 Hz were sampled; at most the last (unflushed) second may be lost.
-    assert sum(folded_counts(folded).values()) >= 150
+    assert sum(folded_counts(folded).values()) > 0
+    # What was lost is at most the last second before the kill (the wall clock is the judge).
+    rec = read_recording(raw)
+    last = max(smp.timestamp_ns for smp in rec.samples) / 1e9 + rec.meta.start_time
+    assert killed_at - last <= 1.0 + 0.2, (killed_at - last)
 
 
 def test_launched_command_is_profiled_and_its_exit_status_reported(tmp_path):
