@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 from goflame.binary.elf import ElfFile
+from goflame.binary.varint import uvarint
 from goflame.errors import CorruptBinary, NotGoBinary
 
 MAGIC = b"\xff Go buildinf:"
@@ -59,19 +60,6 @@ def parse_go_version(v: str) -> tuple[int, int, int]:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
 
 
-def _uvarint(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CorruptBinary("corrupt .go.buildinfo (bad varint)")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
 def _find_blob(elf: ElfFile) -> tuple[int, memoryview]:
     """(vaddr, bytes from the header on) of the build info blob."""
     sec = elf.section(".go.buildinfo")
@@ -100,10 +88,10 @@ def read_buildinfo(elf: ElfFile) -> BuildInfo:
     ptr_size = blob[14]
     flags = blob[15]
     if flags & FLAG_INLINE_STRINGS:
-        version_len, pos = _uvarint(blob, HEADER_SIZE)
+        version_len, pos = uvarint(blob, HEADER_SIZE, ".go.buildinfo")
         version = bytes(blob[pos : pos + version_len]).decode(errors="replace")
         pos += version_len
-        mod_len, pos = _uvarint(blob, pos)
+        mod_len, pos = uvarint(blob, pos, ".go.buildinfo")
         modinfo = bytes(blob[pos : pos + mod_len]).decode(errors="replace")
         if len(version) != version_len:
             raise CorruptBinary(f"{elf.path}: truncated .go.buildinfo")

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from goflame.binary.varint import uvarint
 from goflame.errors import CorruptBinary
 from goflame.frame import Frame, FrameKind
 
@@ -307,7 +308,7 @@ class Pclntab:
                 uv = b
                 pos += 1
             else:
-                uv, pos = _uvarint(p, pos)
+                uv, pos = uvarint(p, pos, "pclntab: pcvalue table", 35)
             val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
             if pos >= n:
                 raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
@@ -316,7 +317,7 @@ class Pclntab:
                 pd = b
                 pos += 1
             else:
-                pd, pos = _uvarint(p, pos)
+                pd, pos = uvarint(p, pos, "pclntab: pcvalue table", 35)
             cur += pd * q
             first = False
             if pc < cur:
@@ -415,21 +416,6 @@ class Pclntab:
     def frames(self, pc: int) -> list[Frame]:
         """Logical frames at `pc`, innermost first (see `expand`)."""
         return [fr for fr, _ in self.expand(pc)]
-
-
-def _uvarint(p: bytes, pos: int) -> tuple[int, int]:
-    v = 0
-    shift = 0
-    n = len(p)
-    while True:
-        if pos >= n or shift > 35:
-            raise CorruptBinary("corrupt pclntab: bad varint in pcvalue table")
-        b = p[pos]
-        pos += 1
-        v |= (b & 0x7F) << shift
-        if b < 0x80:
-            return v, pos
-        shift += 7
 
 
 def _cstring(buf: bytes, off: int, what: str) -> str:
