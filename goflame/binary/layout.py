@@ -32,6 +32,8 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from goflame.binary.varint import sleb128 as _sleb
+from goflame.binary.varint import uleb128 as _uleb
 from goflame.errors import CorruptBinary, UnsupportedGoVersion
 
 # Oldest and newest Go release goflame knows how to read.
@@ -482,28 +484,8 @@ _CU_REF_FORMS = {0x11, 0x12, 0x13, 0x14, 0x15}
 _DW_OP_PLUS_UCONST = 0x23
 
 
-def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
 
 
-def _sleb(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 def _uleb_bytes(v: int) -> bytes:

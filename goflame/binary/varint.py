@@ -18,3 +18,29 @@ def uvarint(buf: bytes | memoryview, pos: int, what: str, max_shift: int = 63) -
         if b < 0x80:
             return value, pos
         shift += 7
+
+
+def uleb128(buf: bytes, pos: int) -> tuple[int, int]:
+    """DWARF/CFI unsigned LEB128 on the hot path: no bounds check (IndexError past the end)."""
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def sleb128(buf: bytes, pos: int) -> tuple[int, int]:
+    """DWARF/CFI signed LEB128, same contract as `uleb128`."""
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            if b & 0x40:
+                result -= 1 << shift
+            return result, pos

@@ -32,6 +32,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from goflame.binary.elf import ElfFile
+from goflame.binary.varint import sleb128 as _sleb
+from goflame.binary.varint import uleb128 as _uleb
 from goflame.errors import GoflameError, InvalidMemory
 from goflame.frame import Frame, FrameKind
 from goflame.process import MemoryMap, Process, Registers
@@ -63,28 +65,8 @@ class CfiError(GoflameError):
 
 
 # -- little decoders ----------------------------------------------------------------------------------
-def _uleb(b: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = b[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
 
 
-def _sleb(b: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = b[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 _FIXED = {0x02: struct.Struct("<H"), 0x03: struct.Struct("<I"), 0x04: struct.Struct("<Q"), 0x00: struct.Struct("<Q"),
