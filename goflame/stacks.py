@@ -9,7 +9,7 @@ way the runtime's profiler does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from goflame.binary.gobinary import GoBinary
@@ -21,7 +21,7 @@ from goflame.symbolize import Symbolizer
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
 
 if TYPE_CHECKING:
-    from goflame.unwind.native import MixedWalk, NativeStitcher
+    from goflame.unwind.native import MixedWalk, NativeStitcher, Stopped
 
 STACK_WINDOW = 64 * 1024  # bytes of stack read in one go per goroutine (more on demand)
 STOPPED_WINDOW = 16 * 1024  # bytes read while a thread is stopped: keep the stop short
@@ -83,8 +83,9 @@ class StackCollector:
                 return sys_g.stack_lo, sys_g.stack_hi
         return None
 
-    def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]) -> dict[int, tuple[Registers, bytes, int]]:
-        """goid -> (registers, stack bytes from rsp, pause ns) for goroutines on a thread."""
+    def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]
+                      ) -> dict[int, tuple[Registers, bytes | Stopped, int]]:
+        """goid -> (registers, stack bytes from rsp or --native's Stopped, pause ns) per goroutine on a thread."""
         by_tid: dict[int, tuple[Machine, Goroutine]] = {}
         for g in goroutines:
             if g.status != G_RUNNING and not (self.native is not None and g.status == G_SYSCALL):
@@ -98,8 +99,10 @@ class StackCollector:
             return {}
         mem = self.proc.memory
 
-        def while_stopped(tid: int, regs: Registers) -> bytes:
+        def while_stopped(tid: int, regs: Registers) -> bytes | Stopped:
             m, g = by_tid[tid]
+            if self.native is not None:  # the stack top plus what stitching C frames needs
+                return self.native.while_stopped(m, regs, STOPPED_WINDOW)
             bounds = self._stack_bounds_of(m, g, snap, regs.rsp)
             if bounds is None:
                 return b""
@@ -122,16 +125,53 @@ class StackCollector:
                 system_stacks: bool = True) -> list[GoroutineStack]:
         gs = list(snap.goroutines if goroutines is None else goroutines)
         regs = self.pause_running(snap, gs) if pause else {}
+        machine_of: dict[int, Machine | None] = {g.goid: snap.machine_of(g) for g in gs if g.goid in regs}
+        if pause:
+            gs, snap = self._catch_movers(snap, gs, regs, machine_of)
         out = self.collect_parked([g for g in gs if g.goid not in regs])
         for g in gs:
             if g.goid not in regs:
                 continue
             r, data, pause_ns = regs[g.goid]
-            m = snap.machine_of(g)
-            out.append(self._walk_running(snap, g, m, r, data, pause_ns, system_stacks))
+            out.append(self._walk_running(snap, g, machine_of[g.goid], r, data, pause_ns, system_stacks))
         order = {g.addr: i for i, g in enumerate(gs)}
         out.sort(key=lambda s: order.get(s.g.addr, 0))
         return out
+
+    def _catch_movers(self, snap: Snapshot, gs: list[Goroutine], regs: dict, machine_of: dict
+                      ) -> tuple[list[Goroutine], Snapshot]:
+        """Goroutines the snapshot shows running but no paused thread ran: look again.
+
+        The snapshot reads goroutines, then Ms, without stopping anything; a goroutine the
+        scheduler moved in between (preempted, handed to another M) has no M running it in
+        the snapshot, and its saved context is cleared while it runs. Re-read it: parked now,
+        its fresh saved context is its stack; running, pause the M that runs it now.
+        """
+        for _attempt in range(3):
+            movers = [i for i, g in enumerate(gs) if g.status == G_RUNNING and g.goid not in regs]
+            if not movers:
+                break
+            try:
+                ms, _bad = self.reader.machines()
+            except InvalidMemory:
+                break
+            snap = replace(snap, machines=tuple(ms))
+            again: list[Goroutine] = []
+            for i in movers:
+                fresh = self.reader.read_g(gs[i].addr)
+                if fresh is None or fresh.goid != gs[i].goid:
+                    continue
+                gs[i] = fresh
+                if fresh.status == G_RUNNING:
+                    again.append(fresh)
+            if not again:
+                break
+            got = self.pause_running(snap, again)
+            for g in again:
+                if g.goid in got:
+                    regs[g.goid] = got[g.goid]
+                    machine_of[g.goid] = snap.machine_of(g)
+        return gs, snap
 
     def collect_parked(self, gs: list[Goroutine]) -> list[GoroutineStack]:
         """Stacks of goroutines not on a thread, from their saved context; one batched read."""
@@ -162,13 +202,15 @@ class StackCollector:
     def collect_one(self, g: Goroutine) -> GoroutineStack:
         return self.collect_parked([g])[0]
 
-    def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes,
+    def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes | Stopped,
                       pause_ns: int, system_stacks: bool) -> GoroutineStack:
         read = self.proc.memory.read
         tid = m.tid if m else 0
         if self.native is not None:
             g0_bounds = {a: (sg.stack_lo, sg.stack_hi) for a, sg in snap.g0s.items()}
-            walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, data), g0_bounds)
+            stopped: Stopped | None = None if isinstance(data, bytes) else data
+            stack = stopped.stack if stopped is not None else data
+            walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, stack), g0_bounds, stopped)
             return self._stack(g, walk, "registers", tid, pause_ns)
         pc, sp = r.rip, r.rsp
         if not self.reader.in_text(pc):

@@ -12,7 +12,7 @@ validated and a bad walk ends early with a reason instead of raising.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from goflame.binary.gobinary import GoBinary
@@ -70,6 +70,13 @@ class StackMemory:
         self.base = base
         self.data = data
         self._pages: dict[int, bytes] = {}
+
+    def preload(self, windows: Iterable[tuple[int, bytes]]) -> None:
+        """Page-aligned (address, bytes) read earlier (in a stop): served instead of live memory."""
+        pages = self._pages
+        for base, data in windows:
+            for o in range(0, len(data), 0x1000):
+                pages.setdefault(base + o, data[o:o + 0x1000])
 
     def u64(self, addr: int) -> int:
         off = addr - self.base

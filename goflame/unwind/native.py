@@ -50,6 +50,7 @@ CALLEE_SAVED = (RBX, RBP, 12, 13, 14, 15)
 MAX_NATIVE_FRAMES = 256
 HEURISTIC = " [heuristic]"
 MAPS_REFRESH_S = 0.5  # at most this often re-read /proc/PID/maps for a pc in no known object
+OTHER_STACK_WINDOW = 8 * 1024  # bytes read in the stop from each other stack a walk may continue on
 
 # DW_EH_PE_* pointer encodings (LSB, "Exception Frames")
 PE_OMIT = 0xFF
@@ -1093,6 +1094,7 @@ class Stopped:
     g0_sp: int | None  # m.g0.sched.sp
     vdso: tuple[int, int] | None  # m.vdsoSP, m.vdsoPC
     syscall: tuple[int, int, int] | None  # (g address, syscallsp, syscallpc) of the M's goroutine then
+    other_stacks: tuple[tuple[int, bytes], ...] = ()  # page-aligned (address, bytes) of the stacks the walk goes on to
 
 
 class NativeStitcher:
@@ -1132,9 +1134,24 @@ class NativeStitcher:
         w = [int.from_bytes(b, "little") if b else None for b in bufs[1:]]
         if not guess:
             w += (None, None)
+        # The walk continues on other stacks than the one the thread stopped on: g0 above
+        # g0.sched.sp (the C frames of a callback into Go, overwritten by C as soon as the
+        # callback returns), the goroutine's stack at m.vdsoSP or g.syscallsp (it runs on
+        # when the vDSO or C call returns). Read them too while the thread is stopped: one
+        # more, dependent, read.
+        windows = []
+        for addr in (w[3], w[1], w[4]):
+            if addr and not (bounds and bounds[0] <= addr < bounds[1]):
+                base = addr & ~0xFFF
+                mapped = self.native.space.cached_mapping(addr)
+                windows.append((base, min(OTHER_STACK_WINDOW, mapped[1] - base) if mapped else 0x1000))
+        other = ()
+        if windows:
+            other = tuple((base, data) for (base, _n), data in
+                          zip(windows, self.proc.memory.read_many(windows), strict=True) if data)
         return Stopped(bufs[0] or b"", -1 if w[0] is None else w[0], w[3],
                        (w[1], w[2]) if w[1] is not None and w[2] is not None else None,
-                       (guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None)
+                       (guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None, other)
 
     @cached_property
     def _offsets(self) -> tuple[int, int, int, int, int, int] | None:
@@ -1149,12 +1166,13 @@ class NativeStitcher:
     def thread(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
                g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None = None) -> MixedWalk:
         """The stack of a stopped thread: native frames where it runs C, then its goroutine's."""
-        g0_sp = stopped.g0_sp if stopped is not None else None
         pc, sp = regs.rip, regs.rsp
+        if stopped is not None:
+            mem.preload(stopped.other_stacks)
         in_go = self.reader.in_text
         if in_go(pc):
             walk = self._go_from_registers(m, g, pc, sp, mem, g0_bounds)
-            return self.splice(walk, m, g, mem, g0_sp)
+            return self.splice(walk, m, g, mem, stopped)
         bounds = self.native.space.mapping(sp) or (sp, sp + 1)
         nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
         frames: list[MixedFrame] = list(nw.frames)
@@ -1216,23 +1234,22 @@ class NativeStitcher:
         if not (sys_sp and g.contains_sp(sys_sp)):
             return MixedWalk([], "no-syscallsp")
         cont = self.go.unwind(sys_pc, sys_sp, 0, mem, g.stack_lo, g.stack_hi, from_syscall=True)
-        return self.splice(cont, m, g, mem, stopped.g0_sp if stopped is not None else None)
+        return self.splice(cont, m, g, mem, stopped)
 
     def _go_after_native(self, m: Machine | None, g: Goroutine | None, regs: dict[int, int], mem: StackMemory,
                          g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None) -> MixedWalk:
         """C returned into Go at regs[RA]: the Go frames from there, across the switch back."""
         pc, sp = regs[RA], regs[RSP]
-        g0_sp = stopped.g0_sp if stopped is not None else None
         if g is not None and g.contains_sp(sp):
             walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi)
-            return self.splice(walk, m, g, mem, g0_sp)
+            return self.splice(walk, m, g, mem, stopped)
         bounds = self._system_bounds(m, sp, g0_bounds) or self.native.space.mapping(sp)
         if bounds is None:
             return MixedWalk([], "bounds")
         walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
         frames: list[MixedFrame] = list(walk.frames)
         if g is None or walk.stop not in ("spwrite", "unknown-pc", "bounds", "no-frame-size"):
-            return self.splice(walk, m, g, mem, g0_sp)
+            return self.splice(walk, m, g, mem, stopped)
         last = walk.frames[-1].func.name if walk.frames else ""
         if last.startswith("runtime.asmcgocall"):
             rest = self._go_from_syscall(m, g, mem, stopped)  # a cgo call: asmcgocall switched to g0
@@ -1242,7 +1259,7 @@ class NativeStitcher:
             if not (vdso_sp and g.contains_sp(vdso_sp)):
                 return MixedWalk(frames, walk.stop)
             cont = self.go.unwind(vdso_pc, vdso_sp, 0, mem, g.stack_lo, g.stack_hi)  # a vDSO call
-            rest = self.splice(cont, m, g, mem, g0_sp)
+            rest = self.splice(cont, m, g, mem, stopped)
         return MixedWalk(frames + rest.frames, rest.stop if rest.frames else walk.stop)
 
     def _vdso_of(self, m: Machine) -> tuple[int, int]:
@@ -1255,14 +1272,15 @@ class NativeStitcher:
 
     # C frames between cgocallback and the Go code that called C
     def splice(self, walk: Walk, m: Machine | None, g: Goroutine | None, mem: StackMemory,
-               g0_sp: int | None = None) -> MixedWalk:
+               stopped: Stopped | None = None) -> MixedWalk:
         """Insert the C frames that called back into Go after each runtime.cgocallback frame.
 
         cgocallback runs on g0 first: it saves g0.sched.sp at 0(SP) of its g0 frame and
         points g0.sched.sp at that frame, then copies its frame onto the goroutine's stack
         with curg.sched.pc as the return address. So the innermost cgocallback's C caller is
-        found from m.g0.sched.sp (`g0_sp`: as read while the thread was stopped, when the
-        caller has it), the next one's from the value saved there, and so on.
+        found from m.g0.sched.sp (as read while the thread was stopped, with the g0 stack
+        above it, when the caller has them), the next one's from the value saved there, and
+        so on.
         """
         frames = walk.frames
         if not any(pf.func.name == "runtime.cgocallback" for pf in frames):
@@ -1270,6 +1288,7 @@ class NativeStitcher:
         if m is None and g is not None:
             m = self._machine(g.m_addr or g.locked_m)
         g0 = self.reader.read_g(m.g0) if m is not None and m.g0 else None
+        g0_sp = stopped.g0_sp if stopped is not None else None
         if g0_sp is None:
             g0_sp = g0.sched_sp if g0 is not None else 0
         out: list[MixedFrame] = []
@@ -1281,7 +1300,7 @@ class NativeStitcher:
             out.append(pf)
             if pf.func.name != "runtime.cgocallback" or not g0_sp:
                 continue
-            seg, g0_sp, how = self._callback_caller(pf, g0_sp, g0)
+            seg, g0_sp, how = self._callback_caller(pf, g0_sp, g0, mem)
             out.extend(seg)
             if how == "root":
                 # A C thread called into Go: no Go caller below, and what the Go walk shows
@@ -1294,14 +1313,13 @@ class NativeStitcher:
             skip_switch = True
         return MixedWalk(out, walk.stop)
 
-    def _callback_caller(self, cb: PhysicalFrame, g0_sp: int, g0: Goroutine | None
+    def _callback_caller(self, cb: PhysicalFrame, g0_sp: int, g0: Goroutine | None, mem: StackMemory
                          ) -> tuple[list[MixedFrame], int, str]:
         """Frames from cgocallback's g0 frame down to the Go code that made the cgo call.
 
         Returns (frames, g0.sched.sp of the next outer callback, how it ended: "go" back in
         Go's asmcgocall, "root" at the thread's start, else why it stopped).
         """
-        mem = StackMemory(self.proc.memory.read)
         _f, spdelta = self.go.func_at(cb.pc)  # the g0 frame has the same size as the copy on curg
         if spdelta is None:
             return [], 0, "no-frame-size"
