@@ -64,6 +64,7 @@ class StackCollector:
         self.symbolizer = Symbolizer(binary, self.bias)
         self.pause_ns: list[int] = []
         self.native: NativeStitcher | None = None
+        self._frames_at: dict[tuple[int, bool, int], tuple[StackFrame, ...]] = {}
 
     def enable_native(self) -> NativeStitcher:
         """--native: C frames too. Only then is anything native imported, opened or parsed."""
@@ -248,15 +249,21 @@ class StackCollector:
 
     def _stack(self, g: Goroutine, walk: Walk | MixedWalk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
         frames: list[StackFrame] = []
-        sym = self.symbolizer
-        bias = self.bias
+        cache = self._frames_at
         for depth, pf in enumerate(walk.frames):
             if not isinstance(pf, PhysicalFrame):  # a native frame (--native)
                 frames.append(StackFrame(pf.frame, pf.pc, pf.entry, 0, depth))
                 continue
-            entry = pf.func.entry + bias
-            for fr, fid in sym.expand(pf.sym_pc):
-                frames.append(StackFrame(fr, pf.pc, entry, fid, depth))
+            key = (pf.pc, pf.exact, depth)
+            hit = cache.get(key)
+            if hit is None:
+                # Thousands of goroutines parked the same way share their frames: make each once.
+                entry = pf.func.entry + self.bias
+                hit = tuple(StackFrame(fr, pf.pc, entry, fid, depth) for fr, fid in self.symbolizer.expand(pf.sym_pc))
+                if len(cache) > 1 << 18:
+                    cache.clear()
+                cache[key] = hit
+            frames.extend(hit)
         return GoroutineStack(g, tuple(frames), start, walk.stop, tid, pause_ns)
 
 

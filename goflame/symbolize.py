@@ -32,12 +32,11 @@ class Symbolizer:
         if hit is not None:
             return hit
         try:
-            logical = self._tab.expand(pc - self.bias)
+            logical = self._tab.expand(pc - self.bias, pc)
         except CorruptBinary:
             logical = []
         if logical:
-            out = tuple((Frame(f.function, f.file, f.line, f.inlined, FrameKind.GO, pc), fid)
-                        for f, fid in logical)
+            out = tuple(logical)
         else:
             out = ((Frame(f"{pc:#x}", kind=FrameKind.UNKNOWN, pc=pc), 0),)
         self._cache[pc] = out

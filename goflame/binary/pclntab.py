@@ -237,19 +237,16 @@ class Pclntab:
             func_id, flag, _pad, nfuncdata = struct.unpack_from("<BBBB", t, off + ps + 32)
             start_line = 0
         else:
-            has_start = self.format == "1.20"
-            size = 44 if has_start else 40
-            if off + size > len(t):
+            rec = _FUNC_120 if self.format == "1.20" else _FUNC_118
+            if off + rec.size > len(t):
                 raise CorruptBinary("corrupt pclntab: function record outside the table")
-            (entry_off, name_off, args, deferreturn, pcsp, pcfile, pcln, npcdata, cu_off) = struct.unpack_from(
-                "<IiiIIIIII", t, off)
-            pos = off + 36
-            if has_start:
-                start_line = struct.unpack_from("<i", t, pos)[0]
-                pos += 4
+            if rec is _FUNC_120:
+                (entry_off, name_off, args, deferreturn, pcsp, pcfile, pcln, npcdata, cu_off, start_line,
+                 func_id, flag, _pad, nfuncdata) = rec.unpack_from(t, off)
             else:
+                (entry_off, name_off, args, deferreturn, pcsp, pcfile, pcln, npcdata, cu_off,
+                 func_id, flag, _pad, nfuncdata) = rec.unpack_from(t, off)
                 start_line = 0
-            func_id, flag, _pad, nfuncdata = struct.unpack_from("<BBBB", t, pos)
             entry = self.text_start + entry_off
         if entry != self._entries[i]:
             raise CorruptBinary(f"corrupt pclntab: function {i} entry disagrees with the function table")
@@ -291,39 +288,41 @@ class Pclntab:
         if table_off == 0:
             return None
         p = self._pctab
-        n = len(p)
         pos = table_off
         cur = f.entry
         end = f.end
         q = self.quantum
         val = -1
-        first = True
-        while True:
-            if pos >= n:
-                raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
+        try:
             b = p[pos]
-            if b == 0 and not first:
-                return None
-            if b < 0x80:
-                uv = b
-                pos += 1
-            else:
-                uv, pos = uvarint(p, pos, "pclntab: pcvalue table", 35)
-            val += -((uv >> 1) + 1) if uv & 1 else uv >> 1
-            if pos >= n:
-                raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end")
-            b = p[pos]
-            if b < 0x80:
-                pd = b
-                pos += 1
-            else:
-                pd, pos = uvarint(p, pos, "pclntab: pcvalue table", 35)
-            cur += pd * q
-            first = False
-            if pc < cur:
-                return val
-            if cur >= end:
-                return None
+            while True:
+                # value delta: zigzag varint; a 0 byte after the first pair ends the table
+                if b < 0x80:
+                    pos += 1
+                elif p[pos + 1] < 0x80:  # two bytes: common enough to skip the call
+                    b = (b & 0x7F) | (p[pos + 1] << 7)
+                    pos += 2
+                else:
+                    b, pos = uvarint(p, pos, "pclntab: pcvalue table", 35)
+                val += -((b >> 1) + 1) if b & 1 else b >> 1
+                b = p[pos]  # pc delta, in units of the quantum
+                if b < 0x80:
+                    pos += 1
+                elif p[pos + 1] < 0x80:
+                    b = (b & 0x7F) | (p[pos + 1] << 7)
+                    pos += 2
+                else:
+                    b, pos = uvarint(p, pos, "pclntab: pcvalue table", 35)
+                cur += b * q
+                if pc < cur:
+                    return val
+                if cur >= end:
+                    return None
+                b = p[pos]
+                if b == 0:
+                    return None
+        except IndexError:
+            raise CorruptBinary("corrupt pclntab: pcvalue table runs past its end") from None
 
     def spdelta(self, f: Func, pc: int) -> int | None:
         """Frame size at pc: bytes between the sp at pc and the return address slot."""
@@ -381,12 +380,13 @@ class Pclntab:
         _parent, func_id, _pad, _file, _line, name_off, parent_pc = struct.unpack("<hBBiiii", raw)
         return InlinedCall(func_id, name_off, parent_pc, 0)
 
-    def expand(self, pc: int) -> list[tuple[Frame, int]]:
+    def expand(self, pc: int, frame_pc: int | None = None) -> list[tuple[Frame, int]]:
         """Logical frames at `pc` (exact instruction address), innermost first, each with its funcID.
 
         For a return address pass `pc - 1` (as the runtime does) so the call instruction's
         line, not the next statement's, is reported. The funcID (of the inlined callee for
-        inlined frames) is what the runtime's traceback uses to elide wrappers.
+        inlined frames) is what the runtime's traceback uses to elide wrappers. The frames
+        carry `frame_pc` (a process address, say) if given, else `pc`.
         """
         f = self.find_func(pc)
         if f is None:
@@ -394,6 +394,8 @@ class Pclntab:
         out: list[tuple[Frame, int]] = []
         ix = self.pcdata(f, PCDATA_INL_TREE_INDEX, pc)
         cur = pc
+        if frame_pc is not None:
+            pc = frame_pc
         depth = 0
         while ix is not None and ix >= 0:
             call = self.inlined_call(f, ix)
@@ -416,6 +418,10 @@ class Pclntab:
     def frames(self, pc: int) -> list[Frame]:
         """Logical frames at `pc`, innermost first (see `expand`)."""
         return [fr for fr, _ in self.expand(pc)]
+
+
+_FUNC_118 = struct.Struct("<IiiIIIIIIBBBB")  # _func of Go 1.18/1.19 (entryOff ... nfuncdata)
+_FUNC_120 = struct.Struct("<IiiIIIIIIiBBBB")  # Go 1.20+: startLine before funcID
 
 
 def _cstring(buf: bytes, off: int, what: str) -> str:

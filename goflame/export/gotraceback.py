@@ -29,6 +29,11 @@ class Rules:
     minor: int
     func_ids: dict[str, int]
     _shown: dict[tuple[str, int, bool, int], bool] = field(default_factory=dict, compare=False, repr=False)
+    # A dump prints the same frames and the same go statements thousands of times: the text of
+    # each is made once (keys are what the text depends on).
+    _lines: dict[tuple, str] = field(default_factory=dict, compare=False, repr=False)
+    _created: dict[tuple[int, int], tuple[str, str] | None] = field(default_factory=dict, compare=False,
+                                                                     repr=False)
 
     @property
     def wrapper(self) -> int:
@@ -96,6 +101,17 @@ def header(g: Goroutine, now_ns: int, status_label: str | None = None) -> str:
 
 def _frame_lines(rules: Rules, sf: StackFrame) -> str:
     f = sf.frame
+    key = (sf.pc, sf.entry, f.function, f.file, f.line, f.inlined, f.kind)
+    text = rules._lines.get(key)
+    if text is None:
+        if len(rules._lines) > 1 << 17:
+            rules._lines.clear()
+        text = rules._lines[key] = _make_frame_lines(rules, sf)
+    return text
+
+
+def _make_frame_lines(rules: Rules, sf: StackFrame) -> str:
+    f = sf.frame
     if f.kind is FrameKind.NATIVE:
         # --native: C frames the way the runtime prints a cgo traceback (printOneCgoTraceback),
         # the object standing in for the file.
@@ -153,8 +169,24 @@ def format_stack(rules: Rules, binary: GoBinary, stack: GoroutineStack, now_ns: 
 def created_by(rules: Rules, binary: GoBinary, g: Goroutine, bias: int, all_frames: bool = False) -> str | None:
     """`created by pkg.f in goroutine 1` and the go statement's position (runtime.printcreatedby)."""
     pc = g.creator_pc
-    f: Func | None = binary.pclntab.find_func(pc - bias) if pc else None
-    if f is None or g.goid == 1:
+    if not pc or g.goid == 1:
+        return None
+    key = (pc, all_frames)
+    parts = rules._created.get(key)
+    if parts is None and key not in rules._created:
+        parts = rules._created[key] = _creator_parts(rules, binary, pc, bias, all_frames)
+    if parts is None:
+        return None
+    who, where = parts
+    if rules.minor >= 21 and g.parent_goid:
+        return f"{who} in goroutine {g.parent_goid}{where}"
+    return who + where
+
+
+def _creator_parts(rules: Rules, binary: GoBinary, pc: int, bias: int, all_frames: bool) -> tuple[str, str] | None:
+    """("created by f", "\n\tfile:line +off") for a go statement at `pc`, None if not shown."""
+    f: Func | None = binary.pclntab.find_func(pc - bias)
+    if f is None:
         return None
     if not all_frames and not rules.show(f.name, f.func_id, False, rules.func_ids.get("normal", 0)):
         return None
@@ -162,13 +194,10 @@ def created_by(rules: Rules, binary: GoBinary, g: Goroutine, bias: int, all_fram
     trace = pc - 1 if pc > entry else pc
     file, line = binary.pclntab.file_line(f, trace - bias)
     who = rules.print_name(f.name) if rules.minor >= 21 else f.name
-    text = f"created by {who}"
-    if rules.minor >= 21 and g.parent_goid:
-        text += f" in goroutine {g.parent_goid}"
-    text += f"\n\t{file}:{line}"
+    where = f"\n\t{file}:{line}"
     if pc > entry:
-        text += f" +{pc - entry:#x}"
-    return text
+        where += f" +{pc - entry:#x}"
+    return f"created by {who}", where
 
 
 def stack_json(stack: GoroutineStack, rules: Rules, binary: GoBinary, bias: int, now_ns: int,

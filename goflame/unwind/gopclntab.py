@@ -25,9 +25,12 @@ PTR = 8
 # Functions whose frames are entered by an injected call (a signal handler faked a call):
 # the caller's pc is the faulting instruction itself, not a return address.
 TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.debugCallV2"})
+# Functions the walk treats specially (one set lookup per frame for all of them).
+_SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.morestack"})
+_U64 = struct.Struct("<Q")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, and walks make many
 class PhysicalFrame:
     pc: int  # process address of the instruction being executed / returned to
     sp: int
@@ -138,6 +141,14 @@ class GoUnwinder:
         """
         frames: list[PhysicalFrame] = []
         bias = self.bias
+        text_lo, text_hi = self.text_lo, self.text_hi
+        cached = self._spdelta_cache.get
+        func_at = self.func_at
+        append = frames.append
+        # The stack window read ahead of the walk, inlined here: this loop runs per frame.
+        data, base = mem.data, mem.base
+        unpack = _U64.unpack_from
+        data_end = base + len(data) - PTR
         try:
             if pc == 0:  # a call through a nil func: the return address is on top of the stack
                 if not lo <= sp < hi:
@@ -147,46 +158,46 @@ class GoUnwinder:
             trap = exact
             innermost = True
             while len(frames) < max_frames:
-                f, spdelta = self.func_at(pc)
+                f, spdelta = cached(pc) or func_at(pc)
                 if f is None:
                     return Walk(frames, "unknown-pc" if pc else "zero-pc")
                 if not f.pcsp:
                     return Walk(frames, "external")
                 flag = f.flag
                 name = f.name
-                if name == "runtime.cgocallback" or (from_syscall and innermost):
-                    flag &= ~FLAG_SPWRITE
-                if on_system_stack is not None and name in ("runtime.systemstack", "runtime.morestack"):
-                    switch = on_system_stack(name)
-                    if switch is not None:
-                        lo, hi = switch.lo, switch.hi
-                        if name == "runtime.morestack":
-                            # morestack never returns: newstack gogo's to curg.sched. Match that.
-                            pc, sp, lr = switch.pc, switch.sp, switch.lr
-                            f, spdelta = self.func_at(pc)
-                            if f is None:
-                                return Walk(frames, "unknown-pc")
-                            flag = f.flag
-                            trap = False
-                        else:
-                            sp = switch.sp
-                            flag &= ~FLAG_SPWRITE
-                        on_system_stack = None
+                if name in _SPECIAL or (from_syscall and innermost):
+                    if name == "runtime.cgocallback" or (from_syscall and innermost):
+                        flag &= ~FLAG_SPWRITE
+                    if on_system_stack is not None and name in ("runtime.systemstack", "runtime.morestack"):
+                        switch = on_system_stack(name)
+                        if switch is not None:
+                            lo, hi = switch.lo, switch.hi
+                            if name == "runtime.morestack":
+                                # morestack never returns: newstack gogo's to curg.sched. Match that.
+                                pc, sp, lr = switch.pc, switch.sp, switch.lr
+                                f, spdelta = func_at(pc)
+                                if f is None:
+                                    return Walk(frames, "unknown-pc")
+                                flag = f.flag
+                                trap = False
+                            else:
+                                sp = switch.sp
+                                flag &= ~FLAG_SPWRITE
+                            on_system_stack = None
                 if spdelta is None or spdelta < 0:
                     return Walk(frames, "no-frame-size")
                 fp = sp + spdelta + PTR
                 if not (lo <= sp <= hi and fp <= hi):
                     return Walk(frames, "bounds")
-                frames.append(PhysicalFrame(pc, sp, fp, f, trap or (pc - bias) == f.entry))
-                if flag & FLAG_TOPFRAME:
-                    return Walk(frames, "top")
-                if flag & FLAG_SPWRITE:
-                    return Walk(frames, "spwrite")
+                append(PhysicalFrame(pc, sp, fp, f, trap or (pc - bias) == f.entry))
+                if flag & (FLAG_TOPFRAME | FLAG_SPWRITE):
+                    return Walk(frames, "top" if flag & FLAG_TOPFRAME else "spwrite")
                 if lr == 0:
-                    lr = mem.u64(fp - PTR)
-                if lr == 0:
-                    return Walk(frames, "zero-pc")
-                if not self.text_lo <= lr < self.text_hi:
+                    ra = fp - PTR
+                    lr = unpack(data, ra - base)[0] if base <= ra <= data_end else mem.u64(ra)
+                    if lr == 0:
+                        return Walk(frames, "zero-pc")
+                if not text_lo <= lr < text_hi:
                     return Walk(frames, "unknown-pc")
                 if lr == pc and fp == sp:
                     return Walk(frames, "stuck")
