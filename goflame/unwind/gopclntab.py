@@ -30,7 +30,7 @@ _SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.mor
 _U64 = struct.Struct("<Q")
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, and walks make many
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen dataclass's __init__ costs ~4x; walks make many
 class PhysicalFrame:
     pc: int  # process address of the instruction being executed / returned to
     sp: int
