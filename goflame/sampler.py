@@ -69,6 +69,7 @@ class Sampler:
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
         self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
+        self._credit: dict[int, float] = {}  # tid -> CPU share accrued towards its next sample
         mem = target.proc.memory
         self._mem = mem
         lay = target.reader
@@ -112,12 +113,15 @@ class Sampler:
     def _on_cpu(self, runnable: list[int], now: float) -> list[int]:
         """Threads in state R that are really on a CPU, not just waiting in a run queue.
 
-        The kernel's R means either. Each R thread is kept with probability equal to the share
-        of the last interval it actually ran (schedstat), which makes the samples an unbiased
-        estimate of CPU time even when the machine is overloaded.
+        The kernel's R means either. Each R thread is kept in proportion to the share of the
+        last interval it actually ran (schedstat), which makes the samples an unbiased
+        estimate of CPU time even when the machine is overloaded. The thinning is systematic,
+        not random: each thread accrues its share as credit and is sampled once per whole
+        credit, so its sample count follows its CPU time without coin-flip noise.
         """
         proc = self.t.proc
         out = []
+        credit = self._credit
         for tid in runnable:
             rt = proc.run_time_ns(tid)
             if rt is None:
@@ -128,10 +132,17 @@ class Sampler:
                 out.append(tid)
                 continue
             share = (rt - prev[0]) / ((now - prev[1]) * 1e9)
-            if share >= 1.0 or self._rng.random() < share:
+            if share >= 1.0:
                 out.append(tid)
+                continue
+            c = credit.get(tid, self._rng.random()) + max(share, 0.0)  # random start: no phase lock
+            if c >= 1.0:
+                out.append(tid)
+                c -= 1.0
+            credit[tid] = c
         if len(self._run_ns) > 4 * len(runnable) + 1024:  # forget threads not seen for a while
             self._run_ns = {t: v for t, v in self._run_ns.items() if now - v[1] < 10}
+            self._credit = {t: c for t, c in credit.items() if t in self._run_ns}
         return out
 
     def _sample_running(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
