@@ -20,7 +20,9 @@ class FrameKind(str, Enum):  # noqa: UP042 - str() of members is relied on as "F
     UNKNOWN = "unknown"  # a pc nothing could symbolize
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (but hashable): a frozen dataclass's __init__ costs ~4x and symbolizing a big
+# binary cold makes one Frame per logical frame. Treat it as immutable all the same.
+@dataclass(slots=True, unsafe_hash=True)
 class Frame:
     function: str
     file: str = ""
