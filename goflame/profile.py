@@ -483,6 +483,14 @@ def is_recording(head: bytes) -> bool:
     return head[: len(MAGIC)] == MAGIC
 
 
+def read_input(path: str | os.PathLike[str], name: str) -> bytes:
+    """The bytes of an input file; BadInput (one line) when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
+
+
 def read_recording(source: str | os.PathLike[str] | bytes, name: str | None = None) -> Profile:
     """Read a `.goflame` file: everything up to a torn tail; BadInput for foreign or corrupt data."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -490,10 +498,7 @@ def read_recording(source: str | os.PathLike[str] | bytes, name: str | None = No
         name = name or "<recording>"
     else:
         name = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
+        data = read_input(source, name)
     try:
         return _parse(data, name)
     except _Corrupt as e:

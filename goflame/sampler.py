@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -337,44 +338,69 @@ class Sampler:
             should_stop: Callable[[], bool] = lambda: False, on_tick: Callable[[SamplerStats], None] | None = None,
             ) -> SamplerStats:
         """Sample until `duration` passes, `should_stop()` says so, or the target exits."""
-        interval = 1.0 / self.cfg.rate
         start = time.monotonic()
         self.stats.started = time.time()
-        next_t = start
         st = self.stats
-        niced = _raise_priority()
-        try:
-            while not should_stop():
-                now = time.monotonic()
-                if duration is not None and now - start >= duration:
-                    break
-                if now < next_t:
-                    time.sleep(next_t - now)
+        clock = TickClock(self.cfg.rate, st, self._rng, start)
+        with sampling_priority():
+            try:
+                while not should_stop():
                     now = time.monotonic()
-                lag = now - next_t
-                st.max_lag_s = max(st.max_lag_s, lag)
-                if lag > interval:
-                    # Behind: skip the ticks that can no longer be taken on time.
-                    skipped = int(lag / interval)
-                    st.missed += skipped
-                    next_t += skipped * interval
-                try:
-                    samples = self.sample(int((now - start) * 1e9))
-                except ProcessGone:
-                    break
-                st.ticks += 1
-                if samples:
-                    on_samples(samples)
+                    if duration is not None and now - start >= duration:
+                        break
+                    if now < clock.next:
+                        time.sleep(clock.next - now)
+                        now = time.monotonic()
+                    clock.take(now)
+                    try:
+                        samples = self.sample(int((now - start) * 1e9))
+                    except ProcessGone:
+                        break
+                    st.ticks += 1
+                    if samples:
+                        on_samples(samples)
+                    st.elapsed = time.monotonic() - start
+                    if on_tick is not None:
+                        on_tick(st)
+                    clock.advance()
+            finally:
                 st.elapsed = time.monotonic() - start
-                if on_tick is not None:
-                    on_tick(st)
-                # Jitter each interval by up to ±50 % so periodic work is not aliased.
-                next_t += interval * (0.5 + self._rng.random())
-        finally:
-            st.elapsed = time.monotonic() - start
-            if niced is not None:
-                _restore_priority(niced)
         return st
+
+
+class TickClock:
+    """When the next sample is due: jittered ticks, lag accounting; shared by record and top."""
+
+    def __init__(self, rate: float, stats: SamplerStats, rng: random.Random, start: float):
+        self.interval = 1.0 / rate
+        self.stats = stats
+        self.rng = rng
+        self.next = start
+
+    def take(self, now: float) -> None:
+        """A tick is taken at `now`: the ticks that can no longer be taken on time are missed."""
+        lag = now - self.next
+        st = self.stats
+        st.max_lag_s = max(st.max_lag_s, lag)
+        if lag > self.interval:
+            skipped = int(lag / self.interval)
+            st.missed += skipped
+            self.next += skipped * self.interval
+
+    def advance(self) -> None:
+        """Schedule the next tick, jittered by up to ±50 % so periodic work is not aliased."""
+        self.next += self.interval * (0.5 + self.rng.random())
+
+
+@contextmanager
+def sampling_priority() -> Iterator[None]:
+    """The sampling thread at nice -10 for the body (see `_raise_priority`), then as it was."""
+    niced = _raise_priority()
+    try:
+        yield
+    finally:
+        if niced is not None:
+            _restore_priority(niced)
 
 
 SAMPLER_NICE = -10

@@ -44,7 +44,7 @@ from goflame.process.procfs import CLOCK_TICKS
 from goflame.profile import RUNNING, Sample
 from goflame.record import _attach_launched, _finish_child, launch
 from goflame.runtime import STATUS_TEXT, Goroutine, is_system_goroutine
-from goflame.sampler import Sampler, SamplerConfig
+from goflame.sampler import Sampler, SamplerConfig, TickClock, sampling_priority
 from goflame.target import Target
 
 VIEWS = ("functions", "goroutines")
@@ -956,28 +956,27 @@ def _loop(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: 
 
     Waiting happens in select() on the terminal, so a key is handled at once, whatever the rate.
     """
-    interval = 1.0 / opts.rate
-    rng = random.Random()
+    with sampling_priority():
+        _ticks(session, opts, stop, result, on_snapshot, screen)
+
+
+def _ticks(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: TopResult,
+           on_snapshot: Callable[[str], None], screen: Screen | None) -> None:
     start = time.monotonic()
-    next_tick = start
     next_refresh = start + opts.delay
     st = session.sampler.stats
     st.started = time.time()
+    clock = TickClock(opts.rate, st, random.Random(), start)
     session.refresh()  # goroutines, threads, uptime now: the header has them even if the target exits
     redraw = screen is not None  # a first picture while the samples come in
     while not stop["flag"]:
         now = time.monotonic()
-        if now >= next_tick:
-            lag = now - next_tick
-            st.max_lag_s = max(st.max_lag_s, lag)
-            if lag > interval:
-                skipped = int(lag / interval)
-                st.missed += skipped
-                next_tick += skipped * interval
+        if now >= clock.next:
+            clock.take(now)
             session.sample(int((now - start) * 1e9))
             st.ticks += 1
             st.elapsed = time.monotonic() - start
-            next_tick += interval * (0.5 + rng.random())
+            clock.advance()
             if session.exited:
                 next_refresh = now  # say so now
         now = time.monotonic()
@@ -997,7 +996,7 @@ def _loop(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: 
             h, _ = screen.size()
             screen.draw(screen_lines(session, h), status_line(session))
             redraw = False
-        timeout = min(next_tick, next_refresh) - time.monotonic()
+        timeout = min(clock.next, next_refresh) - time.monotonic()
         if screen is None:
             if timeout > 0:
                 time.sleep(timeout)

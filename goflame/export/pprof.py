@@ -41,7 +41,7 @@ from typing import IO, Any, BinaryIO
 from goflame import __version__
 from goflame.errors import BadInput, GoflameError, OutputError
 from goflame.frame import Frame, FrameKind
-from goflame.profile import Profile, RecordingMeta, Sample
+from goflame.profile import Profile, RecordingMeta, Sample, read_input
 
 # ---------------------------------------------------------------------------------------------
 # the message definition (field numbers and types from pprof's proto/profile.proto)
@@ -414,6 +414,8 @@ def looks_like_pprof(head: bytes) -> bool:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int | None, int]:
+    """A varint for sniffing a file head: None (and how far it got) instead of an error, since
+    a head cut mid-varint is still a pprof file; unlike binary.varint.uvarint it never raises."""
     v = shift = 0
     while pos < len(buf):
         b = buf[pos]
@@ -670,10 +672,7 @@ def read_pprof(source: str | os.PathLike[str] | IO[bytes], name: str | None = No
     """Read a pprof file (see the module docstring); BadInput names what is wrong with it."""
     if isinstance(source, (str, os.PathLike)):
         name = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
+        data = read_input(source, name)
     else:
         name = name or getattr(source, "name", "<pprof>")
         data = source.read()
