@@ -1248,9 +1248,13 @@ class NativeStitcher:
             return MixedWalk([], "bounds")
         walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
         frames: list[MixedFrame] = list(walk.frames)
+        last = walk.frames[-1].func.name if walk.frames else ""
+        if g is None and last.startswith("runtime.asmcgocall"):
+            # A cgo call, but which goroutine made it was not read in the stop: the Go part of
+            # the stack is unknown, which the walk must say rather than end as if complete.
+            return MixedWalk(frames, "no-goroutine")
         if g is None or walk.stop not in ("spwrite", "unknown-pc", "bounds", "no-frame-size"):
             return self.splice(walk, m, g, mem, stopped)
-        last = walk.frames[-1].func.name if walk.frames else ""
         if last.startswith("runtime.asmcgocall"):
             rest = self._go_from_syscall(m, g, mem, stopped)  # a cgo call: asmcgocall switched to g0
         else:
