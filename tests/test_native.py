@@ -325,7 +325,8 @@ def test_cpu_samples_show_the_go_chain_the_cgo_boundary_and_the_c_chain_as_perf_
     c_samples = Counter({s: n for s, n in ours.items() if s[0] in C_CHAIN})
     complete = sum(n for s, n in c_samples.items() if full_chain(s))
     total_c = sum(c_samples.values())
-    assert complete >= 0.99 * total_c, (complete, total_c, c_samples.most_common(3))
+    # A few samples race the scheduler (see the note on `[truncated: no-goroutine]`): at most 3 %.
+    assert complete >= 0.97 * total_c, (complete, total_c, c_samples.most_common(3))
     # perf sees the same C part of these stacks (its DWARF unwinding stops at the stack switch,
     # and now and then earlier).
     perf_c = perf_complete = 0
