@@ -502,9 +502,14 @@ def test_vdso_frames_are_symbolized_from_the_image_in_the_targets_memory(tmp_pat
     stacks = folded(out)
     in_vdso = {s: n for s, n in stacks.items() if s[0] in vdso_names}
     assert sum(in_vdso.values()) >= 20, stacks.most_common(5)
-    for stack in in_vdso:
+    def whole(stack: tuple[str, ...]) -> bool:
         go = [f for f in stack if f.startswith(("time.", "main."))]
-        assert go[-2:] == ["main.clockLoop", "main.vdsoWorker"] and "time.Now" in go, stack
+        return go[-2:] == ["main.clockLoop", "main.vdsoWorker"] and "time.Now" in go
+
+    # A rare sample races the vDSO call's return (tens of ns): it must then be marked truncated.
+    torn = {s: n for s, n in in_vdso.items() if not whole(s)}
+    assert all(s[-1].startswith("[truncated") for s in torn), torn
+    assert sum(torn.values()) <= 0.03 * sum(in_vdso.values()), torn
 
 
 # -- without --native --------------------------------------------------------------------------------------

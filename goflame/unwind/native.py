@@ -1264,7 +1264,8 @@ class NativeStitcher:
                 return MixedWalk(frames, walk.stop)
             cont = self.go.unwind(vdso_pc, vdso_sp, 0, mem, g.stack_lo, g.stack_hi)  # a vDSO call
             rest = self.splice(cont, m, g, mem, stopped)
-        return MixedWalk(frames + rest.frames, rest.stop if rest.frames else walk.stop)
+        # The Go part could not be found: say why (its stop), never end as if complete.
+        return MixedWalk(frames + rest.frames, rest.stop)
 
     def _vdso_of(self, m: Machine) -> tuple[int, int]:
         """m.vdsoSP / m.vdsoPC now (the snapshot's copy may be older than the sample)."""
