@@ -34,13 +34,11 @@ class Symbolizer:
         try:
             logical = self._tab.expand(pc - self.bias, pc)
         except CorruptBinary:
-            logical = []
-        if logical:
-            out = tuple(logical)
-        else:
-            out = ((Frame(f"{pc:#x}", kind=FrameKind.UNKNOWN, pc=pc), 0),)
-        self._cache[pc] = out
-        return out
+            logical = ()
+        if not logical:
+            logical = ((Frame(f"{pc:#x}", kind=FrameKind.UNKNOWN, pc=pc), 0),)
+        self._cache[pc] = logical
+        return logical
 
     def frames(self, pc: int, return_address: bool = False, elide_wrappers: bool = False) -> tuple[Frame, ...]:
         """Frames at a process pc, innermost first.

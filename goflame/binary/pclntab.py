@@ -59,6 +59,7 @@ class Func:
     nfuncdata: int
     index: int  # position in the function table
     record: int  # offset of the _func in the pclntable (pcdata/funcdata follow it)
+    inl_index: int = 0  # offset of the inline-tree-index pcdata table in pctab, 0 if none
 
     @property
     def is_topframe(self) -> bool:
@@ -159,6 +160,8 @@ class Pclntab:
         for i in range(len(self._entries) - 1):
             if self._entries[i] > self._entries[i + 1]:
                 raise CorruptBinary("corrupt pclntab: function table is not sorted")
+        # where a _func's pcdata offsets start: after the fixed fields of this format's record
+        self._pcdata_base = ps + 36 if self.format == "1.16" else (44 if self.format == "1.20" else 40)
         self._func_cache: dict[int, Func] = {}
         self._name_cache: dict[int, str] = {}
         self._file_cache: dict[int, str] = {}
@@ -253,8 +256,14 @@ class Pclntab:
         if npcdata > 1000 or nfuncdata > 255:
             raise CorruptBinary("corrupt pclntab: implausible pcdata/funcdata counts")
         end = self._entries[i + 1]
+        inl = 0
+        if npcdata > PCDATA_INL_TREE_INDEX:
+            pos = off + self._pcdata_base + 4 * PCDATA_INL_TREE_INDEX
+            if pos + 4 > len(t):
+                raise CorruptBinary("corrupt pclntab: pcdata outside the table")
+            inl = _U32.unpack_from(t, pos)[0]
         return Func(entry, end, self.name(name_off), args, deferreturn, pcsp, pcfile, pcln, npcdata,
-                    cu_off, start_line, func_id, flag, nfuncdata, i, off)
+                    cu_off, start_line, func_id, flag, nfuncdata, i, off, inl)
 
     # -- strings ----------------------------------------------------------------------------------
     def name(self, off: int) -> str:
@@ -331,8 +340,7 @@ class Pclntab:
     def pcdata_offset(self, f: Func, table: int) -> int:
         if table >= f.npcdata:
             return 0
-        base = f.record + (self.ptr_size + 36 if self.format == "1.16" else (44 if self.format == "1.20" else 40))
-        pos = base + 4 * table
+        pos = f.record + self._pcdata_base + 4 * table
         if pos + 4 > len(self.pclntable):
             raise CorruptBinary("corrupt pclntab: pcdata outside the table")
         return struct.unpack_from("<I", self.pclntable, pos)[0]
@@ -344,8 +352,7 @@ class Pclntab:
         """Link-time address of funcdata[index], or None when absent."""
         if index >= f.nfuncdata:
             return None
-        base = f.record + (self.ptr_size + 36 if self.format == "1.16" else (44 if self.format == "1.20" else 40))
-        base += 4 * f.npcdata
+        base = f.record + self._pcdata_base + 4 * f.npcdata
         if self.format == "1.16":
             base = (base + self.ptr_size - 1) & ~(self.ptr_size - 1)
             pos = base + self.ptr_size * index
@@ -380,46 +387,64 @@ class Pclntab:
         _parent, func_id, _pad, _file, _line, name_off, parent_pc = struct.unpack("<hBBiiii", raw)
         return InlinedCall(func_id, name_off, parent_pc, 0)
 
-    def expand(self, pc: int, frame_pc: int | None = None) -> list[tuple[Frame, int]]:
+    def expand(self, pc: int, frame_pc: int | None = None) -> tuple[tuple[Frame, int], ...]:
         """Logical frames at `pc` (exact instruction address), innermost first, each with its funcID.
 
         For a return address pass `pc - 1` (as the runtime does) so the call instruction's
         line, not the next statement's, is reported. The funcID (of the inlined callee for
         inlined frames) is what the runtime's traceback uses to elide wrappers. The frames
         carry `frame_pc` (a process address, say) if given, else `pc`.
+
+        This is the symbolizer's cold path, once per distinct pc of a profile: the lookups are
+        written out here rather than through `find_func`/`file_line` (a call costs as much as
+        a pcvalue step), and a pc outside inlined code, ~90 % of them, takes the short way.
         """
-        f = self.find_func(pc)
+        entries = self._entries
+        if pc < entries[0] or pc >= entries[-1]:
+            return ()
+        i = bisect.bisect_right(entries, pc) - 1
+        f = self._func_cache.get(i)
         if f is None:
-            return []
+            if i >= self.nfunc:
+                return ()
+            f = self.func_at_index(i)
+        if frame_pc is None:
+            frame_pc = pc
+        pcvalue = self.pcvalue
+        ix = pcvalue(f, f.inl_index, pc) if f.inl_index else None
+        if ix is None or ix < 0:
+            fileno = pcvalue(f, f.pcfile, pc)
+            file = "?" if fileno is None else (self._file_cache.get(f.cu_offset + fileno)
+                                               or self.file_name(f.cu_offset, fileno))
+            line = pcvalue(f, f.pcln, pc)
+            return ((Frame(f.name, file, line or 0, False, FrameKind.GO, frame_pc), f.func_id),)
         out: list[tuple[Frame, int]] = []
-        ix = self.pcdata(f, PCDATA_INL_TREE_INDEX, pc)
         cur = pc
-        if frame_pc is not None:
-            pc = frame_pc
         depth = 0
         while ix is not None and ix >= 0:
             call = self.inlined_call(f, ix)
             if call is None:
                 break
             file, line = self.file_line(f, cur)
-            out.append((Frame(self.name(call.name_off), file, line, True, FrameKind.GO, pc), call.func_id))
+            out.append((Frame(self.name(call.name_off), file, line, True, FrameKind.GO, frame_pc), call.func_id))
             parent = f.entry + call.parent_pc
             if not f.entry <= parent < f.end:
                 raise CorruptBinary(f"corrupt inline tree in {f.name}")
             cur = parent
-            ix = self.pcdata(f, PCDATA_INL_TREE_INDEX, cur)
+            ix = pcvalue(f, f.inl_index, cur)
             depth += 1
             if depth > MAX_INLINE_DEPTH:
                 raise CorruptBinary(f"corrupt inline tree in {f.name} (cycle)")
         file, line = self.file_line(f, cur)
-        out.append((Frame(f.name, file, line, False, FrameKind.GO, pc), f.func_id))
-        return out
+        out.append((Frame(f.name, file, line, False, FrameKind.GO, frame_pc), f.func_id))
+        return tuple(out)
 
     def frames(self, pc: int) -> list[Frame]:
         """Logical frames at `pc`, innermost first (see `expand`)."""
         return [fr for fr, _ in self.expand(pc)]
 
 
+_U32 = struct.Struct("<I")
 _FUNC_118 = struct.Struct("<IiiIIIIIIBBBB")  # _func of Go 1.18/1.19 (entryOff ... nfuncdata)
 _FUNC_120 = struct.Struct("<IiiIIIIIIiBBBB")  # Go 1.20+: startLine before funcID
 
