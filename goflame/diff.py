@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from goflame.errors import BadInput, OutputError
 from goflame.export.pprof import profile_kind
-from goflame.profile import RUNNING, Profile, Stacks
+from goflame.profile import RUNNING, LazySamples, Profile, Stacks
 
 # phi for profiles without sample times: measured on examples/regress (docs/diff.md).
 DEFAULT_DISPERSION = 2.0
@@ -223,8 +223,8 @@ def function_counts(stacks: Stacks) -> tuple[dict[str, int], dict[str, int]]:
 def measure_dispersion(profile: Profile, states: bool) -> float | None:
     """phi from the spread of leaf-function shares between equal-count time blocks; None when
     the profile has no sample times or too few samples for it."""
-    if not profile.detailed or len(profile.samples) < 2:
-        return None
+    if not profile.detailed or len(profile.samples) < 2 or isinstance(profile.samples, LazySamples):
+        return None  # LazySamples come from pprof, whose samples have no times
     samples = profile.samples
     if all(s.timestamp_ns == samples[0].timestamp_ns for s in samples):
         return None

@@ -14,7 +14,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -139,6 +139,47 @@ class Stacks:
         return {tuple(fr[i] for i in k): c for k, c in self.counts.items()}
 
 
+class LazySamples(Sequence[Sample]):
+    """Samples a reader kept as a weight per distinct stack, made into `Sample` objects only
+    when a view needs per-sample details (threads, goroutines, states, time order).
+
+    A 50 MB pprof file holds ~2 million samples: making a Python object for each costs several
+    times the whole parse, and a flame graph or a diff only needs each stack's weight, which
+    the reader sums in one pass over the raw columns (`stacks`).
+    """
+
+    __slots__ = ("_n", "_all", "_materialize", "_stacks", "has_states", "total_weight")
+
+    def __init__(self, n: int, total_weight: int, stacks: Callable[[bool], Stacks],
+                 materialize: Callable[[], Iterable[Sample]], *, has_states: bool) -> None:
+        self._n = n
+        self.total_weight = total_weight
+        self._stacks = stacks
+        self._materialize: Callable[[], Iterable[Sample]] | None = materialize
+        self._all: tuple[Sample, ...] | None = None
+        self.has_states = has_states  # may a sample carry a goroutine state (a label)?
+
+    def stacks(self, lines: bool) -> Stacks:
+        """Weights per root-first stack of interned frames (`Profile.aggregate` without options)."""
+        return self._stacks(lines)
+
+    def _samples(self) -> tuple[Sample, ...]:
+        if self._all is None:
+            assert self._materialize is not None
+            self._all = tuple(self._materialize())
+            self._materialize = None
+        return self._all
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]  # int or slice, as a tuple
+        return self._samples()[i]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self._samples())
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """A recording in memory: its meta and its samples.
@@ -149,12 +190,14 @@ class Profile:
     """
 
     meta: RecordingMeta
-    samples: tuple[Sample, ...]
+    samples: Sequence[Sample]  # a tuple, or LazySamples from a big pprof
     detailed: bool = True
     complete: bool = True
 
     @property
     def total_weight(self) -> int:
+        if isinstance(self.samples, LazySamples):
+            return self.samples.total_weight
         return sum(s.weight for s in self.samples)
 
     def states_by_default(self) -> bool:
@@ -181,6 +224,9 @@ class Profile:
             raise BadInput(f"{what} needs a .goflame recording: this profile has no thread or goroutine ids")
         if states is None:
             states = self.states_by_default()
+        lazy = self.samples
+        if isinstance(lazy, LazySamples) and not (threads or goroutines or (states and lazy.has_states)):
+            return lazy.stacks(lines)
         frames: list[Frame] = []
         index: dict[Frame, int] = {}
         by_id: dict[int, int] = {}  # id(frame) -> index; valid while self.samples holds the frames

@@ -22,7 +22,7 @@ from conftest import FIXTURES
 from goflame.errors import BadInput
 from goflame.export import read_profile, sniff_format, write_profile
 from goflame.export.folded import folded_lines
-from goflame.export.pprof import decode_pprof, encode_pprof, read_pprof
+from goflame.export.pprof import _message_classes, decode_pprof, encode_pprof, read_pprof
 from goflame.frame import Frame
 from goflame.profile import Profile, RecordingMeta, Sample, read_recording
 from pprof_oracle import go_pprof, go_test_profile, raw_header, top_table, traces, traces_folded
@@ -306,6 +306,41 @@ def test_frames_of_one_pc_become_one_location_with_lines_innermost_first():
         ("main.spin", 40, False, 0x401234), ("main.main", 50, False, 0x401500)]
 
 
+def _uvarint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    return bytes(out) + bytes([v])
+
+
+def test_both_pprof_readers_agree_with_go_tool_pprof_traces(go_cpu_profile, tmp_path):
+    """Samples whose ids are one packed field take the column reader (weights summed per stack,
+    no Sample objects until a view needs them); Go writes 1 or 2 ids unpacked, which sends the
+    whole file through the per-sample reader. Go's own -traces judges both, and the samples
+    the column reader makes on demand."""
+    fast = read_profile(go_cpu_profile)
+    assert type(fast.samples).__name__ == "LazySamples"
+    assert folded_of(fast) == traces_folded(go_cpu_profile, "samples")
+    materialized = Profile(fast.meta, tuple(fast.samples), detailed=fast.detailed)
+    assert folded_of(materialized) == folded_of(fast) and len(materialized.samples) == len(fast.samples)
+    assert materialized.total_weight == fast.total_weight
+
+    # the same file plus one sample written as Go writes a short stack: ids unpacked
+    raw = gzip.decompress(go_cpu_profile.read_bytes())
+    p = _message_classes()["Profile"].FromString(raw)
+    loc = p.location[0].id
+    values = b"".join(b"\x10" + _uvarint(v) for v in (3, 3 * p.period))
+    body = b"\x08" + _uvarint(loc) + values
+    short = tmp_path / "short.pb.gz"
+    short.write_bytes(gzip.compress(raw + b"\x12" + _uvarint(len(body)) + body))
+    slow = read_profile(short)
+    assert type(slow.samples) is tuple
+    want = traces_folded(short, "samples")
+    assert folded_of(slow) == want
+    assert sum(want.values()) == sum(traces_folded(go_cpu_profile, "samples").values()) + 3
+
+
 def test_pprof_is_recognised_by_content_gzipped_or_not(go_cpu_profile, tmp_path):
     disguised = tmp_path / "looks.folded"
     disguised.write_bytes(go_cpu_profile.read_bytes())
@@ -344,8 +379,6 @@ def test_broken_pprof_files_are_one_line_bad_input(tmp_path, payload, message):
 
 
 def test_corrupt_references_inside_a_valid_protobuf_are_bad_input(go_cpu_profile):
-    from goflame.export.pprof import _message_classes
-
     cls = _message_classes()["Profile"]
     p = cls()
     p.ParseFromString(gzip.decompress(go_cpu_profile.read_bytes()))

@@ -33,15 +33,16 @@ import os
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
-from itertools import chain
+from functools import cache, partial
+from itertools import chain, islice, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from goflame import __version__
 from goflame.errors import BadInput, GoflameError, OutputError
 from goflame.frame import Frame, FrameKind
-from goflame.profile import Profile, RecordingMeta, Sample, read_input
+from goflame.profile import LazySamples, Profile, RecordingMeta, Sample, Stacks, read_input
 
 # ---------------------------------------------------------------------------------------------
 # the message definition (field numbers and types from pprof's proto/profile.proto)
@@ -112,6 +113,12 @@ _SCHEMA: dict[str, tuple[tuple[str, int, str, bool], ...]] = {
 _SCHEMA["SampleIn"] = (("location_id", 1, _BYTES, _REP), ("value", 2, _I64, _REP), ("label", 3, _BYTES, _REP))
 _SCHEMA["ProfileIn"] = tuple((f, n, "SampleIn" if t == "Sample" else t, r) for f, n, t, r in _SCHEMA["Profile"])
 _SCHEMA["Ids"] = (("id", 1, _U64, _REP),)
+# The fast read: `sample` declared singular, so the parser merges every Sample into one message
+# (protobuf's rule for a repeated occurrence of a singular message field) — in C, one column per
+# field: each sample's packed ids as one bytes item, all values, all labels.
+_SCHEMA["SampleColumns"] = _SCHEMA["SampleIn"]
+_SCHEMA["ProfileColumns"] = tuple((f, n, "SampleColumns", False) if t == "Sample" else (f, n, t, r)
+                                  for f, n, t, r in _SCHEMA["Profile"])
 
 
 @cache
@@ -476,11 +483,7 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
     if not raw:
         raise BadInput(f"{name}: empty pprof profile (no data inside the gzip stream)")
     cls = _message_classes()
-    p = cls["ProfileIn"]()
-    try:
-        p.ParseFromString(raw)
-    except Exception as e:  # noqa: BLE001 - the protobuf runtime's DecodeError, or upb's own
-        raise BadInput(f"{name}: not a pprof profile (protobuf decoding failed: {e})") from None
+    p = _parse(cls["ProfileColumns"], raw, name)
     strings = [s.decode("utf-8", "surrogateescape") for s in p.string_table]
     if not strings or strings[0]:
         raise BadInput(f"{name}: not a pprof profile (its string table does not start with '')")
@@ -493,7 +496,7 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
 
     types = [(s_(v.type, "sample type"), s_(v.unit, "sample type")) for v in p.sample_type]
     if not types:
-        raise BadInput(f"{name}: not a pprof profile (no sample types)" if not p.sample
+        raise BadInput(f"{name}: not a pprof profile (no sample types)" if not p.HasField("sample")
                        else f"{name}: corrupt pprof profile (samples but no sample types)")
     vi = _pick_value(types, s_(p.default_sample_type, "default sample type"), sample_type, name)
     ntypes = len(types)
@@ -524,7 +527,21 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
             frames.append(Frame(fn[0], fn[1], ln.line, j < n - 1, kind, addr))
         locations[loc.id] = tuple(frames)
 
-    samples, labelled, total = _samples(p, cls, locations, s_, vi, ntypes, name)
+    fast = _columns(p.sample, vi, ntypes, locations, cls["Ids"], name)
+    if fast is None:  # ids written unpacked, empty stacks...: one Sample per sample, decoded in turn
+        samples, labelled, total = _samples(_parse(cls["ProfileIn"], raw, name), cls, locations, s_, vi, ntypes,
+                                            name)
+    else:
+        n, total, blobs, weights = fast
+        keys = set(strings)
+        labelled = len(p.sample.label) > 0 and not keys.isdisjoint((LABEL_GOROUTINE, LABEL_THREAD, LABEL_STATE))
+
+        def materialize() -> list[Sample]:
+            full = _parse(cls["ProfileIn"], _decompress(data, name), name)
+            return _samples(full, cls, locations, s_, vi, ntypes, name)[0]
+
+        samples = LazySamples(n, total, partial(_stacks_by_weight, blobs, weights, locations, name),
+                              materialize, has_states=labelled and LABEL_STATE in keys)
 
     typ, unit = types[vi]
     period_t = (s_(p.period_type.type, "period type"), s_(p.period_type.unit, "period type"))
@@ -551,7 +568,108 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
         extra={"source": "pprof", "profile_kind": kind, "pprof_sample_type": f"{typ}/{unit}",
                "pprof_sample_types": [f"{t}/{u}" for t, u in types], "unit": unit, "comments": comments},
     )
-    return Profile(meta, tuple(samples), detailed=labelled)
+    return Profile(meta, samples if isinstance(samples, LazySamples) else tuple(samples), detailed=labelled)
+
+
+def _parse(cls: type, raw: bytes, name: str) -> Any:
+    try:
+        return cls.FromString(raw)
+    except Exception as e:  # noqa: BLE001 - the protobuf runtime's DecodeError, or upb's own
+        raise BadInput(f"{name}: not a pprof profile (protobuf decoding failed: {e})") from None
+
+
+def _columns(cols: Any, vi: int, ntypes: int, locations: dict[int, tuple[Frame, ...]], ids_class: type,
+             name: str) -> tuple[int, int, tuple[list[bytes], Any], list[int]] | None:
+    """(samples, total weight, (distinct stacks' packed ids, all their ids), their weights) from the merged sample
+    columns; None when the columns cannot be lined up with the samples (a sample whose ids are
+    not one packed field: Go writes 1 or 2 ids unpacked), and the per-sample path must run."""
+    blobs = list(cols.location_id)
+    values = list(cols.value)
+    n = len(blobs)
+    if not n or len(values) != n * ntypes or _has_unknown_fields(cols):
+        return None
+    weights = values[vi::ntypes] if ntypes > 1 else values
+    if min(weights) < 0:
+        raise BadInput(f"{name}: pprof profile has negative sample values (a diff of two profiles?); "
+                       "goflame reads plain profiles")
+    # The one pass over every sample: sum the weights of each distinct stack's bytes.
+    by_blob: dict[bytes, int] = {}
+    get = by_blob.get
+    for blob, w in zip(blobs, weights, strict=True):
+        by_blob[blob] = get(blob, 0) + w
+    del blobs
+    stacks = [b for b, w in by_blob.items() if w]
+    if stacks and max(map(itemgetter(-1), stacks)) >= 0x80:
+        raise BadInput(f"{name}: corrupt pprof profile (a sample's location ids end mid-varint)")
+    # Every stack's ids in one parse: the blobs joined are one packed field, and a blob holds
+    # as many ids as it has bytes without the varint continuation bit (each ends one, checked).
+    joined = b"".join(stacks)
+    ids = _parse(ids_class, b"\x0a" + _uvarint_bytes(len(joined)) + joined, name).id
+    missing = set(ids).difference(locations)
+    if missing:
+        raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {min(missing)}, "
+                       "which is not in the file)")
+    return n - weights.count(0), sum(weights), (stacks, ids), [w for w in by_blob.values() if w]
+
+
+def _stacks_by_weight(stacks: tuple[list[bytes], Any], weights: list[int], locations: dict[int, tuple[Frame, ...]],
+                      name: str, lines: bool) -> Stacks:
+    """`Profile.aggregate` (no threads, goroutines or states) over the weights of distinct stacks
+    of packed location ids: each stack becomes a tuple of canonical locations (those whose frames
+    are alike once `lines` is applied are one), and only the merged stacks become frame tuples."""
+    frames: list[Frame] = []
+    index: dict[Frame, int] = {}
+
+    def intern(f: Frame) -> int:
+        nf = Frame(f.function, f.file, f.line if lines else 0, f.inlined, f.kind)
+        i = index.get(nf)
+        if i is None:
+            i = index[nf] = len(frames)
+            frames.append(nf)
+        return i
+
+    canon: dict[int, int] = {}
+    canon_of: dict[tuple[int, ...], int] = {}
+    root_first: list[tuple[int, ...]] = []  # canonical location -> its frames, root first
+    for lid, fr in locations.items():
+        key = tuple(intern(f) for f in fr)  # Line entries are innermost first
+        c = canon_of.get(key)
+        if c is None:
+            c = canon_of[key] = len(root_first)
+            root_first.append(key[::-1])
+        canon[lid] = c
+    blobs, ids = stacks
+    flat = iter(ids)
+    counts = map(len, map(bytes.translate, blobs, repeat(None), repeat(_CONTINUATION_BYTES)))
+    keys = map(tuple, map(map, repeat(canon.__getitem__), map(islice, repeat(flat), counts)))
+    merged: dict[tuple[int, ...], int] = {}
+    get = merged.get
+    try:
+        for k, w in zip(keys, weights, strict=True):
+            merged[k] = get(k, 0) + w
+    except KeyError as e:
+        raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {e.args[0]}, "
+                       "which is not in the file)") from None
+    out: dict[tuple[int, ...], int] = {}
+    get = out.get
+    rf = root_first.__getitem__
+    for k, w in merged.items():
+        key = tuple(chain.from_iterable(map(rf, reversed(k))))
+        out[key] = get(key, 0) + w
+    return Stacks(tuple(frames), out)
+
+
+_CONTINUATION_BYTES = bytes(range(0x80, 0x100))
+
+
+def _has_unknown_fields(msg: Any) -> bool:
+    """Fields the definition does not declare as sent (ids written unpacked arrive so)."""
+    try:
+        from google.protobuf import unknown_fields
+
+        return len(unknown_fields.UnknownFieldSet(msg)) > 0
+    except ImportError:  # pragma: no cover - protobuf < 4.22
+        return True
 
 
 def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...]], s_: Callable[[int, str], str],
