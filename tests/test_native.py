@@ -325,8 +325,10 @@ def test_cpu_samples_show_the_go_chain_the_cgo_boundary_and_the_c_chain_as_perf_
     c_samples = Counter({s: n for s, n in ours.items() if s[0] in C_CHAIN})
     complete = sum(n for s, n in c_samples.items() if full_chain(s))
     total_c = sum(c_samples.values())
-    # A few samples race the scheduler (see the note on `[truncated: no-goroutine]`): at most 3 %.
-    assert complete >= 0.97 * total_c, (complete, total_c, c_samples.most_common(3))
+    # The goroutine's syscall{sp,pc} are read for the M's goroutine as of the stop (not as of the
+    # last refresh of the Ms): 0 of ~7,800 samples lost their Go part in three runs; allow 1 %.
+    incomplete = Counter({s: n for s, n in c_samples.items() if not full_chain(s)})
+    assert complete >= 0.99 * total_c, (complete, total_c, incomplete.most_common(3))
     # perf sees the same C part of these stacks (its DWARF unwinding stops at the stack switch,
     # and now and then earlier).
     perf_c = perf_complete = 0
@@ -478,7 +480,7 @@ def test_frames_without_cfi_are_recovered_by_prologue_analysis_and_marked_heuris
     assert all([strip_wrapper(f) for f in s[:2]] == want[:2] for s in in_asm), in_asm
     incomplete = {s: n for s, n in in_asm.items() if [strip_wrapper(f) for f in s[: len(want)]] != want}
     assert all(s[-1].startswith("[truncated") for s in incomplete), incomplete
-    assert good >= 0.98 * sum(in_asm.values()), in_asm
+    assert good >= 0.99 * sum(in_asm.values()), in_asm
     # Only functions without CFI are marked (crosscall1 in runtime/cgo is another one).
     no_cfi = {n for a, names in nm(binary).items() for n in names if not any(lo <= a < hi for lo, hi in ranges)}
     marked = {f.removesuffix(" [heuristic]") for s in stacks for f in s if f.endswith(" [heuristic]")}
@@ -506,11 +508,12 @@ def test_vdso_frames_are_symbolized_from_the_image_in_the_targets_memory(tmp_pat
         go = [f for f in stack if f.startswith(("time.", "main."))]
         return go[-2:] == ["main.clockLoop", "main.vdsoWorker"] and "time.Now" in go
 
-    # Some samples stop inside clock_gettime where its CFI step fails (bad-frame, ~3 % here: to be
-    # chased) or race the call's return: each must then be marked truncated.
+    # A sample may race the call's return: it must then be marked truncated. (Threads made after
+    # /proc/PID/maps was read once lost 1-5 % of samples here to bad-frame, their stack unknown:
+    # a stack pointer outside the known maps now re-reads them.)
     torn = {s: n for s, n in in_vdso.items() if not whole(s)}
     assert all(s[-1].startswith("[truncated") for s in torn), torn
-    assert sum(torn.values()) <= 0.10 * sum(in_vdso.values()), torn
+    assert sum(torn.values()) <= 0.02 * sum(in_vdso.values()), torn
 
 
 # -- without --native --------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ CALLEE_SAVED = (RBX, RBP, 12, 13, 14, 15)
 MAX_NATIVE_FRAMES = 256
 HEURISTIC = " [heuristic]"
 MAPS_REFRESH_S = 0.5  # at most this often re-read /proc/PID/maps for a pc in no known object
+# ... and for a stopped thread's own stack pointer: that one is surely mapped, so a miss means the
+# maps are stale (a thread made since, with a new stack) and the walk would fail without them.
+STACK_MAPS_REFRESH_S = 0.02
 OTHER_STACK_WINDOW = 8 * 1024  # bytes read in the stop from each other stack a walk may continue on
 
 # DW_EH_PE_* pointer encodings (LSB, "Exception Frames")
@@ -929,10 +932,10 @@ class AddressSpace:
             return self._objects[i]
         return None
 
-    def mapping(self, addr: int) -> tuple[int, int] | None:
+    def mapping(self, addr: int, max_age: float = MAPS_REFRESH_S) -> tuple[int, int] | None:
         """The [start, end) of the mapping holding `addr` (a thread's stack, for bounds)."""
         hit = self._mapping(addr)
-        if hit is None and time.monotonic() - self._refreshed > MAPS_REFRESH_S:
+        if hit is None and time.monotonic() - self._refreshed > max_age:
             try:
                 self.refresh()
             except GoflameError:
@@ -1134,6 +1137,14 @@ class NativeStitcher:
         w = [int.from_bytes(b, "little") if b else None for b in bufs[1:]]
         if not guess:
             w += (None, None)
+        fresh = w[0]
+        if fresh and fresh != guess:
+            # The goroutine changed since the Ms were last read (the scheduler moved it, or this
+            # M picked up another): its syscall{sp,pc}, read for the stale guess, say nothing.
+            # Read the running one's, still inside the stop: after it, C may return to Go.
+            guess = fresh
+            w[4:6] = [int.from_bytes(b, "little") if b else None
+                      for b in self.proc.memory.read_many([(fresh + sys_sp, 8), (fresh + sys_pc, 8)])]
         # The walk continues on other stacks than the one the thread stopped on: g0 above
         # g0.sched.sp (the C frames of a callback into Go, overwritten by C as soon as the
         # callback returns), the goroutine's stack at m.vdsoSP or g.syscallsp (it runs on
@@ -1173,7 +1184,7 @@ class NativeStitcher:
         if in_go(pc):
             walk = self._go_from_registers(m, g, pc, sp, mem, g0_bounds)
             return self.splice(walk, m, g, mem, stopped)
-        bounds = self.native.space.mapping(sp) or (sp, sp + 1)
+        bounds = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S) or (sp, sp + 1)
         nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
         frames: list[MixedFrame] = list(nw.frames)
         if nw.stop == "go":
@@ -1202,7 +1213,7 @@ class NativeStitcher:
             return Walk([], "bounds")
         # A thread started by C (cgo) gets g0 bounds that end inside mstart0's frame: the
         # thread's stack mapping lets the walk reach mstart, as the runtime's own traceback does.
-        mapped = self.native.space.mapping(sp)
+        mapped = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
         hi = max(bounds[1], mapped[1]) if mapped is not None else bounds[1]
         return self.go.unwind(pc, sp, 0, mem, bounds[0], hi, exact=True, on_system_stack=self._switch_to(g))
 
@@ -1243,7 +1254,7 @@ class NativeStitcher:
         if g is not None and g.contains_sp(sp):
             walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi)
             return self.splice(walk, m, g, mem, stopped)
-        bounds = self._system_bounds(m, sp, g0_bounds) or self.native.space.mapping(sp)
+        bounds = self._system_bounds(m, sp, g0_bounds) or self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
         if bounds is None:
             return MixedWalk([], "bounds")
         walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
@@ -1337,7 +1348,7 @@ class NativeStitcher:
         if f is None or f.name != "crosscall2":
             return [], 0, "callback-returned"  # g0.sched.sp no longer points at this callback's frame
         sp = g0_sp + spdelta + 8
-        bounds = self.native.space.mapping(g0_sp)
+        bounds = self.native.space.mapping(g0_sp, STACK_MAPS_REFRESH_S)
         if g0 is not None and g0.stack_lo <= g0_sp < g0.stack_hi:
             lo, hi = g0.stack_lo, g0.stack_hi
             if bounds is not None:
