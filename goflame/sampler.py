@@ -81,6 +81,7 @@ class Sampler:
         self._sym = target.stacks.symbolizer
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
+        self._carry = False  # inside `run`: pauses carry their waits over (Pauser.pause_carrying)
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -124,6 +125,7 @@ class Sampler:
         proc = self.t.proc
         out = []
         credit = self._credit
+        carried = proc.pauser.is_carried if self._carry else None
         for tid in runnable:
             rt = proc.run_time_ns(tid)
             if rt is None:
@@ -133,14 +135,17 @@ class Sampler:
             if prev is None or now <= prev[1]:
                 out.append(tid)
                 continue
-            share = (rt - prev[0]) / ((now - prev[1]) * 1e9)
-            if share >= 1.0:
-                out.append(tid)
-                continue
+            share = min((rt - prev[0]) / ((now - prev[1]) * 1e9), 1.0)
             c = credit.get(tid, self._rng.random()) + max(share, 0.0)  # random start: no phase lock
             if c >= 1.0:
-                out.append(tid)
-                c -= 1.0
+                if carried is not None and carried(tid):
+                    # Its last interrupt has not been served yet (the thread is queued for a
+                    # CPU): the sample it is owed is taken at the first tick after, not lost,
+                    # so every thread's count of samples still follows its CPU time.
+                    c = min(c, MAX_CREDIT)
+                else:
+                    out.append(tid)
+                    c -= 1.0
             credit[tid] = c
         if len(self._run_ns) > 4 * len(runnable) + 1024:  # forget threads not seen for a while
             self._run_ns = {t: v for t, v in self._run_ns.items() if now - v[1] < 10}
@@ -163,15 +168,18 @@ class Sampler:
             def while_stopped(tid: int, regs: Registers) -> Stopped:
                 return self._native.while_stopped(self._ms.get(tid), regs, STOPPED_WINDOW)
 
-        try:
+        if self._carry:
+            pauser = self.t.proc.pauser
+            paused = pauser.pause_carrying(tids, while_stopped, min(CARRY_WAIT_S, 0.25 / self.cfg.rate))
+            self.stats.errors += pauser.lost
+            pauser.lost = 0
+        else:
             paused = self.t.proc.pause(tids, while_stopped)
-        except ProcessGone:
-            raise
+            self.stats.errors += len(tids) - len(paused)
         for p in paused.values():
             self.stats.pause_ns.append(p.held_ns)
-        self.stats.errors += len(tids) - len(paused)
         # After the threads are released: which goroutine was each running? One batched read.
-        order = [tid for tid in tids if tid in paused and tid in self._ms]
+        order = [tid for tid in paused if tid in self._ms]
         foreign = [tid for tid in paused if tid not in self._ms]  # threads the Go runtime does not own
         if self._native is None:
             self.stats.errors += len(foreign)
@@ -342,6 +350,8 @@ class Sampler:
         self.stats.started = time.time()
         st = self.stats
         clock = TickClock(self.cfg.rate, st, self._rng, start)
+        pauser = self.t.proc.pauser
+        self._carry = not self.cfg.nonblocking
         with sampling_priority():
             try:
                 while not should_stop():
@@ -349,7 +359,10 @@ class Sampler:
                     if duration is not None and now - start >= duration:
                         break
                     if now < clock.next:
-                        time.sleep(clock.next - now)
+                        if pauser.carrying:
+                            pauser.serve_until(clock.next)
+                        else:
+                            time.sleep(clock.next - now)
                         now = time.monotonic()
                     clock.take(now)
                     try:
@@ -364,8 +377,19 @@ class Sampler:
                         on_tick(st)
                     clock.advance()
             finally:
-                st.elapsed = time.monotonic() - start
+                self._carry = False
+                try:
+                    pauser.release()
+                finally:
+                    st.elapsed = time.monotonic() - start
         return st
+
+
+# Samples a thread can be owed while its interrupt is carried over (bounds a burst after).
+MAX_CREDIT = 3.0
+# How long a tick waits for the stops of the threads it interrupted before carrying them over
+# (a quarter of the interval at most): a thread on a CPU stops within tens of microseconds.
+CARRY_WAIT_S = 0.0005
 
 
 class TickClock:

@@ -285,3 +285,50 @@ def test_sampler_raises_its_own_priority_while_sampling_and_restores_it():
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_more_busy_threads_than_cpus_are_sampled_on_time_and_left_untraced(tmp_path):
+    """Twice as many busy goroutines as CPUs: at any instant some threads in state R wait for a
+    CPU, and an interrupted waiting thread stops only when the scheduler runs it again. The
+    sampler carries such waits over to the next tick instead of blocking on them
+    (Pauser.pause_carrying): ticks stay on time, the shares stay right, and no thread is left
+    traced or stopped."""
+    import goflame
+    from goflame.sampler import Sampler, SamplerConfig
+
+    workers = 2 * (os.cpu_count() or 1)
+    hog = subprocess.Popen([str(cpuhog()), "-d", "20s", "-workers", str(workers)],
+                           env={**os.environ, "GOMAXPROCS": str(workers)},  # a thread per goroutine
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        got: Counter[str] = Counter()
+
+        def add(samples) -> None:
+            for s in samples:
+                names = [f.function for f in s.frames]
+                got.update(h for h in HOT if h in names)
+
+        with goflame.attach(hog.pid) as t:
+            st = Sampler(t, SamplerConfig(rate=500)).run(add, duration=4)
+            for task in Path(f"/proc/{hog.pid}/task").iterdir():
+                status = (task / "status").read_text()
+                assert re.search(r"^TracerPid:\s+0$", status, re.M), status
+                assert not re.search(r"^State:\s+t", status, re.M), status
+        hog.send_signal(signal.SIGINT)
+        own_text, _ = hog.communicate(timeout=30)
+    finally:
+        hog.kill()
+        hog.wait()
+    # Blocking on the waits cost a scheduler slice per tick or two: ~60 % of the ticks were
+    # missed here at this rate (bench/bench_sampler.py). Carried over, ~1 %.
+    assert st.missed <= 0.1 * (st.ticks + st.missed), (st.ticks, st.missed)
+    own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
+    n = sum(got.values())
+    assert n >= 500, got
+    for h in HOT:
+        # Samples of a queued thread are taken where it was preempted, and a thread owed
+        # samples is taken on consecutive ticks: neighbours correlate, so the bound is wider
+        # than the binomial 3 sigma of independent samples.
+        p = own[h] / 100
+        assert abs(100 * got[h] / n - own[h]) <= max(5.0, 4 * 100 * math.sqrt(p * (1 - p) / n)), (h, got, own)

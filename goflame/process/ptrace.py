@@ -4,7 +4,10 @@ Why this shape (see DESIGN.md, "Safety rules"):
 - never SIGSTOP and never PTRACE_ATTACH: both leave a stop behind if goflame dies, and a
   seized thread is resumed by the kernel when its tracer exits;
 - never stay attached between samples: Go sends SIGURG to running threads all the time and
-  a traced thread that gets a signal stops until its tracer services it;
+  a traced thread that gets a signal stops until its tracer services it. The one exception is
+  a sampler's interrupt of a thread queued for a CPU (`pause_carrying`): it stays pending
+  across ticks until the thread next runs and stops, and that stop (whatever brought it) is
+  served the moment it comes — the tracer sleeps in sigtimedwait(SIGCHLD) — then detached;
 - never swallow a signal: when the stop we get is a signal-delivery-stop (often SIGURG,
   sometimes the user's SIGTERM or SIGHUP) the registers are just as good for a sample, and
   the signal is handed back with PTRACE_DETACH(sig). Job-control semantics stay the
@@ -116,7 +119,7 @@ class PausedThread:
 class _Tracee:
     """Book-keeping for one seized thread, updated right after each syscall."""
 
-    __slots__ = ("tid", "sig", "t_interrupt", "t_stopped", "raw")
+    __slots__ = ("tid", "sig", "t_interrupt", "t_stopped", "raw", "callback")
 
     def __init__(self, tid: int) -> None:
         self.tid = tid
@@ -124,6 +127,7 @@ class _Tracee:
         self.t_interrupt = 0
         self.t_stopped = 0
         self.raw = b""
+        self.callback: Callable[[int, Registers], Any] | None = None
 
 
 def _err() -> int:
@@ -193,6 +197,12 @@ class Pauser:
         self._held: dict[int, _Tracee] = {}
         self.last_pause_ns: dict[int, int] = {}
         self.last_signals: dict[int, int] = {}
+        # carrying pauses (see `pause_carrying`): interrupted threads whose stop has not come
+        # yet, threads served since the last call, threads lost (exited) on the way
+        self._pending: dict[int, _Tracee] = {}
+        self._ready: dict[int, PausedThread] = {}
+        self.lost = 0
+        self._mask_before: set[signal.Signals] | None = None
 
     def pause(self, tids: Iterable[int],
               while_stopped: Callable[[int, Registers], Any] | None = None, *,
@@ -234,6 +244,103 @@ class Pauser:
         if wanted and not out and not procfs.alive(self.pid):
             raise ProcessGone(gone_message(self.pid))
         return out
+
+    # -- carrying pauses: a sampler on a machine with more busy threads than CPUs -------------
+    def pause_carrying(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], Any] | None,
+                       wait_s: float) -> dict[int, PausedThread]:
+        """Like `pause`, but waits at most `wait_s` for the stops; a thread not stopped by then
+        stays seized with the interrupt pending, and is served as soon as its stop comes (by
+        `serve_until` between calls, or the next call), never later.
+
+        A thread in state R may be waiting for a CPU, not running: its interrupt takes effect
+        only when the scheduler next runs it, a slice or two later. `pause` must wait for it;
+        with more busy threads than CPUs every tick then waits that long, and a sampler gets
+        a few hundred ticks a second whatever the rate asked for. Carrying the wait over makes
+        the cost one stop per interrupt, as before, and the wait nobody's: the registers of
+        a queued thread are where it was preempted, a sample as good as any (its weight is
+        its share of CPU, `Sampler._on_cpu`). Returns every thread served since the last call.
+        `release` ends it; call it on every path (the kernel also drops pending interrupts
+        if goflame dies).
+        """
+        if self._mask_before is None:
+            # Stops are signalled to us with SIGCHLD: blocked here, sigtimedwait sleeps until
+            # one comes (or the deadline) instead of polling.
+            self._mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        out, self._ready = self._ready, {}
+        try:
+            for tid in dict.fromkeys(tids):
+                if tid in self._pending or tid in out:
+                    continue
+                t = self._seize(tid)
+                if t is None or not self._interrupt(t):
+                    self.lost += 1
+                    continue
+                t.callback = while_stopped
+                self._pending[tid] = t
+            self._serve(time.monotonic() + wait_s, out)
+        except BaseException:
+            self.release()
+            raise
+        if tids and not out and not self._pending and not procfs.alive(self.pid):
+            raise ProcessGone(gone_message(self.pid))
+        return out
+
+    @property
+    def carrying(self) -> int:
+        """Threads interrupted by `pause_carrying` whose stop has not come yet."""
+        return len(self._pending)
+
+    def is_carried(self, tid: int) -> bool:
+        return tid in self._pending
+
+    def serve_until(self, deadline: float) -> None:
+        """Sleep until `deadline` (time.monotonic), serving carried stops the moment they come."""
+        try:
+            self._serve(deadline, self._ready)
+        except BaseException:
+            self.release()
+            raise
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def release(self) -> None:
+        """End carrying: wait for the pending stops (a scheduler slice), detach everything."""
+        try:
+            self._pending.clear()
+            self._ready.clear()
+            self._release_all()
+        finally:
+            if self._mask_before is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, self._mask_before)
+                self._mask_before = None
+
+    def _serve(self, deadline: float, out: dict[int, PausedThread]) -> None:
+        """Serve pending stops until none is left or `deadline` passes."""
+        while self._pending:
+            for tid in list(self._pending):
+                t = self._pending[tid]
+                try:
+                    pid, status = os.waitpid(tid, WALL | os.WNOHANG)
+                except ChildProcessError:
+                    del self._pending[tid]
+                    self._held.pop(tid, None)
+                    self.lost += 1
+                    continue
+                if pid == 0:
+                    continue
+                del self._pending[tid]
+                t.t_stopped = time.perf_counter_ns()
+                if self._on_status(t, status):
+                    self._sample(t, t.callback, out)
+                else:
+                    self.lost += 1
+            if not self._pending:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            signal.sigtimedwait({signal.SIGCHLD}, remaining)
 
     def _next_stop(self, pending: dict[int, _Tracee]) -> int:
         """The pending thread whose stop (or exit) arrived first, without consuming it.
@@ -407,6 +514,7 @@ class Pauser:
         if that fails (not stopped, or gone) is it interrupted, waited for and detached.
         """
         deferred: BaseException | None = None
+        self._pending.clear()  # carried interrupts are released with the rest
         while self._held:
             try:
                 for t in list(self._held.values()):
