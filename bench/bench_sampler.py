@@ -153,7 +153,7 @@ def bench_throughput(binary: Path, seconds: float, cpus: set[int] | None, tmp: P
                   f"{ceil.ticks / ceil.seconds:.0f} ticks/s, cpu {100 * ceil.cpu / ceil.seconds:.0f} % of a core, "
                   f"{ceil.cpu_per_sample_us:.0f} us cpu/sample   "
                   f"sampler/bare-pause ceiling: {bl.ratio(ceil.samples_per_s, bare_rate)}   {fmt_pauses(ceil.pause_ns, ceil.held_ns)}")
-            for rate in (1000, 250):
+            for rate in (1000, 700, 250):
                 r0, w0 = schedstat(p.pid)
                 f = sample_for(t, rate, seconds, tmp / f"r{rate}.goflame")
                 r1, w1 = schedstat(p.pid)

@@ -10,6 +10,7 @@ Ticks are jittered around the rate so periodic work is not aliased; lag is accou
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import time
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from goflame.unwind.native import Stopped
 
 M_REFRESH_S = 1.0
+TIDS_REFRESH_S = 0.05
 
 
 @dataclass(slots=True)
@@ -82,6 +84,8 @@ class Sampler:
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
         self._carry = False  # inside `run`: pauses carry their waits over (Pauser.pause_carrying)
+        self._tids: list[int] = []
+        self._tids_time = float("-inf")
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -98,8 +102,7 @@ class Sampler:
     # -- one tick ---------------------------------------------------------------------------------
     def sample(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
-        threads = self.t.proc.threads()
-        running = self._on_cpu([th.tid for th in threads if th.state == "R"], now)
+        running = self._on_cpu(self._threads(now), now)
         if now - self._ms_time > M_REFRESH_S or any(tid not in self._ms for tid in running):
             self._refresh_ms(now)
         out: list[Sample] = []
@@ -113,41 +116,59 @@ class Sampler:
         self.stats.samples += len(out)
         return out
 
-    def _on_cpu(self, runnable: list[int], now: float) -> list[int]:
-        """Threads in state R that are really on a CPU, not just waiting in a run queue.
+    def _threads(self, now: float) -> list[int]:
+        """The target's thread ids, listed again every TIDS_REFRESH_S (a new thread waits that
+        long for its first sample; one that exits drops out at once: its schedstat is gone)."""
+        if now - self._tids_time > TIDS_REFRESH_S:
+            self._tids = self.t.proc.tids()
+            self._tids_time = now
+        return self._tids
 
-        The kernel's R means either. Each R thread is kept in proportion to the share of the
-        last interval it actually ran (schedstat), which makes the samples an unbiased
-        estimate of CPU time even when the machine is overloaded. The thinning is systematic,
-        not random: each thread accrues its share as credit and is sampled once per whole
-        credit, so its sample count follows its CPU time without coin-flip noise.
+    def _on_cpu(self, tids: list[int], now: float) -> list[int]:
+        """The threads to sample this tick: those on a CPU, as many times as their CPU time says.
+
+        Each thread accrues as credit the share of the last interval it actually ran
+        (schedstat) and is sampled once per whole credit, if it is in state R then: the
+        samples are an unbiased estimate of CPU time even when the machine is overloaded
+        (R also means queued for a CPU), and systematic, without coin-flip noise. Only a
+        thread due a sample has its state read; a due thread that is not running now (or
+        whose last interrupt is still carried over) keeps its credit for the next tick.
         """
         proc = self.t.proc
         out = []
         credit = self._credit
         carried = proc.pauser.is_carried if self._carry else None
-        for tid in runnable:
+        max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
+        seen = 0
+        for tid in tids:
             rt = proc.run_time_ns(tid)
             if rt is None:
                 continue
+            seen += 1
             prev = self._run_ns.get(tid)
             self._run_ns[tid] = (rt, now)
             if prev is None or now <= prev[1]:
-                out.append(tid)
+                if proc.thread_state(tid) == "R":
+                    out.append(tid)
                 continue
-            share = min((rt - prev[0]) / ((now - prev[1]) * 1e9), 1.0)
+            # Not clipped at 1: the kernel adds a running thread's time in lumps (at its scheduler
+            # tick, every few ms), and at a high rate most intervals see none, some several ms.
+            share = (rt - prev[0]) / ((now - prev[1]) * 1e9)
             c = credit.get(tid, self._rng.random()) + max(share, 0.0)  # random start: no phase lock
             if c >= 1.0:
-                if carried is not None and carried(tid):
-                    # Its last interrupt has not been served yet (the thread is queued for a
-                    # CPU): the sample it is owed is taken at the first tick after, not lost,
-                    # so every thread's count of samples still follows its CPU time.
-                    c = min(c, MAX_CREDIT)
-                else:
+                # Owed a sample but not on a CPU now, or its last interrupt is not served yet
+                # (it is queued for one): taken at a later tick, not lost, so every thread's
+                # count of samples still follows its CPU time.
+                if (carried is None or not carried(tid)) and proc.thread_state(tid) == "R":
                     out.append(tid)
                     c -= 1.0
+                c = min(c, max_credit)
             credit[tid] = c
-        if len(self._run_ns) > 4 * len(runnable) + 1024:  # forget threads not seen for a while
+        if not seen:  # every thread listed is gone: the process exited (ProcessGone), or list them again
+            self._tids_time = float("-inf")
+            self._threads(now)
+            return []
+        if len(self._run_ns) > 4 * len(tids) + 1024:  # forget threads not seen for a while
             self._run_ns = {t: v for t, v in self._run_ns.items() if now - v[1] < 10}
             self._credit = {t: c for t, c in credit.items() if t in self._run_ns}
         return out
@@ -170,7 +191,7 @@ class Sampler:
 
         if self._carry:
             pauser = self.t.proc.pauser
-            paused = pauser.pause_carrying(tids, while_stopped, min(CARRY_WAIT_S, 0.25 / self.cfg.rate))
+            paused = pauser.pause_carrying(tids, while_stopped, min(CARRY_WAIT_S, 0.1 / self.cfg.rate))
             self.stats.errors += pauser.lost
             pauser.lost = 0
         else:
@@ -352,17 +373,24 @@ class Sampler:
         clock = TickClock(self.cfg.rate, st, self._rng, start)
         pauser = self.t.proc.pauser
         self._carry = not self.cfg.nonblocking
-        with sampling_priority():
+        busy = 0.0  # how long the last tick took
+        # What exists now (binary tables, caches) lives as long as the recording: kept out of
+        # the cyclic GC's full collections, which otherwise walk it all and stall a tick.
+        gc.freeze()
+        with sampling_priority(realtime=True):
             try:
                 while not should_stop():
                     now = time.monotonic()
                     if duration is not None and now - start >= duration:
                         break
-                    if now < clock.next:
+                    # Behind or not, rest a quarter of the last tick's time: a real-time sampler
+                    # asked for more than it can do must still leave the CPU to others.
+                    wake = max(clock.next, now + busy * REST_SHARE)
+                    if now < wake:
                         if pauser.carrying:
-                            pauser.serve_until(clock.next)
+                            pauser.serve_until(wake)
                         else:
-                            time.sleep(clock.next - now)
+                            time.sleep(wake - now)
                         now = time.monotonic()
                     clock.take(now)
                     try:
@@ -376,17 +404,22 @@ class Sampler:
                     if on_tick is not None:
                         on_tick(st)
                     clock.advance()
+                    busy = time.monotonic() - now
             finally:
                 self._carry = False
                 try:
                     pauser.release()
                 finally:
+                    gc.unfreeze()
                     st.elapsed = time.monotonic() - start
         return st
 
 
-# Samples a thread can be owed while its interrupt is carried over (bounds a burst after).
+REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time (CPU use <= 80 %)
+# Samples a thread can be owed (while its interrupt is carried over, or it is not running at
+# the ticks it is due): at least 3, or 20 ms of its CPU time. Bounds the burst that follows.
 MAX_CREDIT = 3.0
+MAX_CREDIT_S = 0.02
 # How long a tick waits for the stops of the threads it interrupted before carrying them over
 # (a quarter of the interval at most): a thread on a CPU stops within tens of microseconds.
 CARRY_WAIT_S = 0.0005
@@ -417,17 +450,51 @@ class TickClock:
 
 
 @contextmanager
-def sampling_priority() -> Iterator[None]:
-    """The sampling thread at nice -10 for the body (see `_raise_priority`), then as it was."""
-    niced = _raise_priority()
+def sampling_priority(realtime: bool = False) -> Iterator[None]:
+    """The sampling thread at a higher priority for the body, then as it was.
+
+    `realtime`: SCHED_FIFO priority 1 when permitted (see `_realtime`), else nice -10 (see
+    `_raise_priority`).
+    """
+    policy = _realtime() if realtime else None
+    niced = _raise_priority() if policy is None else None
     try:
         yield
     finally:
+        if policy is not None:
+            _restore_policy(policy)
         if niced is not None:
             _restore_priority(niced)
 
 
 SAMPLER_NICE = -10
+
+
+def _realtime() -> tuple[int, os.sched_param] | None:
+    """SCHED_FIFO 1 for the sampling thread; the previous policy, or None if not permitted.
+
+    At nice -10 a sampler on a machine its target saturates still lost its CPU now and then
+    for a scheduler slice (4-5 ms: a thread it had stopped stayed stopped, ticks were missed;
+    bench/bench_sampler.py). A real-time policy is never preempted by ordinary threads; the
+    sampler sleeps between ticks and uses a few per cent of a CPU at 100 Hz (~30 % at 1 kHz),
+    and the kernel's real-time throttling caps it in any case. Linux applies it to the calling
+    thread only; SCHED_RESET_ON_FORK keeps it from children (a launched command).
+    """
+    try:
+        before = os.sched_getscheduler(0), os.sched_getparam(0)
+        if before[0] != os.SCHED_OTHER:
+            return None  # someone chose a policy for this thread: leave it alone
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except (OSError, AttributeError):
+        return None
+    return before
+
+
+def _restore_policy(before: tuple[int, os.sched_param]) -> None:
+    try:
+        os.sched_setscheduler(0, before[0], before[1])
+    except OSError:
+        pass
 
 
 def _raise_priority() -> int | None:

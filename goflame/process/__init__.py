@@ -68,6 +68,10 @@ class Process:
     def threads(self) -> list[ThreadInfo]:
         return self._task.threads()
 
+    def thread_state(self, tid: int) -> str | None:
+        """One thread's state letter (R, S, D, t...), None if it exited."""
+        return self._task.state(tid)
+
     def run_time_ns(self, tid: int) -> int | None:
         """CPU time of one thread so far, in ns (None if it exited)."""
         return self._task.run_time_ns(tid)

@@ -241,6 +241,15 @@ class TaskDir:
             raise _gone(self.pid)
         return out
 
+    def state(self, tid: int) -> str | None:
+        """One thread's state letter (R, S, D, t...), None if it is gone."""
+        try:
+            data = _read(f"{tid}/stat", dir_fd=self._fd)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        i = data.rfind(b")")  # the name, in parentheses, may hold anything
+        return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
+
     def run_time_ns(self, tid: int) -> int | None:
         """Nanoseconds the thread has spent on a CPU (first field of schedstat); None if gone.
 
