@@ -19,10 +19,17 @@ Encoding: the `protobuf` package's C parser (upb) with a message definition writ
 data (`_SCHEMA`), and turned into message classes at run time — no protoc, no generated code.
 A decoder of our own in pure Python was the alternative, and would be smaller; it is not
 faster: it decodes varints byte by byte in Python, and merely walking the samples' location
-ids that way takes 1.6x the CPU time of goflame's whole read of a 50 MB profile (26 s against
-16 s here; bench/bench_pprof_diff.py measures both). The definition declares the string table
-as `bytes` (wire-identical to `string`): upb would reject a proto3 `string` that is not UTF-8,
-and a Go binary's names need not be.
+ids that way takes longer than goflame's whole read of a 50 MB profile (bench/bench_pprof_diff.py
+measures both). The definition declares the string table as `bytes` (wire-identical to
+`string`): upb would reject a proto3 `string` that is not UTF-8, and a Go binary's names need
+not be.
+
+Reading is by column when it can be (`_columns`): with `sample` declared singular, upb merges
+all samples into one message, so each sample's packed ids arrive as one bytes item of a list
+and its values in a flat list, both made in C; the weights of each distinct stack are summed in
+one pass and `Sample` objects are made only on demand (`LazySamples`). A sample whose ids are
+not one packed field (Go writes 1 or 2 unpacked) cannot be lined up with its values that way:
+such a file takes the per-sample path (`_samples`).
 """
 
 from __future__ import annotations
