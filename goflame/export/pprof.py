@@ -443,11 +443,23 @@ def _varint(buf: bytes, pos: int) -> tuple[int | None, int]:
     return None, pos
 
 
+def _gzip() -> Any:
+    """The gzip stream codec: Intel's ISA-L (the `isal` package) when installed — it inflates a
+    50 MB profile ~2.5x faster than zlib, a fifth of the whole read — else the standard zlib."""
+    try:
+        from isal import isal_zlib
+
+        return isal_zlib
+    except ImportError:  # pragma: no cover - a declared dependency; zlib does the same, slower
+        return zlib
+
+
 def _decompress(data: bytes, name: str) -> bytes:
     if data[:2] != b"\x1f\x8b":
         return data
+    codec = _gzip()
     out = io.BytesIO()
-    d = zlib.decompressobj(wbits=31)
+    d = codec.decompressobj(wbits=31)
     view = memoryview(data)
     try:
         while True:  # concatenated gzip members are one stream (gzip's rule)
@@ -458,8 +470,8 @@ def _decompress(data: bytes, name: str) -> bytes:
             if not rest.strip(b"\0"):
                 break
             view = memoryview(rest)
-            d = zlib.decompressobj(wbits=31)
-    except zlib.error as e:
+            d = codec.decompressobj(wbits=31)
+    except codec.error as e:
         raise BadInput(f"{name}: corrupt gzip data ({e})") from None
     return out.getvalue()
 
