@@ -314,6 +314,15 @@ def _uvarint(v: int) -> bytes:
     return bytes(out) + bytes([v])
 
 
+def test_goflames_pprof_with_inlined_locations_reads_back_as_go_tool_pprof_traces(goflame_recording):
+    """Locations of several Line entries (inlined frames) and labelled samples, through the
+    column reader: the stacks equal what Go's own reader makes of the same file."""
+    pb, _raw = goflame_recording
+    back = read_profile(pb)
+    assert type(back.samples).__name__ == "LazySamples" and back.detailed
+    assert folded_of(back) == traces_folded(pb, "samples")
+
+
 def test_both_pprof_readers_agree_with_go_tool_pprof_traces(go_cpu_profile, tmp_path):
     """Samples whose ids are one packed field take the column reader (weights summed per stack,
     no Sample objects until a view needs them); Go writes 1 or 2 ids unpacked, which sends the

@@ -35,10 +35,12 @@ def folded_lines(stacks: Stacks, lines: bool = False) -> list[str]:
     labels = [folded_label(f, lines) for f in stacks.frames]
     merged: dict[str, int] = {}
     get = merged.get
+    label = labels.__getitem__
+    join = ";".join
     for key, count in stacks.counts.items():
         if not key:
             continue  # a sample with no frames has no place in a folded file
-        s = ";".join([labels[i] for i in key])
+        s = join(map(label, key))
         merged[s] = get(s, 0) + count
     return [f"{s} {c}" for s, c in sorted(merged.items())]
 

@@ -634,8 +634,13 @@ def _columns(cols: Any, vi: int, ntypes: int, locations: dict[int, tuple[Frame, 
 def _stacks_by_weight(stacks: tuple[list[bytes], Any], weights: list[int], locations: dict[int, tuple[Frame, ...]],
                       name: str, lines: bool) -> Stacks:
     """`Profile.aggregate` (no threads, goroutines or states) over the weights of distinct stacks
-    of packed location ids: each stack becomes a tuple of canonical locations (those whose frames
-    are alike once `lines` is applied are one), and only the merged stacks become frame tuples."""
+    of packed location ids.
+
+    Locations whose frames are alike once `lines` is applied are one (canonical) location; the
+    ids of all stacks, in one flat list, are reversed once so that each stack reads root first.
+    When every location is one frame (no inlining) a stack's key is built in C from its ids,
+    and when no two locations are alike no two stacks merge: the counts are one dict(zip()).
+    """
     frames: list[Frame] = []
     index: dict[Frame, int] = {}
 
@@ -657,23 +662,36 @@ def _stacks_by_weight(stacks: tuple[list[bytes], Any], weights: list[int], locat
             c = canon_of[key] = len(root_first)
             root_first.append(key[::-1])
         canon[lid] = c
+    single = all(len(k) == 1 for k in root_first)
+    if single:
+        canon = {lid: root_first[c][0] for lid, c in canon.items()}  # location -> its one frame
     blobs, ids = stacks
-    flat = iter(ids)
-    counts = map(len, map(bytes.translate, blobs, repeat(None), repeat(_CONTINUATION_BYTES)))
+    flat = iter(list(ids)[::-1])  # every stack root first, the last stack first
+    counts = list(map(len, map(bytes.translate, blobs, repeat(None), repeat(_CONTINUATION_BYTES))))
+    counts.reverse()
     keys = map(tuple, map(map, repeat(canon.__getitem__), map(islice, repeat(flat), counts)))
-    merged: dict[tuple[int, ...], int] = {}
-    get = merged.get
+    rweights = reversed(weights)
     try:
-        for k, w in zip(keys, weights, strict=True):
+        if single and len(root_first) == len(canon):
+            keys = list(keys)
+            rweights = list(rweights)
+            direct = dict(zip(keys, rweights, strict=True))
+            if len(direct) == len(keys):  # else two encodings of one stack (not canonical varints)
+                return Stacks(tuple(frames), direct)
+        merged: dict[tuple[int, ...], int] = {}
+        get = merged.get
+        for k, w in zip(keys, rweights, strict=True):
             merged[k] = get(k, 0) + w
     except KeyError as e:
         raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {e.args[0]}, "
                        "which is not in the file)") from None
+    if single:
+        return Stacks(tuple(frames), merged)
     out: dict[tuple[int, ...], int] = {}
     get = out.get
     rf = root_first.__getitem__
     for k, w in merged.items():
-        key = tuple(chain.from_iterable(map(rf, reversed(k))))
+        key = tuple(chain.from_iterable(map(rf, k)))
         out[key] = get(key, 0) + w
     return Stacks(tuple(frames), out)
 
