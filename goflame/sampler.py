@@ -86,6 +86,7 @@ class Sampler:
         self._carry = False  # inside `run`: pauses carry their waits over (Pauser.pause_carrying)
         self._tids: list[int] = []
         self._tids_time = float("-inf")
+        self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _logical
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -295,6 +296,17 @@ class Sampler:
         return self._logical(walk)
 
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
+        # A busy loop is sampled in the same few stacks over and over: each distinct one is
+        # symbolized once, and its one frames tuple lets the recording writer find it by id.
+        key = (*[pf.sym_pc for pf in walk.frames], walk.stop)
+        hit = self._stacks.get(key)
+        if hit is None:
+            if len(self._stacks) >= 1 << 16:
+                self._stacks.clear()
+            hit = self._stacks[key] = self._symbolize(walk)
+        return hit
+
+    def _symbolize(self, walk: Walk) -> tuple[Frame, ...]:
         sym = self._sym
         out: list[Frame] = []
         callee = 0
