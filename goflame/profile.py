@@ -139,6 +139,25 @@ class Stacks:
         return {tuple(fr[i] for i in k): c for k, c in self.counts.items()}
 
 
+class FrameTable:
+    """Distinct frames of an aggregation, each once, by index; `lines` keeps their lines."""
+
+    __slots__ = ("frames", "_index", "_lines")
+
+    def __init__(self, lines: bool) -> None:
+        self.frames: list[Frame] = []
+        self._index: dict[Frame, int] = {}
+        self._lines = lines
+
+    def intern(self, f: Frame) -> int:
+        nf = Frame(f.function, f.file, f.line if self._lines else 0, f.inlined, f.kind)
+        i = self._index.get(nf)
+        if i is None:
+            i = self._index[nf] = len(self.frames)
+            self.frames.append(nf)
+        return i
+
+
 class LazySamples(Sequence[Sample]):
     """Samples a reader kept as a weight per distinct stack, made into `Sample` objects only
     when a view needs per-sample details (threads, goroutines, states, time order).
@@ -227,18 +246,10 @@ class Profile:
         lazy = self.samples
         if isinstance(lazy, LazySamples) and not (threads or goroutines or (states and lazy.has_states)):
             return lazy.stacks(lines)
-        frames: list[Frame] = []
-        index: dict[Frame, int] = {}
+        table = FrameTable(lines)
+        intern = table.intern
         by_id: dict[int, int] = {}  # id(frame) -> index; valid while self.samples holds the frames
         synthetic: dict[tuple[FrameKind, str], int] = {}
-
-        def intern(f: Frame) -> int:
-            nf = Frame(f.function, f.file, f.line if lines else 0, f.inlined, f.kind)
-            i = index.get(nf)
-            if i is None:
-                i = index[nf] = len(frames)
-                frames.append(nf)
-            return i
 
         def intern_sample_frame(f: Frame) -> int:
             i = by_id[id(f)] = intern(f)
@@ -273,7 +284,7 @@ class Profile:
                 t = f"thread {s.thread}" if s.thread else "no thread"
                 k = (synth(FrameKind.THREAD, t), *k)
             counts[k] = get(k, 0) + s.weight
-        return Stacks(tuple(frames), counts)
+        return Stacks(tuple(table.frames), counts)
 
     def stacks(self, **opts: Any) -> dict[tuple[Frame, ...], int]:
         """Aggregated stacks as root-first Frame tuples (see `aggregate` for the options)."""

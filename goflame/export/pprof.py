@@ -49,7 +49,7 @@ from typing import IO, Any, BinaryIO
 from goflame import __version__
 from goflame.errors import BadInput, GoflameError, OutputError
 from goflame.frame import Frame, FrameKind
-from goflame.profile import LazySamples, Profile, RecordingMeta, Sample, Stacks, read_input
+from goflame.profile import FrameTable, LazySamples, Profile, RecordingMeta, Sample, Stacks, read_input
 
 # ---------------------------------------------------------------------------------------------
 # the message definition (field numbers and types from pprof's proto/profile.proto)
@@ -641,17 +641,9 @@ def _stacks_by_weight(stacks: tuple[list[bytes], Any], weights: list[int], locat
     When every location is one frame (no inlining) a stack's key is built in C from its ids,
     and when no two locations are alike no two stacks merge: the counts are one dict(zip()).
     """
-    frames: list[Frame] = []
-    index: dict[Frame, int] = {}
-
-    def intern(f: Frame) -> int:
-        nf = Frame(f.function, f.file, f.line if lines else 0, f.inlined, f.kind)
-        i = index.get(nf)
-        if i is None:
-            i = index[nf] = len(frames)
-            frames.append(nf)
-        return i
-
+    table = FrameTable(lines)
+    intern = table.intern
+    frames = table.frames
     canon: dict[int, int] = {}
     canon_of: dict[tuple[int, ...], int] = {}
     root_first: list[tuple[int, ...]] = []  # canonical location -> its frames, root first

@@ -267,7 +267,6 @@ class Pauser:
             # one comes (or the deadline) instead of polling.
             self._mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         out, self._ready = self._ready, {}
-        boosted = self._boost() if self.boost else None
         try:
             for tid in dict.fromkeys(tids):
                 if tid in self._pending or tid in out:
@@ -282,9 +281,6 @@ class Pauser:
         except BaseException:
             self.release()
             raise
-        finally:
-            if boosted is not None:
-                _unboost(boosted)
         if tids and not out and not self._pending and not procfs.alive(self.pid):
             raise ProcessGone(gone_message(self.pid))
         return out
@@ -299,15 +295,11 @@ class Pauser:
 
     def serve_until(self, deadline: float) -> None:
         """Sleep until `deadline` (time.monotonic), serving carried stops the moment they come."""
-        boosted = self._boost() if self.boost else None
         try:
             self._serve(deadline, self._ready)
         except BaseException:
             self.release()
             raise
-        finally:
-            if boosted is not None:
-                _unboost(boosted)
         remaining = deadline - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
