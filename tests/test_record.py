@@ -82,9 +82,13 @@ def perf_stacks(data: Path) -> Counter[str]:
 
 @pytest.mark.slow
 def test_cpu_shares_match_the_workloads_own_clock_and_perf(tmp_path):
-    # Sampling error is binomial: 4 busy goroutines on 2 CPUs give ~2,000 goflame samples in 10 s
-    # at 100 Hz (σ ~1.1 points for a 50 % share); perf at 499 Hz gives ~5x more.
-    hog = subprocess.Popen([str(cpuhog()), "-d", "12s", "-workers", "4"], stdout=subprocess.PIPE,
+    # Sampling error is binomial: 2 busy goroutines on 2 CPUs give ~2,000 goflame samples in 10 s
+    # at 100 Hz (σ ~1.1 points for a 50 % share); perf at 499 Hz gives ~5x more. One goroutine per
+    # P: with more goroutines than Ps the workload's own clock also counts the time a goroutine
+    # waits for a P, in 10 ms lumps (Go's preemption slice) — noise in the oracle itself.
+    workers = os.cpu_count() or 2
+    hog = subprocess.Popen([str(cpuhog()), "-d", "12s", "-workers", str(workers)],
+                           env={**os.environ, "GOMAXPROCS": str(workers)}, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
     try:
         time.sleep(0.5)
