@@ -349,6 +349,14 @@ def test_both_pprof_readers_agree_with_go_tool_pprof_traces(go_cpu_profile, tmp_
     assert folded_of(slow) == want
     assert sum(want.values()) == sum(traces_folded(go_cpu_profile, "samples").values()) + 3
 
+    # a sample whose packed ids are empty (a stack of nothing): column path, no frames shown
+    body = b"\x0a\x00\x12\x02\x01\x01"
+    empty = tmp_path / "empty.pb.gz"
+    empty.write_bytes(gzip.compress(raw + b"\x12" + _uvarint(len(body)) + body))
+    back = read_profile(empty)
+    assert type(back.samples).__name__ == "LazySamples"
+    assert folded_of(back) == traces_folded(empty, "samples") == go_says
+
 
 def test_pprof_is_recognised_by_content_gzipped_or_not(go_cpu_profile, tmp_path):
     disguised = tmp_path / "looks.folded"

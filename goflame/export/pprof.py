@@ -618,7 +618,8 @@ def _columns(cols: Any, vi: int, ntypes: int, locations: dict[int, tuple[Frame, 
         by_blob[blob] = get(blob, 0) + w
     del blobs
     stacks = [b for b, w in by_blob.items() if w]
-    if stacks and max(map(itemgetter(-1), stacks)) >= 0x80:
+    # (a sample may have an empty stack: its blob is b"", and its last byte b"" too)
+    if max(map(itemgetter(slice(-1, None)), stacks), default=b"") >= b"\x80":
         raise BadInput(f"{name}: corrupt pprof profile (a sample's location ids end mid-varint)")
     # Every stack's ids in one parse: the blobs joined are one packed field, and a blob holds
     # as many ids as it has bytes without the varint continuation bit (each ends one, checked).
