@@ -194,10 +194,12 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                 def on_tick(st: SamplerStats) -> None:
                     nonlocal warned
                     writer.tick()
-                    if not warned and st.max_lag_s > LAG_WARNING_S:
+                    behind = max(st.missed_s, st.max_lag_s)
+                    if not warned and behind > LAG_WARNING_S:
                         warned = True
-                        msg = (f"sampling fell {st.max_lag_s:.1f} s behind at {opts.rate:g} Hz: lower --rate "
-                               f"or use --nonblocking; missed ticks are counted, not invented")
+                        msg = (f"sampling fell {behind:.1f} s behind at {opts.rate:g} Hz ({st.missed:,} ticks "
+                               f"missed of {st.ticks + st.missed:,}): lower --rate or use --nonblocking; "
+                               f"missed ticks are counted, not invented")
                         result.warnings.append(msg)
                         if on_warning:
                             on_warning(msg)
@@ -221,6 +223,7 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                                               "duration": stats.elapsed, "samples": stats.samples,
                                               "errors": stats.errors,
                                               "extra": {"nonblocking": opts.nonblocking, "missed_ticks": stats.missed,
+                                                        "late_ticks": stats.late,
                                                         "achieved_rate_hz": round(stats.rate, 2),
                                                         **({"native": True} if opts.native else {})}}))
             except BaseException:

@@ -11,8 +11,10 @@ Ticks are jittered around the rate so periodic work is not aliased; lag is accou
 from __future__ import annotations
 
 import gc
+import math
 import os
 import random
+import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from goflame.unwind.native import Stopped
 
 M_REFRESH_S = 1.0
+_U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
 
 
@@ -40,8 +43,10 @@ class SamplerStats:
     ticks: int = 0
     samples: int = 0
     errors: int = 0  # samples dropped: torn memory, a thread gone mid-pause, an undecodable g
-    missed: int = 0  # ticks skipped because sampling fell behind
-    max_lag_s: float = 0.0
+    missed: int = 0  # ticks never taken: due more than CATCH_UP_S ago when sampling got to them
+    missed_s: float = 0.0  # the time those ticks stood for: how far sampling fell behind, in all
+    late: int = 0  # ticks taken, but more than one interval after they were due (catching up)
+    max_lag_s: float = 0.0  # the longest any tick waited past its time (before skipping)
     pause_ns: list[int] = field(default_factory=list)
     started: float = 0.0
     elapsed: float = 0.0
@@ -73,7 +78,8 @@ class Sampler:
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
         self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
-        self._credit: dict[int, float] = {}  # tid -> CPU share accrued towards its next sample
+        self._credit: dict[int, float] = {}  # tid -> CPU time accrued towards its next sample, in intervals
+        self._grew: dict[int, float] = {}  # tid -> when its run time was last seen to grow
         mem = target.proc.memory
         self._mem = mem
         lay = target.reader
@@ -83,10 +89,13 @@ class Sampler:
         self._sym = target.stacks.symbolizer
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
+        self._g_tls = target.binary.globals.g_tls_offset if not config.native else None  # see _sample_running
         self._carry = False  # inside `run`: pauses carry their waits over (Pauser.pause_carrying)
         self._tids: list[int] = []
         self._tids_time = float("-inf")
-        self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _logical
+        self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _stack_of
+        # sym_pc -> (its frames, last funcID) when none is a wrapper, else (): see _symbolize
+        self._plain_frames: dict[int, tuple[tuple[Frame, ...], int] | tuple[()]] = {}
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -128,34 +137,45 @@ class Sampler:
     def _on_cpu(self, tids: list[int], now: float) -> list[int]:
         """The threads to sample this tick: those on a CPU, as many times as their CPU time says.
 
-        Each thread accrues as credit the share of the last interval it actually ran
-        (schedstat) and is sampled once per whole credit, if it is in state R then: the
-        samples are an unbiased estimate of CPU time even when the machine is overloaded
-        (R also means queued for a CPU), and systematic, without coin-flip noise. Only a
-        thread due a sample has its state read; a due thread that is not running now (or
-        whose last interrupt is still carried over) keeps its credit for the next tick.
+        Each thread accrues as credit the CPU time it actually ran since the last look
+        (schedstat), in units of the sampling interval, and is sampled once per whole credit,
+        if it is in state R then: the samples are an unbiased estimate of CPU time even when
+        the machine is overloaded (R also means queued for a CPU), and systematic, without
+        coin-flip noise. Only a thread due a sample has its state read; a due thread that is
+        not running now (or whose last interrupt is still carried over) keeps its credit for
+        the next tick. A thread whose run time has not grown for QUIET_S (an idle M parked in
+        the kernel: most of a server's threads) is looked at only every QUIET_RECHECK_S; the
+        CPU time it ran in between is credited all the same.
         """
         proc = self.t.proc
         out = []
         credit = self._credit
+        run_ns = self._run_ns
+        grew = self._grew
         carried = proc.pauser.is_carried if self._carry else None
         max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
+        per_ns = self.cfg.rate / 1e9  # credit per ns of CPU time
         seen = 0
         for tid in tids:
+            prev = run_ns.get(tid)
+            if prev is not None and now - grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
+                seen += 1
+                continue
             rt = proc.run_time_ns(tid)
             if rt is None:
                 continue
             seen += 1
-            prev = self._run_ns.get(tid)
-            self._run_ns[tid] = (rt, now)
+            run_ns[tid] = (rt, now)
             if prev is None or now <= prev[1]:
+                grew[tid] = now
                 if proc.thread_state(tid) == "R":
                     out.append(tid)
                 continue
-            # Not clipped at 1: the kernel adds a running thread's time in lumps (at its scheduler
+            if rt > prev[0]:
+                grew[tid] = now
+            # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
             # tick, every few ms), and at a high rate most intervals see none, some several ms.
-            share = (rt - prev[0]) / ((now - prev[1]) * 1e9)
-            c = credit.get(tid, self._rng.random()) + max(share, 0.0)  # random start: no phase lock
+            c = credit.get(tid, self._rng.random()) + max(rt - prev[0], 0) * per_ns  # random start: no phase lock
             if c >= 1.0:
                 # Owed a sample but not on a CPU now, or its last interrupt is not served yet
                 # (it is queued for one): taken at a later tick, not lost, so every thread's
@@ -169,22 +189,32 @@ class Sampler:
             self._tids_time = float("-inf")
             self._threads(now)
             return []
-        if len(self._run_ns) > 4 * len(tids) + 1024:  # forget threads not seen for a while
-            self._run_ns = {t: v for t, v in self._run_ns.items() if now - v[1] < 10}
+        if len(run_ns) > 4 * len(tids) + 1024:  # forget threads not seen for a while
+            self._run_ns = {t: v for t, v in run_ns.items() if now - v[1] < 10}
             self._credit = {t: c for t, c in credit.items() if t in self._run_ns}
+            self._grew = {t: g for t, g in grew.items() if t in self._run_ns}
         return out
 
     def _sample_running(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
         mem = self._mem
+        tls = self._g_tls
 
-        def while_stopped(tid: int, regs: Registers) -> bytes:
+        def window(regs: Registers) -> bytes:
             try:
-                return mem.read(regs.rsp, STOPPED_WINDOW)
+                return mem.read(regs.rsp, 0x1000 - (regs.rsp & 0xFFF) or 0x1000)
             except InvalidMemory:
+                return b""
+
+        def while_stopped(tid: int, regs: Registers) -> tuple[bytes, int]:
+            # The stack top, and (amd64) the g the thread runs from its TLS slot, in one read:
+            # exact, and it spares reading m.curg after the release.
+            if tls is None:
                 try:
-                    return mem.read(regs.rsp, 0x1000 - (regs.rsp & 0xFFF) or 0x1000)
+                    return mem.read(regs.rsp, STOPPED_WINDOW), 0
                 except InvalidMemory:
-                    return b""
+                    return window(regs), 0
+            stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
+            return stack if stack is not None else window(regs), _U64.unpack(word)[0] if word is not None else 0
 
         if self._native is not None:
             def while_stopped(tid: int, regs: Registers) -> Stopped:
@@ -200,35 +230,20 @@ class Sampler:
             self.stats.errors += len(tids) - len(paused)
         for p in paused.values():
             self.stats.pause_ns.append(p.held_ns)
-        # After the threads are released: which goroutine was each running? One batched read.
+        # After the threads are released: which goroutine was each running?
         order = [tid for tid in paused if tid in self._ms]
         foreign = [tid for tid in paused if tid not in self._ms]  # threads the Go runtime does not own
         if self._native is None:
             self.stats.errors += len(foreign)
-        mbufs = mem.read_many([(self._ms[tid].addr, self._m_size) for tid in order])
-        curgs: list[int] = []
-        for _tid, buf in zip(order, mbufs, strict=True):
-            curgs.append(self.t.reader.m.get(buf, "curg") if buf is not None else -1)
-        if self._native is not None:  # m.curg as it was in the stop, consistent with the registers
-            curgs = [paused[tid].extra.curg if paused[tid].extra.curg >= 0 else c
-                     for tid, c in zip(order, curgs, strict=True)]
-        gbufs = mem.read_many([(a, self._g_size) for a in curgs if a > 0])
-        git = iter(gbufs)
+        gs = self._running_gs(order, paused)
         out: list[Sample] = []
-        for tid, curg in zip(order, curgs, strict=True):
-            if curg < 0:
+        for tid in order:
+            g = gs.get(tid, False)
+            if g is False:
                 self.stats.errors += 1
                 continue
             p = paused[tid]
-            m = self._ms[tid]
-            g = None
-            if curg:
-                buf = next(git)
-                g = self.t.reader.decode_g(curg, buf) if buf is not None else None
-                if g is None:
-                    self.stats.errors += 1
-                    continue
-            frames = self._walk_live(m, g, p.regs, p.extra or b"")
+            frames = self._walk_live(self._ms[tid], g, p.regs, p.extra[0] if self._native is None else p.extra)
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -237,6 +252,51 @@ class Sampler:
             out.append(Sample(ts_ns, g.goid if g else 0, tid, "running", frames))
         if self._native is not None:
             out += self._sample_foreign(ts_ns, foreign, paused)
+        return out
+
+    def _running_gs(self, order: list[int], paused: dict) -> dict[int, Goroutine | None]:
+        """tid -> the goroutine it was running (None: none, on g0 in the scheduler); left out:
+        unreadable. Batched reads: the g's the threads' TLS slots named in the stop, and
+        for the rest (on g0 or gsignal, no TLS slot known, --native) m.curg first."""
+        reader = self.t.reader
+        mem = self._mem
+        curg: dict[int, int] = {}
+        via_m: list[int] = []
+        for tid in order:
+            m = self._ms[tid]
+            if self._native is not None:
+                a = paused[tid].extra.curg  # m.curg as it was in the stop, consistent with the registers
+            else:
+                a = paused[tid].extra[1]
+                a = a if a and a not in (m.g0, m.gsignal) else -1  # 0: no g there (C code?): ask the M
+            if a >= 0:
+                curg[tid] = a
+            else:
+                via_m.append(tid)
+        out: dict[int, Goroutine | None] = {}
+        for attempt in range(2):
+            if via_m:
+                mbufs = mem.read_many([(self._ms[tid].addr, self._m_size) for tid in via_m])
+                for tid, buf in zip(via_m, mbufs, strict=True):
+                    if buf is not None:
+                        curg[tid] = reader.m.get(buf, "curg")
+                via_m = []
+            want = [(tid, a) for tid, a in curg.items() if tid not in out]
+            gbufs = mem.read_many([(a, self._g_size) for _, a in want if a])
+            git = iter(gbufs)
+            for tid, a in want:
+                if not a:
+                    out[tid] = None
+                    continue
+                buf = next(git)
+                g = reader.decode_g(a, buf) if buf is not None else None
+                if g is not None and (g.m_addr == self._ms[tid].addr or attempt or self._native is not None):
+                    out[tid] = g
+                elif attempt == 0 and self._native is None:
+                    via_m.append(tid)  # not a g this M runs (torn TLS word?): ask the M
+                    del curg[tid]
+            if not via_m:
+                break
         return out
 
     def _sample_foreign(self, ts_ns: int, tids: list[int], paused: dict) -> list[Sample]:
@@ -274,6 +334,9 @@ class Sampler:
                 return (native,)
             return (native, *self._logical(walk))
         if g is not None and g.contains_sp(sp):
+            key = unwinder.live_pcs(pc, sp, mem, g.stack_lo, g.stack_hi)
+            if key is not None:
+                return self._stack_of(key)
             walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
             return self._logical(walk)
         bounds = None
@@ -296,25 +359,42 @@ class Sampler:
         return self._logical(walk)
 
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
-        # A busy loop is sampled in the same few stacks over and over: each distinct one is
-        # symbolized once, and its one frames tuple lets the recording writer find it by id.
-        key = (*[pf.sym_pc for pf in walk.frames], walk.stop)
+        return self._stack_of((*[pf.sym_pc for pf in walk.frames], walk.stop))
+
+    def _stack_of(self, key: tuple[int | str, ...]) -> tuple[Frame, ...]:
+        """The logical frames of a walk given as its sym_pcs and stop reason (`key`).
+
+        A busy loop is sampled in the same few stacks over and over: each distinct one is
+        symbolized once, and its one frames tuple lets the recording writer find it by id.
+        """
         hit = self._stacks.get(key)
         if hit is None:
             if len(self._stacks) >= 1 << 16:
                 self._stacks.clear()
-            hit = self._stacks[key] = self._symbolize(walk)
+            hit = self._stacks[key] = self._symbolize(key)
         return hit
 
-    def _symbolize(self, walk: Walk) -> tuple[Frame, ...]:
+    def _symbolize(self, key: tuple[int | str, ...]) -> tuple[Frame, ...]:
         sym = self._sym
+        plain = self._plain_frames
         out: list[Frame] = []
         callee = 0
-        for pf in walk.frames:
-            kept, callee = sym.elide(sym.expand(pf.sym_pc), callee)
-            out.extend(kept)
-        if walk.stop not in ("top", "zero-pc", "spwrite"):
-            out.append(Frame(f"[truncated: {walk.stop}]", kind=FrameKind.UNKNOWN))
+        for pc in key[:-1]:
+            hit = plain.get(pc)  # type: ignore[arg-type]
+            if hit is None:
+                pairs = sym.expand(pc)  # type: ignore[arg-type]
+                # No wrapper among them: elision keeps them all, whatever the callee.
+                hit = plain[pc] = ((tuple(f for f, _ in pairs), pairs[-1][1])  # type: ignore[index]
+                                   if not any(sym.is_wrapper(fid) for _, fid in pairs) else ())
+            if hit:
+                out += hit[0]
+                callee = hit[1]
+            else:
+                kept, callee = sym.elide(sym.expand(pc), callee)  # type: ignore[arg-type]
+                out += kept
+        stop = key[-1]
+        if stop not in ("top", "zero-pc", "spwrite"):
+            out.append(Frame(f"[truncated: {stop}]", kind=FrameKind.UNKNOWN))
         return tuple(out)
 
     def _sample_running_nonblocking(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
@@ -432,16 +512,31 @@ REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time 
 # the ticks it is due): at least 3, or 20 ms of its CPU time. Bounds the burst that follows.
 MAX_CREDIT = 3.0
 MAX_CREDIT_S = 0.02
+# A thread whose CPU time has not grown for QUIET_S (longer than a few scheduler ticks, at
+# which the kernel adds a running thread's time) is read only every QUIET_RECHECK_S.
+QUIET_S = 0.05
+QUIET_RECHECK_S = 0.02
 # How long a tick waits for the stops of the threads it interrupted before carrying them over
 # (a quarter of the interval at most): a thread on a CPU stops within tens of microseconds.
 CARRY_WAIT_S = 0.0005
+# Ticks due at most this long ago are still taken, late (TickClock): a few scheduler slices,
+# what a stall of this machine or a slow tick costs; older ones are missed.
+CATCH_UP_S = 0.02
 
 
 class TickClock:
-    """When the next sample is due: jittered ticks, lag accounting; shared by record and top."""
+    """When the next sample is due: jittered ticks, lag accounting; shared by record and top.
+
+    A tick that comes late (the machine stalled, a tick took long) is still taken, and the
+    ones due after it follow as fast as the sampler can go, until it has caught up: the
+    count of samples, which stands for time (a sample is 1/rate s of CPU), stays right.
+    Only ticks due more than CATCH_UP_S ago are given up, counted as missed: samples taken
+    long after their time would crowd into the moment after a stall.
+    """
 
     def __init__(self, rate: float, stats: SamplerStats, rng: random.Random, start: float):
         self.interval = 1.0 / rate
+        self.catch_up = max(CATCH_UP_S, self.interval)
         self.stats = stats
         self.rng = rng
         self.next = start
@@ -451,10 +546,14 @@ class TickClock:
         lag = now - self.next
         st = self.stats
         st.max_lag_s = max(st.max_lag_s, lag)
-        if lag > self.interval:
-            skipped = int(lag / self.interval)
+        if lag > self.catch_up:
+            skipped = math.ceil((lag - self.catch_up) / self.interval)
             st.missed += skipped
+            st.missed_s += skipped * self.interval
             self.next += skipped * self.interval
+            lag = now - self.next
+        if lag > self.interval:
+            st.late += 1
 
     def advance(self) -> None:
         """Schedule the next tick, jittered by up to ±50 % so periodic work is not aliased."""

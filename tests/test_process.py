@@ -221,6 +221,18 @@ def test_read_many_returns_none_only_for_unreadable_entries(spinner: Target, bac
             assert data == file_bytes[addr - base:addr - base + size], i
 
 
+@pytest.mark.parametrize("backend", ["vm_readv", "procmem"])
+def test_read_pair_gives_the_binarys_bytes_and_none_for_an_unreadable_half(spinner: Target, backend: str) -> None:
+    binary = spinner.binary
+    base = nm_sizes(binary)["runtime.pclntab"][0]
+    want = elf_bytes_at(binary, base, 0x3000)
+    mem = ProcessMemory(spinner.pid, backend)
+    assert mem.read_pair(base, 0x2000, base + 0x2ff8, 8) == (want[:0x2000], want[0x2ff8:0x3000])
+    assert mem.read_pair(base + 8, 0, base, 16) == (b"", want[:16])
+    assert mem.read_pair(8, 16, base, 8) == (None, want[:8])  # the kernel stops at the bad one
+    assert mem.read_pair(base, 8, 8, 16) == (want[:8], None)
+
+
 def test_single_reads_raise_invalid_memory_for_unmapped_addresses(spinner: Target) -> None:
     mem = ProcessMemory(spinner.pid)
     with pytest.raises(InvalidMemory):

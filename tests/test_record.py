@@ -329,6 +329,7 @@ def test_more_busy_threads_than_cpus_are_sampled_on_time_and_left_untraced(tmp_p
     # Blocking on the waits cost a scheduler slice per tick or two: ~60 % of the ticks were
     # missed here at this rate (bench/bench_sampler.py). Carried over, ~1 %.
     assert st.missed <= 0.1 * (st.ticks + st.missed), (st.ticks, st.missed)
+    assert st.ticks >= 0.9 * 500 * st.elapsed, (st.ticks, st.elapsed)
     own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
     n = sum(got.values())
     assert n >= 500, got
@@ -338,3 +339,89 @@ def test_more_busy_threads_than_cpus_are_sampled_on_time_and_left_untraced(tmp_p
         # than the binomial 3 sigma of independent samples.
         p = own[h] / 100
         assert abs(100 * got[h] / n - own[h]) <= max(5.0, 4 * 100 * math.sqrt(p * (1 - p) / n)), (h, got, own)
+
+
+def test_a_late_tick_is_taken_and_caught_up_and_only_ticks_older_than_the_window_are_missed():
+    """The sampler's clock after a stall: a tick a few ms late is taken, those due since
+    follow at once, and the count of ticks over the run stays rate x time; a stall longer
+    than CATCH_UP_S gives up exactly the ticks due before that window."""
+    import random
+
+    from goflame.sampler import CATCH_UP_S, SamplerStats, TickClock
+
+    rate = 1000.0
+    st = SamplerStats()
+    clock = TickClock(rate, st, random.Random(7), 0.0)
+    now = 0.0
+    taken = 0
+
+    def run_until(t_end: float, stall_at: float | None = None, stall: float = 0.0) -> None:
+        nonlocal now, taken
+        while True:
+            now = max(now, clock.next)
+            if stall_at is not None and now >= stall_at:
+                now += stall  # the sampler got no CPU for `stall` seconds
+                stall_at = None
+            if now >= t_end:
+                return
+            clock.take(now)
+            taken += 1
+            clock.advance()
+            now += 1e-5  # a tick's own time
+
+    run_until(1.0, stall_at=0.5, stall=0.008)  # 8 ms stall: caught up, nothing missed
+    assert st.missed == 0
+    assert 1 <= st.late <= 8
+    assert abs(taken - rate * 1.0) <= 60, taken  # jitter: +-50 % per tick, sqrt(n)-ish spread
+    late_before = st.late
+    run_until(2.0, stall_at=1.5, stall=0.3)  # 300 ms stall: all but the last CATCH_UP_S missed
+    assert st.missed == math.ceil((st.max_lag_s - CATCH_UP_S) * rate), (st.missed, st.max_lag_s)
+    assert abs(st.missed_s - st.missed / rate) < 1e-9
+    assert st.late - late_before <= CATCH_UP_S * rate + 1
+    assert abs(taken + st.missed - rate * 2.0) <= 90, (taken, st.missed)
+
+
+def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt.BuildSpec, tmp_path: Path) -> None:
+    import goflame
+    from goflame.sampler import Sampler, SamplerConfig
+
+    fx = Fixture(gt.build(FIXTURES / "parked", spec), tmp_path, spin=2)
+    try:
+        seen: Counter[int] = Counter()
+        other: Counter[tuple[int, str]] = Counter()
+
+        def add(samples) -> None:
+            for s in samples:
+                names = {f.function for f in s.frames}
+                if names & {"main.spinner", "main.spinHot"}:
+                    seen[s.goroutine] += 1
+                else:
+                    other[(s.goroutine, s.frames[-1].function if s.frames else "")] += 1
+
+        with goflame.attach(fx.pid) as t:
+            st = Sampler(t, SamplerConfig(rate=300)).run(add, duration=1.5)
+        dump = parse_dump(fx.runtime_dump())
+    finally:
+        fx.close()
+    spinning = {goid for goid, b in dump.items() if any(f in ("main.spinner", "main.spinHot") for f, _ in b.frames)}
+    assert len(spinning) == 2, dump.keys()
+    assert set(seen) == spinning, (seen, spinning, other)
+    assert sum(seen.values()) >= 0.9 * (sum(seen.values()) + st.errors), (seen, st.errors)
+
+
+@pytest.mark.parametrize("spec", [DEFAULT, gt.BuildSpec(cgo=True, stripped=True, pie=True)],
+                         ids=lambda s: s.tag)
+def test_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path):
+    """A running sample's goroutine is the g in its thread's TLS slot, read in the stop
+    (m.curg when the thread is on g0): the ids are those the runtime's own dump shows
+    running the spinning code, and each spinner is seen."""
+    check_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path)
+
+
+MATRIX_STRIPPED = [s for v in gt.MATRIX for s in gt.matrix_specs(v) if s.stripped]
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("spec", MATRIX_STRIPPED, ids=[s.tag for s in MATRIX_STRIPPED])
+def test_matrix_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path):
+    check_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path)

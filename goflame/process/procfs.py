@@ -9,6 +9,7 @@ is split at the *last* ')'.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -220,6 +221,10 @@ class TaskDir:
         except (FileNotFoundError, ProcessLookupError):
             raise _gone(pid) from None
         self._schedstat: dict[int, int] = {}  # tid -> open fd of its schedstat, read with pread
+        self._stat: dict[int, int] = {}  # tid -> open fd of its stat, likewise
+        # Both kept under a quarter of the fd limit (a process with thousands of threads)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._max_open = max(16, min(4096, soft // 8)) if soft != resource.RLIM_INFINITY else 4096
 
     def tids(self) -> list[int]:
         try:
@@ -244,10 +249,7 @@ class TaskDir:
 
     def state(self, tid: int) -> str | None:
         """One thread's state letter (R, S, D, t...), None if it is gone."""
-        try:
-            data = _read(f"{tid}/stat", dir_fd=self._fd)
-        except (FileNotFoundError, ProcessLookupError):
-            return None
+        data = self._pread(self._stat, tid, "stat")
         i = data.rfind(b")")  # the name, in parentheses, may hold anything
         return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
 
@@ -257,33 +259,40 @@ class TaskDir:
         A thread in state R may be running or only waiting for a CPU; how much its run time
         grew since the last look tells the two apart.
         """
-        # Read every tick for every thread: the file stays open and is read again from 0
-        # (one syscall instead of three; the kernel regenerates it on each read from 0).
-        fd = self._schedstat.get(tid)
-        try:
-            if fd is None:
-                if len(self._schedstat) > 4096:
-                    self._close_schedstat()
-                fd = self._schedstat[tid] = os.open(f"{tid}/schedstat", os.O_RDONLY | os.O_CLOEXEC,
-                                                    dir_fd=self._fd)
-            data = os.pread(fd, 128, 0)
-        except (FileNotFoundError, ProcessLookupError):
-            self._drop_schedstat(tid)
-            return None
+        data = self._pread(self._schedstat, tid, "schedstat")
         try:
             return int(data.split()[0])
         except (ValueError, IndexError):
-            self._drop_schedstat(tid)  # an exited thread's file reads empty
+            self._drop(tid)  # an exited thread's file reads empty
             return None
 
-    def _drop_schedstat(self, tid: int) -> None:
-        fd = self._schedstat.pop(tid, None)
-        if fd is not None:
-            os.close(fd)
+    def _pread(self, fds: dict[int, int], tid: int, name: str) -> bytes:
+        """A per-thread file read again from offset 0 through an fd kept open; b"" if gone.
 
-    def _close_schedstat(self) -> None:
-        while self._schedstat:
-            os.close(self._schedstat.popitem()[1])
+        The sampler reads these every tick: one syscall instead of open, read, close (the
+        kernel regenerates such a file on each read from 0).
+        """
+        fd = fds.get(tid)
+        try:
+            if fd is None:
+                if len(fds) >= self._max_open:
+                    self._close_files()
+                fd = fds[tid] = os.open(f"{tid}/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._fd)
+            return os.pread(fd, 512, 0)
+        except (FileNotFoundError, ProcessLookupError):
+            self._drop(tid)
+            return b""
+
+    def _drop(self, tid: int) -> None:
+        for fds in (self._schedstat, self._stat):
+            fd = fds.pop(tid, None)
+            if fd is not None:
+                os.close(fd)
+
+    def _close_files(self) -> None:
+        for fds in (self._schedstat, self._stat):
+            while fds:
+                os.close(fds.popitem()[1])
 
     def _names(self) -> list[str]:
         try:
@@ -292,7 +301,7 @@ class TaskDir:
             raise _gone(self.pid) from None
 
     def close(self) -> None:
-        self._close_schedstat()
+        self._close_files()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

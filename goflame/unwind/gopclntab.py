@@ -28,6 +28,7 @@ TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.deb
 # Functions the walk treats specially (one set lookup per frame for all of them).
 _SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.morestack"})
 _U64 = struct.Struct("<Q")
+_PLAIN, _TOP, _FULL = 0, 1, 2  # kinds of frame for GoUnwinder.live_pcs
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen dataclass's __init__ costs ~4x; walks make many
@@ -105,6 +106,7 @@ class GoUnwinder:
         text_lo, text_hi = binary.text_range
         self.text_lo, self.text_hi = text_lo + bias, text_hi + bias
         self._spdelta_cache: dict[int, tuple[Func | None, int | None]] = {}
+        self._steps: dict[int, tuple[int, int, int]] = {}  # see live_pcs
 
     def func_at(self, pc: int) -> tuple[Func | None, int | None]:
         """(function, spdelta) at a process pc, cached: the per-sample hot path."""
@@ -117,6 +119,64 @@ class GoUnwinder:
                 self._spdelta_cache.clear()
             self._spdelta_cache[pc] = hit
         return hit
+
+    def _step_at(self, pc: int) -> tuple[int, int, int]:
+        """(frame size + return address, kind, 1 unless pc is its function's entry) for `live_pcs`.
+
+        Kind: _PLAIN (a frame the walk steps over by its size), _TOP (the walk ends here), or
+        _FULL (special, trap, SPWRITE, unknown, no frame size: the full rules of `unwind`).
+        """
+        f, spdelta = self.func_at(pc)
+        if (f is None or not f.pcsp or spdelta is None or spdelta < 0 or f.name in _SPECIAL
+                or f.name in TRAP_FUNCS or f.flag & FLAG_SPWRITE):
+            step = (0, _FULL, 0)
+        else:
+            step = (spdelta + PTR, _TOP if f.flag & FLAG_TOPFRAME else _PLAIN, int(pc - self.bias != f.entry))
+        if len(self._steps) > 1 << 20:
+            self._steps.clear()
+        self._steps[pc] = step
+        return step
+
+    def live_pcs(self, pc: int, sp: int, mem: StackMemory, lo: int, hi: int) -> tuple[int | str, ...] | None:
+        """The sampler's common walk, lean: a live pc on its goroutine's own stack.
+
+        Returns the sym_pcs of the frames `unwind(pc, sp, 0, mem, lo, hi, exact=True)` would
+        make, outermost last, followed by its stop reason — or None when the walk meets a
+        frame that needs `unwind`'s full rules (or would end for any reason but "top" or
+        "zero-pc"); the caller then runs `unwind`. No frame objects: a busy sampler walks
+        thousands of stacks a second and needs only the pcs (its stacks are keyed by them).
+        """
+        steps = self._steps
+        data, base = mem.data, mem.base
+        data_end = base + len(data) - PTR
+        unpack = _U64.unpack_from
+        text_lo, text_hi = self.text_lo, self.text_hi
+        out: list[int | str] = []
+        append = out.append
+        dec = 0  # the innermost pc is the instruction itself
+        try:
+            while len(out) < MAX_FRAMES:
+                size, kind, not_entry = steps.get(pc) or self._step_at(pc)
+                if kind == _FULL:
+                    return None
+                fp = sp + size
+                if not (lo <= sp <= hi and fp <= hi):
+                    return None
+                append(pc - (dec & not_entry))
+                if kind == _TOP:
+                    append("top")
+                    return tuple(out)
+                ra = fp - PTR
+                lr = unpack(data, ra - base)[0] if base <= ra <= data_end else mem.u64(ra)
+                if lr == 0:
+                    append("zero-pc")
+                    return tuple(out)
+                if not text_lo <= lr < text_hi or (lr == pc and fp == sp):
+                    return None
+                pc, sp, dec = lr, fp, 1
+        except InvalidMemory:
+            return None
+        return None
 
     def unwind(
         self,
