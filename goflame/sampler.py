@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from goflame.unwind.native import Stopped
 
 M_REFRESH_S = 1.0
+M_UNKNOWN_REFRESH_S = 0.05  # sooner when a thread to sample is no M we know (a new M, or C's own)
 _U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
 
@@ -113,7 +114,8 @@ class Sampler:
     def sample(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
         running = self._on_cpu(self._threads(now), now)
-        if now - self._ms_time > M_REFRESH_S or any(tid not in self._ms for tid in running):
+        since = now - self._ms_time
+        if since > M_REFRESH_S or (since > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(running)):
             self._refresh_ms(now)
         out: list[Sample] = []
         on_cpu_goids: set[int] = set()
@@ -148,6 +150,7 @@ class Sampler:
         CPU time it ran in between is credited all the same.
         """
         proc = self.t.proc
+        run_time_ns = proc.run_time_ns
         out = []
         credit = self._credit
         run_ns = self._run_ns
@@ -161,7 +164,7 @@ class Sampler:
             if prev is not None and now - grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
                 seen += 1
                 continue
-            rt = proc.run_time_ns(tid)
+            rt = run_time_ns(tid)
             if rt is None:
                 continue
             seen += 1
@@ -171,11 +174,14 @@ class Sampler:
                 if proc.thread_state(tid) == "R":
                     out.append(tid)
                 continue
-            if rt > prev[0]:
-                grew[tid] = now
             # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
             # tick, every few ms), and at a high rate most intervals see none, some several ms.
-            c = credit.get(tid, self._rng.random()) + max(rt - prev[0], 0) * per_ns  # random start: no phase lock
+            c = credit.get(tid)
+            if c is None:
+                c = self._rng.random()  # random start: no phase lock between threads
+            if rt > prev[0]:
+                grew[tid] = now
+                c += (rt - prev[0]) * per_ns
             if c >= 1.0:
                 # Owed a sample but not on a CPU now, or its last interrupt is not served yet
                 # (it is queued for one): taken at a later tick, not lost, so every thread's
