@@ -170,6 +170,8 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
     st = res.stats
     pauses = sorted(st.pause_ns)
     median = f", median pause {pauses[len(pauses) // 2] / 1000:.0f} µs" if pauses else ""
+    if st.missed:
+        median += f", {st.missed:,} ticks missed ({100 * st.missed / (st.ticks + st.missed):.1f} %)"
     click.echo(f"Wrote {res.output}: {st.samples:,} samples, {st.errors:,} errors, {st.elapsed:.1f} s at "
                f"{st.rate:.0f} Hz{median}" + (f"; raw recording kept in {res.raw_path}" if res.raw_path and
                                               res.raw_path != res.output else ""), err=True)
