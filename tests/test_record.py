@@ -381,11 +381,12 @@ def test_a_late_tick_is_taken_and_caught_up_and_only_ticks_older_than_the_window
     assert abs(taken + st.missed - rate * 2.0) <= 90, (taken, st.missed)
 
 
-def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt.BuildSpec, tmp_path: Path) -> None:
+def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt.BuildSpec, tmp_path: Path,
+                                                                       spin: int = 2) -> None:
     import goflame
     from goflame.sampler import Sampler, SamplerConfig
 
-    fx = Fixture(gt.build(FIXTURES / "parked", spec), tmp_path, spin=2)
+    fx = Fixture(gt.build(FIXTURES / "parked", spec), tmp_path, spin=spin)
     try:
         seen: Counter[int] = Counter()
         other: Counter[tuple[int, str]] = Counter()
@@ -399,23 +400,28 @@ def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt
                     other[(s.goroutine, s.frames[-1].function if s.frames else "")] += 1
 
         with goflame.attach(fx.pid) as t:
-            st = Sampler(t, SamplerConfig(rate=300)).run(add, duration=1.5)
+            st = Sampler(t, SamplerConfig(rate=300)).run(add, duration=2)
         dump = parse_dump(fx.runtime_dump())
     finally:
         fx.close()
     spinning = {goid for goid, b in dump.items() if any(f in ("main.spinner", "main.spinHot") for f, _ in b.frames)}
-    assert len(spinning) == 2, dump.keys()
+    assert len(spinning) == spin, dump.keys()
     assert set(seen) == spinning, (seen, spinning, other)
-    assert sum(seen.values()) >= 0.9 * (sum(seen.values()) + st.errors), (seen, st.errors)
+    # A sample is dropped (an error) when the goroutine found for its thread is not the one
+    # whose stack the thread was on: ~1.5 % when it came from m.curg after the release.
+    assert st.errors <= 0.005 * st.samples + 2, (st.errors, st.samples)
 
 
-@pytest.mark.parametrize("spec", [DEFAULT, gt.BuildSpec(cgo=True, stripped=True, pie=True)],
-                         ids=lambda s: s.tag)
-def test_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path):
+@pytest.mark.parametrize(("spec", "spin", "procs"), [(DEFAULT, 4, 2), (gt.BuildSpec(cgo=True, stripped=True, pie=True), 2, 0)],
+                         ids=["static-4-spinners-on-2-Ps", "cgo-stripped-pie"])
+def test_running_samples_name_the_goroutines_the_runtime_shows_running(spec, spin, procs, tmp_path, monkeypatch):
     """A running sample's goroutine is the g in its thread's TLS slot, read in the stop
     (m.curg when the thread is on g0): the ids are those the runtime's own dump shows
-    running the spinning code, and each spinner is seen."""
-    check_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path)
+    running the spinning code, each spinner is seen, and with more spinners than Ps (they
+    are preempted and move between threads all the time) no sample is lost to a stale g."""
+    if procs:
+        monkeypatch.setenv("GOMAXPROCS", str(procs))
+    check_running_samples_name_the_goroutines_the_runtime_shows_running(spec, tmp_path, spin)
 
 
 MATRIX_STRIPPED = [s for v in gt.MATRIX for s in gt.matrix_specs(v) if s.stripped]
