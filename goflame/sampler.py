@@ -531,7 +531,7 @@ MAX_CREDIT_S = 0.02
 QUIET_S = 0.05
 QUIET_RECHECK_S = 0.02
 # How long a tick waits for the stops of the threads it interrupted before carrying them over
-# (a quarter of the interval at most): a thread on a CPU stops within tens of microseconds.
+# (a tenth of the interval at most): a thread on a CPU stops within tens of microseconds.
 CARRY_WAIT_S = 0.0005
 # Ticks due at most this long ago are still taken, late (TickClock): a few scheduler slices,
 # what a stall of this machine or a slow tick costs; older ones are missed.
