@@ -295,17 +295,8 @@ class Profile:
 # varints (LEB128), shared by writer and reader
 
 
-def _uvarint(buf: bytearray, v: int) -> None:
-    if v < 0:
-        raise ValueError(f"negative value {v} in an unsigned field")
-    while v >= 0x80:
-        buf.append((v & 0x7F) | 0x80)
-        v >>= 7
-    buf.append(v)
-
-
 def _uvarints(buf: bytearray, *values: int) -> None:
-    """`_uvarint` of each value in turn."""
+    """Unsigned LEB128 varints, one after another (one call for a whole record)."""
     append = buf.append
     for v in values:
         if v < 0:
@@ -314,6 +305,10 @@ def _uvarints(buf: bytearray, *values: int) -> None:
             append((v & 0x7F) | 0x80)
             v >>= 7
         append(v)
+
+
+def _uvarint(buf: bytearray, v: int) -> None:
+    _uvarints(buf, v)
 
 
 def _svarint(buf: bytearray, v: int) -> None:
@@ -432,9 +427,7 @@ class RecordingWriter:
             i = self._stacks[key] = len(self._stacks)
             buf = self._pending
             buf.append(REC_STACK)
-            _uvarint(buf, len(key))
-            for fid in key:
-                _uvarint(buf, fid)
+            _uvarints(buf, len(key), *key)
         if len(self._stacks_by_id) >= 1 << 16:
             self._stacks_by_id.clear()
         self._stacks_by_id[id(frames)] = (frames, i)
