@@ -252,11 +252,14 @@ def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: floa
               help="Confidence that a flagged change is not sampling noise (for the whole report).")
 @click.option("--min-samples", type=int, default=10, show_default=True,
               help="Judge only functions with at least N samples in BASE and NEW together.")
-@click.option("--dispersion", type=float, help="Over-dispersion factor (default: measured, or 2 for pprof/folded).")
+@click.option("--dispersion", type=float,
+              help="Over-dispersion factor (default: measured, or 2.5 for pprof/folded).")
+@click.option("--run-noise", type=float, default=None,
+              help="Run-to-run spread of a function's relative cost, e.g. 0.05 for 5 % (default 0.05; 0: none).")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the text and markdown tables.")
 @reports_errors
 def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_on_self: str, confidence: float,
-         min_samples: int, dispersion: float | None, top: int) -> None:
+         min_samples: int, dispersion: float | None, run_noise: float | None, top: int) -> None:
     """Compare two profiles (raw, folded or pprof) and fail on a significant regression.
 
     \b
@@ -267,7 +270,8 @@ def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_o
 
     opts = DiffOptions(fail_on=parse_threshold(fail_on, "--fail-on"),
                        fail_on_self=parse_threshold(fail_on_self, "--fail-on-self"),
-                       confidence=confidence, min_samples=min_samples, dispersion=dispersion)
+                       confidence=confidence, min_samples=min_samples, dispersion=dispersion,
+                       **({} if run_noise is None else {"run_noise": run_noise}))
     result, _, new_profile = diff_files(base, new, opts)
     for w in result.warnings:
         click.echo(f"goflame: warning: {w}", err=True)

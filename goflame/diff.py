@@ -14,6 +14,12 @@ real regression does:
   per degree of freedom). A pprof or folded file has no sample times: phi is then
   `DEFAULT_DISPERSION`, what run-to-run pairs of `go test -cpuprofile` profiles showed
   (docs/diff.md). Never below 1.
+* Runs differ by more than their samples: the machine (its caches, a busy neighbour, the CPU's
+  clock) changes functions' costs relative to each other from one run to the next, by the same
+  few per cent however long the runs are. Each profile's share gets a variance term for that,
+  (sigma p(1-p))^2 — sigma the run-to-run spread of a function's relative cost, `run_noise`
+  (`DEFAULT_RUN_NOISE`, measured on examples/regress: docs/diff.md) — so a long profile does not
+  turn the machine's drift into a significant "regression".
 * Every function with enough samples is tested for self and total share (once when the two
   are the same counts). Growth is a one-sided test — the gate only asks "did it grow?" — and
   the p-values are Holm-corrected over all functions, so `confidence` holds for the whole
@@ -37,8 +43,10 @@ from goflame.errors import BadInput, OutputError
 from goflame.export.pprof import profile_kind
 from goflame.profile import RUNNING, LazySamples, Profile, Stacks
 
-# phi for profiles without sample times: measured on examples/regress (docs/diff.md).
-DEFAULT_DISPERSION = 2.0
+# phi for profiles without sample times, and the run-to-run spread of a function's relative
+# cost (sigma): fitted to 30 runs of unchanged examples/regress (docs/diff.md).
+DEFAULT_DISPERSION = 2.5
+DEFAULT_RUN_NOISE = 0.05
 BLOCKS = 20  # time blocks for measuring phi
 MIN_BLOCK_SAMPLES = 25
 EXPLAINED_FRACTION = 0.5  # a callee's total growth that explains its caller's
@@ -56,6 +64,7 @@ class DiffOptions:
     confidence: float = 0.99
     min_samples: int = 10  # a function needs this many samples (base + new) to be judged
     dispersion: float | None = None  # phi; None: measured from sample times, else DEFAULT_DISPERSION
+    run_noise: float = DEFAULT_RUN_NOISE  # sigma: run-to-run spread of a function's relative cost
     states: bool | None = None  # wall profiles: goroutine states as leaves (default: per mode)
 
     def __post_init__(self) -> None:
@@ -68,6 +77,8 @@ class DiffOptions:
                 raise BadInput(f"{name} must be between 0 and 100 percentage points, not {v:g}")
         if self.dispersion is not None and not self.dispersion >= 1:
             raise BadInput(f"--dispersion must be at least 1, not {self.dispersion:g}")
+        if not 0 <= self.run_noise <= 1:
+            raise BadInput(f"--run-noise must be between 0 and 1, not {self.run_noise:g}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +155,8 @@ class DiffResult:
             return (f"weights are {self.base.unit}, not sample counts: no significance test, "
                     "the thresholds alone decide")
         return (f"one-sided two-proportion z-tests on sample counts, variance x {self.dispersion:.2f} for "
-                f"over-dispersion ({self.dispersion_source}), Holm-corrected over {self.tests} functions "
+                f"over-dispersion ({self.dispersion_source}) plus {o.run_noise:.0%} run-to-run spread of each "
+                f"function's cost, Holm-corrected over {self.tests} functions "
                 f"x measures at {o.confidence:.0%} confidence")
 
     @property
@@ -162,12 +174,15 @@ class DiffResult:
 # statistics
 
 
-def _z(a: int, na: int, b: int, nb: int, phi: float) -> float:
-    """Two-proportion z score (pooled) of b/nb against a/na, variance inflated by phi."""
+def _z(a: int, na: int, b: int, nb: int, phi: float, run_noise: float = 0.0) -> float:
+    """Two-proportion z score (pooled) of b/nb against a/na: sampling variance inflated by phi,
+    plus each run's own spread, (run_noise p(1-p))^2 per profile (a relative change r of a
+    function's cost moves its share by about r p(1-p))."""
     if not na or not nb:
         return 0.0
     p = (a + b) / (na + nb)
-    var = phi * p * (1 - p) * (1 / na + 1 / nb)
+    q = p * (1 - p)
+    var = phi * q * (1 / na + 1 / nb) + 2 * (run_noise * q) ** 2
     if var <= 0:
         return 0.0
     return (b / nb - a / na) / math.sqrt(var)
@@ -350,7 +365,7 @@ def diff_profiles(base: Profile, new: Profile, options: DiffOptions = DiffOption
                                    base_total_share=a_t / nb, new_total_share=b_t / nn)
         for what, a, b in (("self", a_s, b_s), ("total", a_t, b_t)):
             if a + b >= options.min_samples:
-                z = _z(a, nb, b, nn, phi)
+                z = _z(a, nb, b, nn, phi, options.run_noise)
                 row[f"{what}_z"] = z
                 if what == "total" and (a, b) == (a_s, b_s) and "self_z" in row:
                     slots[-1].append((len(rows), what))  # a leaf-only function: one test, not two

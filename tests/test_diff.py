@@ -279,6 +279,7 @@ def test_mismatched_sample_types_are_exit_2(runs, tmp_path):
     (["a", "b", "--confidence", "1.5"], "--confidence"),
     (["a", "b", "--fail-on", "lots"], "--fail-on wants percentage points"),
     (["a", "b", "--format", "html"], "Invalid value"),
+    (["a", "b", "--run-noise", "2"], "--run-noise must be between 0 and 1"),
 ])
 def test_bad_usage_is_exit_2(args, needle):
     r = goflame("diff", *args)
@@ -298,6 +299,15 @@ def test_two_proportion_z_matches_a_hand_computation():
     # 45/100 vs 60/100: pooled p = 0.525, se = sqrt(.525 * .475 * (1/100 + 1/100)) = 0.070622
     assert _z(45, 100, 60, 100, 1.0) == pytest.approx(0.15 / 0.0706222, rel=1e-5)
     assert _z(45, 100, 60, 100, 4.0) == pytest.approx(0.15 / 0.0706222 / 2, rel=1e-5)
+
+
+def test_run_to_run_spread_bounds_z_however_many_samples():
+    # q = .525 * .475 = .249375; variance .249375 * .02 + 2 * (.1 * q)^2 = .00623126, sd .0789383
+    assert _z(45, 100, 60, 100, 1.0, 0.1) == pytest.approx(0.15 / 0.0789383, rel=1e-5)
+    # a 1-point shift of a 45 % share: ever larger z from sampling alone, bounded by the spread
+    assert _z(45_000_000, 10**8, 46_000_000, 10**8, 1.0) > 100
+    bound = 0.01 / math.sqrt(2 * (0.05 * 0.4555 * 0.5445) ** 2)
+    assert _z(45_000_000, 10**8, 46_000_000, 10**8, 1.0, 0.05) == pytest.approx(bound, rel=1e-3)
 
 
 def _timed(names: list[str]) -> Profile:
