@@ -291,7 +291,10 @@ class Pauser:
         return len(self._pending)
 
     def is_carried(self, tid: int) -> bool:
-        return tid in self._pending
+        """The thread's last interrupt has not reached the caller yet: its stop is still to
+        come, or it was served between calls and is returned by the next `pause_carrying`
+        (which takes no second sample of it then)."""
+        return tid in self._pending or tid in self._ready
 
     def serve_until(self, deadline: float) -> None:
         """Sleep until `deadline` (time.monotonic), serving carried stops the moment they come."""
