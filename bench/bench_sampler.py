@@ -272,8 +272,12 @@ def bench_slowdown(binary: Path, rate: float, pairs: int, seconds: float, cpus: 
               f"of a core; target threads inside a pause {stopped:.2f} % of the time (median; interrupt to detach, "
               f"which includes waiting for a CPU to take the stop)")
         if budget is not None:
+            # The verdict: where the median pair's slowdown lies, with 95 % confidence (the
+            # neighbouring off windows' noise is in every pair, so it widens the interval).
             bl.budget(f"target slowdown at {rate:g} Hz, ops/s (median of {pairs} pairs)", wall.median, budget, "%",
-                      noise=off_noise, note=f"min {wall.lo:.1f} %, max {wall.hi:.1f} %; per CPU-s {per_cpu.median:.1f} %")
+                      ci=bl.median_ci(slowdowns("ops_per_s")),
+                      note=f"min {wall.lo:.1f} %, max {wall.hi:.1f} %; per CPU-s {per_cpu.median:.1f} %; "
+                           f"off-window noise {off_noise:.1f} %")
         else:
             print(f"  (information only) median slowdown {wall.median:.1f} % in ops/s, {per_cpu.median:.1f} % per "
                   f"CPU-s at {rate:g} Hz  [{bl.load()}]")

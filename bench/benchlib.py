@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import math
 import os
 import pstats
 import statistics
@@ -110,8 +111,28 @@ def child_line(label: str, runs: Sequence[ChildRun]) -> tuple[Spread, Spread]:
     return wall, cpu
 
 
+def median_ci(xs: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics x_(k) and
+    x_(n+1-k) with the largest k such that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2
+    (each value falls below the median with chance 1/2, whatever the distribution).
+    (min, max) when n is too small for the confidence asked."""
+    v = sorted(xs)
+    n = len(v)
+    tail = (1 - confidence) / 2
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) <= k - 1)
+    while k < n // 2:
+        nxt = below + math.comb(n, k) / 2 ** n
+        if nxt > tail:
+            break
+        below, k = nxt, k + 1
+    if k == 0:
+        return v[0], v[-1]
+    return v[k - 1], v[n - k]
+
+
 def budget(name: str, value: float, limit: float, unit: str = "s", *, higher_is_better: bool = False,
-           cpu: float | None = None, noise: float | None = None, note: str = "") -> bool:
+           cpu: float | None = None, noise: float | None = None, ci: tuple[float, float] | None = None,
+           note: str = "") -> bool:
     """One verdict line: `BUDGET <name>: <value> <= <limit> PASS|FAIL [cpu ...] (load ...)`.
 
     `cpu`, when given, is the same figure in CPU seconds: on an overloaded machine the wall
@@ -119,12 +140,19 @@ def budget(name: str, value: float, limit: float, unit: str = "s", *, higher_is_
     The verdict (PASS/FAIL) is the wall figure's; the CPU one is printed beside it.
     `noise`, in the figure's unit, is how much the baseline itself moved during the run: when
     it exceeds the limit the verdict is INCONCLUSIVE (and says which way it leaned).
+    `ci`, a confidence interval of `value` (instead of `noise`): PASS or FAIL only when the
+    whole interval is on one side of the limit, else INCONCLUSIVE.
     """
     ok = value >= limit if higher_is_better else value <= limit
     op = ">=" if higher_is_better else "<="
     verdict = "PASS" if ok else "FAIL"
     if noise is not None and noise > abs(limit):
         verdict = f"INCONCLUSIVE (baseline noise {noise:.3g} {unit} > the budget; leaned {verdict})"
+    if ci is not None:
+        inside = [(x >= limit) if higher_is_better else (x <= limit) for x in ci]
+        span = f"95 % CI {ci[0]:.3g} .. {ci[1]:.3g} {unit}"
+        verdict = (f"PASS ({span})" if all(inside) else f"FAIL ({span})" if not any(inside)
+                   else f"INCONCLUSIVE ({span} contains the limit; leaned {verdict})")
     extra = ""
     if cpu is not None:
         cpu_ok = cpu >= limit if higher_is_better else cpu <= limit
