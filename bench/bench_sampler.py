@@ -40,6 +40,7 @@ from pathlib import Path
 import benchlib as bl
 
 WORKERS = 4
+ENGINE = ["auto"]  # --engine: what record uses by default (perf where allowed), or ptrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class RunFigures:
     pause_ns: tuple[int, ...]
     held_ns: tuple[int, ...]  # the part of each pause from the stop seen to detach
     cpu: float  # goflame's CPU seconds over the run
+    engine: str = "ptrace"  # perf: `ticks` are buffer reads and `missed` samples the kernel lost
 
     @property
     def samples_per_s(self) -> float:
@@ -69,7 +71,10 @@ class RunFigures:
 
     @property
     def missed_share(self) -> float:
-        """Missed ticks over the ticks the rate asked for (taken + missed)."""
+        """Missed ticks over the ticks the rate asked for (taken + missed); perf: samples the
+        kernel lost over the samples it took."""
+        if self.engine == "perf":
+            return self.missed / (self.samples + self.missed) if self.samples + self.missed else 1.0
         return self.missed / (self.ticks + self.missed) if self.ticks + self.missed else 1.0
 
     def stopped_share(self, threads: int) -> float:
@@ -82,7 +87,7 @@ def sample_for(target, rate: float, seconds: float, out: Path) -> RunFigures:
     from goflame.profile import RecordingMeta, RecordingWriter
     from goflame.sampler import Sampler, SamplerConfig
 
-    sampler = Sampler(target, SamplerConfig(rate=rate))
+    sampler = Sampler(target, SamplerConfig(rate=rate, engine=ENGINE[0]))
     meta = RecordingMeta(pid=target.pid, binary=target.exe_display, go_version=target.binary.go_version,
                          rate_hz=rate, start_time=time.time())
     with RecordingWriter(out, meta) as writer, bl.pause_spy(target.proc) as paused:
@@ -90,7 +95,7 @@ def sample_for(target, rate: float, seconds: float, out: Path) -> RunFigures:
         st = sampler.run(writer.add_all, duration=seconds, on_tick=lambda _s: writer.tick())
         cpu = time.process_time() - c
     return RunFigures(st.elapsed, st.ticks, st.samples, st.missed, st.late, st.errors, st.max_lag_s, tuple(st.pause_ns),
-                      tuple(p.held_ns for p in paused), cpu)
+                      tuple(p.held_ns for p in paused), cpu, st.engine)
 
 
 def bare_pauses(target, seconds: float) -> tuple[float, list[int], list[int]]:
@@ -158,23 +163,32 @@ def bench_throughput(binary: Path, seconds: float, cpus: set[int] | None, tmp: P
                 r0, w0 = schedstat(p.pid)
                 f = sample_for(t, rate, seconds, tmp / f"r{rate}.goflame")
                 r1, w1 = schedstat(p.pid)
-                print(f"  {rate:5d} Hz for {f.seconds:.1f} s: {f.samples_per_s:7.0f} samples/s, "
-                      f"{f.ticks / f.seconds:6.0f} ticks/s ({f.samples / max(f.ticks, 1):.2f} threads/tick), "
-                      f"missed {f.missed:,} of {f.ticks + f.missed:,} ticks = {100 * f.missed_share:.2f} % "
-                      f"late {f.late:,} = {100 * f.late / max(f.ticks, 1):.2f} %, "
-                      f"errors {f.errors} ({100 * f.errors / max(f.samples + f.errors, 1):.2f} %), "
-                      f"max lag {f.max_lag_s * 1e3:.0f} ms, cpu {100 * f.cpu / f.seconds:.0f} % of a core "
-                      f"({f.cpu_per_sample_us:.0f} us/sample)   [{bl.load()}]")
                 cpus_got = (r1 - r0) / 1e9 / f.seconds
-                print(f"  {'':5s}    {fmt_pauses(f.pause_ns, f.held_ns)};  samples/s vs bare-pause ceiling: "
-                      f"{bl.ratio(f.samples_per_s, bare_rate)};  the target ran on {cpus_got:.2f} "
-                      f"CPUs and its threads waited {(w1 - w0) / 1e9 / f.seconds:.2f} thread-s/s for one")
-                print(f"  {'':5s}    goflame cpu per tick {f.cpu_per_tick_us:.0f} us (a CPU-bound ceiling of "
-                      f"{1e6 / f.cpu_per_tick_us:.0f} ticks/s); ticks taken x CPUs the target ran on = "
-                      f"{f.ticks / f.seconds * cpus_got:.0f} samples/s expected of an estimator of CPU time")
+                if f.engine == "perf":
+                    print(f"  {rate:5d} Hz for {f.seconds:.1f} s (perf): {f.samples_per_s:7.0f} samples/s = "
+                          f"{f.samples_per_s / (rate * cpus_got):.3f} x rate x the {cpus_got:.2f} CPUs the target ran on; "
+                          f"lost by the kernel {f.missed:,} = {100 * f.missed_share:.2f} %, "
+                          f"errors {f.errors} ({100 * f.errors / max(f.samples + f.errors, 1):.2f} %), "
+                          f"{f.ticks / f.seconds:.0f} buffer reads/s, cpu {100 * f.cpu / f.seconds:.0f} % of a core "
+                          f"({f.cpu_per_sample_us:.0f} us/sample), no pauses   [{bl.load()}]")
+                else:
+                    print(f"  {rate:5d} Hz for {f.seconds:.1f} s: {f.samples_per_s:7.0f} samples/s, "
+                          f"{f.ticks / f.seconds:6.0f} ticks/s ({f.samples / max(f.ticks, 1):.2f} threads/tick), "
+                          f"missed {f.missed:,} of {f.ticks + f.missed:,} ticks = {100 * f.missed_share:.2f} % "
+                          f"late {f.late:,} = {100 * f.late / max(f.ticks, 1):.2f} %, "
+                          f"errors {f.errors} ({100 * f.errors / max(f.samples + f.errors, 1):.2f} %), "
+                          f"max lag {f.max_lag_s * 1e3:.0f} ms, cpu {100 * f.cpu / f.seconds:.0f} % of a core "
+                          f"({f.cpu_per_sample_us:.0f} us/sample)   [{bl.load()}]")
+                    print(f"  {'':5s}    {fmt_pauses(f.pause_ns, f.held_ns)};  samples/s vs bare-pause ceiling: "
+                          f"{bl.ratio(f.samples_per_s, bare_rate)};  the target ran on {cpus_got:.2f} "
+                          f"CPUs and its threads waited {(w1 - w0) / 1e9 / f.seconds:.2f} thread-s/s for one")
+                    print(f"  {'':5s}    goflame cpu per tick {f.cpu_per_tick_us:.0f} us (a CPU-bound ceiling of "
+                          f"{1e6 / f.cpu_per_tick_us:.0f} ticks/s); ticks taken x CPUs the target ran on = "
+                          f"{f.ticks / f.seconds * cpus_got:.0f} samples/s expected of an estimator of CPU time")
                 bl.budget(f"sampler {rate} Hz, {WORKERS} goroutines, GOMAXPROCS={gomaxprocs}: samples/s",
                           f.samples_per_s, 1000, "/s", higher_is_better=True)
-                bl.budget(f"sampler {rate} Hz, GOMAXPROCS={gomaxprocs}: missed ticks", 100 * f.missed_share, 1.0, "%",
+                bl.budget(f"sampler {rate} Hz, GOMAXPROCS={gomaxprocs}: "
+                          f"{'samples lost' if f.engine == 'perf' else 'missed ticks'}", 100 * f.missed_share, 1.0, "%",
                           note=f"errors {f.errors}")
     finally:
         bl.stop(p)
@@ -307,10 +321,13 @@ def main() -> None:
     ap.add_argument("--gomaxprocs", default=None,
                     help="comma-separated GOMAXPROCS values for the throughput part (default 4, and also 2 on a "
                          "machine with fewer than 4 CPUs, where 4 threads cannot all be on a CPU at once)")
+    ap.add_argument("--engine", choices=("auto", "perf", "ptrace"), default="auto",
+                    help="how goflame samples running threads (auto: as `goflame record` does)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-slowdown", action="store_true")
     ap.add_argument("--skip-profile", action="store_true")
     a = ap.parse_args()
+    ENGINE[0] = a.engine
     binary = bl.workload()
     cpus = None
     if a.pin:

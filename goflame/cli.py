@@ -137,18 +137,21 @@ def _format_choice() -> click.Choice:
 @click.option("--keep-raw", is_flag=True, help="Keep the streamed .goflame recording next to the output.")
 @click.option("--native", is_flag=True,
               help="Also unwind C frames (cgo, libc, vDSO) and stitch them into goroutine stacks.")
+@click.option("--engine", type=click.Choice(["auto", "perf", "ptrace"]), default="auto", show_default=True,
+              help="How running threads are sampled: perf (the kernel samples them, nothing is stopped), "
+                   "ptrace (paused for each sample), auto (perf where allowed, for CPU mode).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
 def record(pid: int | None, rate: float, duration: float | None, output: str | None, fmt: str | None, idle: bool,
            threads: bool, goroutines: bool, nonblocking: bool, lines: bool, inverted: bool, keep_raw: bool,
-           native: bool, command: tuple[str, ...]) -> None:
+           native: bool, engine: str, command: tuple[str, ...]) -> None:
     """Record a flame graph of a running Go process (--pid) or of COMMAND (after --)."""
     from goflame.record import RecordOptions
     from goflame.record import record as run_record
 
     opts = RecordOptions(pid=pid, command=tuple(command), rate=rate, duration=duration, output=output, fmt=fmt,
                          idle=idle, threads=threads, goroutines=goroutines, nonblocking=nonblocking, lines=lines,
-                         inverted=inverted, keep_raw=keep_raw, native=native)
+                         inverted=inverted, keep_raw=keep_raw, native=native, engine=engine)
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -170,10 +173,12 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
     st = res.stats
     pauses = sorted(st.pause_ns)
     median = f", median pause {pauses[len(pauses) // 2] / 1000:.0f} µs" if pauses else ""
-    if st.missed:
+    if st.missed and st.engine == "perf":
+        median += f", {st.missed:,} samples lost by the kernel ({100 * st.missed / (st.samples + st.missed):.1f} %)"
+    elif st.missed:
         median += f", {st.missed:,} ticks missed ({100 * st.missed / (st.ticks + st.missed):.1f} %)"
     click.echo(f"Wrote {res.output}: {st.samples:,} samples, {st.errors:,} errors, {st.elapsed:.1f} s at "
-               f"{st.rate:.0f} Hz{median}" + (f"; raw recording kept in {res.raw_path}" if res.raw_path and
+               f"{st.rate:.0f} Hz ({st.engine}){median}" + (f"; raw recording kept in {res.raw_path}" if res.raw_path and
                                               res.raw_path != res.output else ""), err=True)
     if res.exit_status is not None:
         click.echo(f"goflame: {' '.join(command)} exited with status {res.exit_status}", err=True)

@@ -43,6 +43,7 @@ class RecordOptions:
     keep_raw: bool = False
     title: str | None = None
     native: bool = False  # C frames too (cgo, libc, vDSO), stitched into goroutine stacks
+    engine: str = "auto"  # how running threads are sampled: see SamplerConfig.engine
 
 
 @dataclass(slots=True)
@@ -141,6 +142,8 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
         raise BadInput("give either --pid PID or a command after --")
     if opts.duration is not None and opts.duration <= 0:
         raise BadInput("--duration must be positive")
+    config = SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking, native=opts.native,
+                           engine=opts.engine)  # bad options fail before anything is launched
     child = None
     stop = {"flag": False, "signals": 0}
     old_handlers = {}
@@ -187,8 +190,7 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
     warned = False
     try:
         with target:
-            sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking,
-                                                    native=opts.native))
+            sampler = Sampler(target, config)
             writer = RecordingWriter(raw_path, meta)
             try:
                 def on_tick(st: SamplerStats) -> None:
@@ -197,9 +199,13 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                     behind = max(st.missed_s, st.max_lag_s)
                     if not warned and behind > LAG_WARNING_S:
                         warned = True
-                        msg = (f"sampling fell {behind:.1f} s behind at {opts.rate:g} Hz ({st.missed:,} ticks "
-                               f"missed of {st.ticks + st.missed:,}): lower --rate or use --nonblocking; "
-                               f"missed ticks are counted, not invented")
+                        if st.engine == "perf":
+                            msg = (f"the kernel lost {st.missed:,} samples ({behind:.1f} s of CPU time at "
+                                   f"{opts.rate:g} Hz): goflame read its buffers too late; lower --rate")
+                        else:
+                            msg = (f"sampling fell {behind:.1f} s behind at {opts.rate:g} Hz ({st.missed:,} ticks "
+                                   f"missed of {st.ticks + st.missed:,}): lower --rate or use --nonblocking; "
+                                   f"missed ticks are counted, not invented")
                         result.warnings.append(msg)
                         if on_warning:
                             on_warning(msg)
@@ -223,7 +229,7 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                                               "duration": stats.elapsed, "samples": stats.samples,
                                               "errors": stats.errors,
                                               "extra": {"nonblocking": opts.nonblocking, "missed_ticks": stats.missed,
-                                                        "late_ticks": stats.late,
+                                                        "late_ticks": stats.late, "engine": stats.engine,
                                                         "achieved_rate_hz": round(stats.rate, 2),
                                                         **({"native": True} if opts.native else {})}}))
             except BaseException:

@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from goflame.errors import GoflameError, InvalidMemory, ProcessGone
+from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone
 from goflame.frame import Frame, FrameKind
 from goflame.process import Registers
+from goflame.process.perf import KernelSample, PerfSampling, PerfUnavailable
 from goflame.profile import Sample
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
@@ -41,19 +42,24 @@ TIDS_REFRESH_S = 0.05
 
 @dataclass(slots=True)
 class SamplerStats:
-    ticks: int = 0
+    engine: str = "ptrace"  # what sampled the running threads: "ptrace" or "perf"
+    ticks: int = 0  # ptrace: sampling ticks; perf: reads of the kernel's buffers
     samples: int = 0
     errors: int = 0  # samples dropped: torn memory, a thread gone mid-pause, an undecodable g
-    missed: int = 0  # ticks never taken: due more than CATCH_UP_S ago when sampling got to them
+    missed: int = 0  # ticks never taken (due more than CATCH_UP_S ago); perf: samples the kernel lost
     missed_s: float = 0.0  # the time those ticks stood for: how far sampling fell behind, in all
     late: int = 0  # ticks taken, but more than one interval after they were due (catching up)
     max_lag_s: float = 0.0  # the longest any tick waited past its time (before skipping)
     pause_ns: list[int] = field(default_factory=list)
     started: float = 0.0
     elapsed: float = 0.0
+    cpu_ns: int = 0  # perf: the CPU time of the threads sampled, as the kernel counted it
 
     @property
     def rate(self) -> float:
+        """Achieved sampling rate, Hz: ticks per second (ptrace), samples per CPU-second (perf)."""
+        if self.engine == "perf":
+            return self.samples / (self.cpu_ns / 1e9) if self.cpu_ns > 0 else 0.0
         return self.ticks / self.elapsed if self.elapsed > 0 else 0.0
 
 
@@ -64,6 +70,20 @@ class SamplerConfig:
     nonblocking: bool = False  # never pause: running goroutines are read from their last saved context
     include_system: bool = True  # runtime goroutines (GC workers ...) are part of CPU time
     native: bool = False  # unwind C frames too (cgo, libc, vDSO) and stitch them into the goroutine's stack
+    # How running threads are sampled: "perf" (the kernel samples each thread's CPU time,
+    # nothing is stopped; see process/perf.py), "ptrace" (pause the threads on a CPU at each
+    # tick), "auto" (perf where the kernel allows it and the mode is plain CPU sampling).
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise BadInput(f"unknown sampling engine {self.engine!r} (one of {', '.join(ENGINES)})")
+        if self.engine == "perf" and (self.idle or self.nonblocking or self.native):
+            raise BadInput("the perf engine samples running goroutines only: "
+                           "--idle, --native and --nonblocking need --engine ptrace (or auto)")
+
+
+ENGINES = ("auto", "perf", "ptrace")
 
 
 class Sampler:
@@ -249,7 +269,8 @@ class Sampler:
                 self.stats.errors += 1
                 continue
             p = paused[tid]
-            frames = self._walk_live(self._ms[tid], g, p.regs, p.extra[0] if self._native is None else p.extra)
+            frames = self._walk_live(self._ms[tid], g, p.regs.rip, p.regs.rsp,
+                                     p.extra[0] if self._native is None else p.extra, p.regs)
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -262,53 +283,67 @@ class Sampler:
 
     def _running_gs(self, order: list[int], paused: dict) -> dict[int, Goroutine | None]:
         """tid -> the goroutine it was running (None: none, on g0 in the scheduler); left out:
-        unreadable. Batched reads: the g's the threads' TLS slots named in the stop, and
-        for the rest (on g0 or gsignal, no TLS slot known, --native) m.curg first.
-
-        The TLS word is exact; m.curg is read after the release and with more goroutines
-        than Ps is often already another goroutine (preempted, moved to another M): taking
-        it dropped ~1.5 % of samples at GOMAXPROCS=2 with 4 busy goroutines, the TLS g none.
-        """
-        reader = self.t.reader
-        mem = self._mem
-        curg: dict[int, int] = {}
-        via_m: list[int] = []
+        unreadable. See `_goroutines_of`."""
+        items = []
         for tid in order:
             m = self._ms[tid]
             if self._native is not None:
                 a = paused[tid].extra.curg  # m.curg as it was in the stop, consistent with the registers
+                items.append((m, a if a else 0, paused[tid].regs.rsp, True))
             else:
-                a = paused[tid].extra[1]
-                a = a if a and a not in (m.g0, m.gsignal) else -1  # 0: no g there (C code?): ask the M
-            if a >= 0:
-                curg[tid] = a
+                items.append((m, paused[tid].extra[1], paused[tid].regs.rsp, False))
+        return {tid: g for tid, g in zip(order, self._goroutines_of(items), strict=True) if g is not False}
+
+    def _goroutines_of(self, items: list[tuple[Machine, int, int, bool]]) -> list[Goroutine | None | bool]:
+        """For each (M, g word, sp, exact) the goroutine the thread was running: None if none
+        (on g0 in the scheduler), False if unreadable. Batched reads: the g's named by the
+        words (the thread's TLS slot read in the stop, or Go's g register in a kernel sample),
+        and for the rest (on g0 or gsignal, word unknown) m.curg first. `exact`: the word is
+        m.curg as it was at the sample (--native), taken as it is.
+
+        The word is exact; m.curg is read after the sample and with more goroutines than Ps
+        is often already another goroutine (preempted, moved to another M): taking it dropped
+        ~1.5 % of samples at GOMAXPROCS=2 with 4 busy goroutines, the TLS g none. A word is
+        trusted if the g it names still says it runs on this M, or if the thread's sp was on
+        its stack (by now it may have been preempted and moved on); anything else (a torn
+        TLS word; R14, which assembly may use as it likes) is checked against m.curg.
+        """
+        reader = self.t.reader
+        mem = self._mem
+        n = len(items)
+        out: list[Goroutine | None | bool] = [False] * n
+        addr: list[int] = [0] * n
+        via_m: list[int] = []
+        todo: list[int] = []
+        for i, (m, a, _sp, exact) in enumerate(items):
+            if exact or (a and a not in (m.g0, m.gsignal)):
+                addr[i] = a
+                todo.append(i)
             else:
-                via_m.append(tid)
-        out: dict[int, Goroutine | None] = {}
+                via_m.append(i)  # 0: no g there (C code?), or the system stack: ask the M
         for attempt in range(2):
             if via_m:
-                mbufs = mem.read_many([(self._ms[tid].addr, self._m_size) for tid in via_m])
-                for tid, buf in zip(via_m, mbufs, strict=True):
+                mbufs = mem.read_many([(items[i][0].addr, self._m_size) for i in via_m])
+                for i, buf in zip(via_m, mbufs, strict=True):
                     if buf is not None:
-                        curg[tid] = reader.m.get(buf, "curg")
+                        addr[i] = reader.m.get(buf, "curg")
+                        todo.append(i)
                 via_m = []
-            want = [(tid, a) for tid, a in curg.items() if tid not in out]
-            gbufs = mem.read_many([(a, self._g_size) for _, a in want if a])
+            gbufs = mem.read_many([(addr[i], self._g_size) for i in todo if addr[i]])
             git = iter(gbufs)
-            for tid, a in want:
+            for i in todo:
+                a = addr[i]
                 if not a:
-                    out[tid] = None
+                    out[i] = None
                     continue
                 buf = next(git)
                 g = reader.decode_g(a, buf) if buf is not None else None
-                # The g named in the stop is trusted if it still says it runs on this M, or if the
-                # thread's sp was on its stack (by now it may have been preempted and moved on).
-                if g is not None and (g.m_addr == self._ms[tid].addr or g.contains_sp(paused[tid].regs.rsp)
-                                      or attempt or self._native is not None):
-                    out[tid] = g
-                elif attempt == 0 and self._native is None:
-                    via_m.append(tid)  # not a g this M runs (torn TLS word?): ask the M
-                    del curg[tid]
+                m, _a, sp, exact = items[i]
+                if g is not None and (exact or attempt or g.m_addr == m.addr or g.contains_sp(sp)):
+                    out[i] = g
+                elif attempt == 0 and not exact:
+                    via_m.append(i)
+            todo = []
             if not via_m:
                 break
         return out
@@ -326,13 +361,15 @@ class Sampler:
             out.append(Sample(ts_ns, 0, tid, "running", frames))
         return out
 
-    def _walk_live(self, m: Machine, g: Goroutine | None, regs: Registers, data: bytes) -> tuple[Frame, ...]:
+    def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, data: bytes,
+                   regs: Registers | None = None) -> tuple[Frame, ...]:
+        """The logical frames of a thread's stack at (pc, sp); `data`: the stack from sp as it
+        was then (read in the stop, or copied by the kernel). --native needs the registers."""
         if self._native is not None:
             stopped: Stopped = data  # type: ignore[assignment]  # what while_stopped read
             walk = self._native.thread(m, g, regs, StackMemory(self._mem.read, regs.rsp, stopped.stack),
                                        self._g0_bounds, stopped)
             return self._native.logical(walk, self._sym)
-        pc, sp = regs.rip, regs.rsp
         mem = StackMemory(self._mem.read, sp, data)
         unwinder = self._unwinder
         walk: Walk
@@ -473,6 +510,10 @@ class Sampler:
             should_stop: Callable[[], bool] = lambda: False, on_tick: Callable[[SamplerStats], None] | None = None,
             ) -> SamplerStats:
         """Sample until `duration` passes, `should_stop()` says so, or the target exits."""
+        kernel = self._kernel_sampling()
+        if kernel is not None:
+            with kernel:
+                return self._run_kernel(kernel, on_samples, duration, should_stop, on_tick)
         start = time.monotonic()
         self.stats.started = time.time()
         st = self.stats
@@ -519,6 +560,145 @@ class Sampler:
                     gc.unfreeze()
                     st.elapsed = time.monotonic() - start
         return st
+
+
+    # -- the kernel samples (perf) ----------------------------------------------------------------
+    def _kernel_sampling(self) -> PerfSampling | None:
+        """A PerfSampling for `run`, or None to pause threads with ptrace instead."""
+        cfg = self.cfg
+        plain = not (cfg.idle or cfg.nonblocking or cfg.native)
+        if cfg.engine == "ptrace" or (cfg.engine == "auto" and not plain):
+            return None
+        rate = cfg.rate
+        try:
+            ps = PerfSampling(rate, drain_interval=_drain_interval(rate))
+            for tid in self._threads(time.monotonic()):
+                ps.add(tid)
+            if not ps.tids and self.t.proc.tids():
+                raise PerfUnavailable("no thread of the target could be sampled")
+        except PerfUnavailable:
+            if "ps" in locals():
+                ps.close()
+            if cfg.engine == "perf":
+                raise
+            return None
+        return ps
+
+    def _run_kernel(self, ps: PerfSampling, on_samples: Callable[[list[Sample]], None], duration: float | None,
+                    should_stop: Callable[[], bool], on_tick: Callable[[SamplerStats], None] | None) -> SamplerStats:
+        """Read what the kernel sampled every few tens of ms until told to stop or the target is
+        gone; nothing of the target is ever stopped."""
+        st = self.stats
+        st.engine = "perf"
+        start = time.monotonic()
+        start_ns = time.monotonic_ns()
+        st.started = time.time()
+        every = _drain_interval(self.cfg.rate)
+        period = 1e9 / self.cfg.rate
+        rng = self._rng
+        cpu: dict[int, int] = {}  # tid -> its task-clock count when last read
+        jitter_at: dict[int, float] = {}  # tid -> when its sampling period is next changed
+        cpu_read = 0.0
+        gc.freeze()
+        try:
+            with sampling_priority():
+                ended = False
+                while not ended:
+                    now = time.monotonic()
+                    ended = should_stop() or (duration is not None and now - start >= duration)
+                    if not ended:
+                        time.sleep(max(0.0, min(every, (start + duration - now) if duration is not None else every)))
+                        now = time.monotonic()
+                    gone: set[int] = set()
+                    if now - self._tids_time > TIDS_REFRESH_S or ended:
+                        try:
+                            tids = set(self._threads(now))
+                        except ProcessGone:
+                            tids = set()
+                        if not tids or not self.t.proc.alive():  # gone, or a zombie
+                            tids, ended = set(), True  # what it sampled before exiting is still read
+                        gone = ps.tids - tids
+                        for tid in tids - ps.tids:
+                            ps.add(tid)
+                    if ended or gone or now - cpu_read > 0.5:
+                        for tid in ps.tids:
+                            c = ps.cpu_ns(tid)
+                            if c is not None:
+                                cpu[tid] = c
+                        st.cpu_ns = sum(cpu.values())
+                        cpu_read = now
+                    raw, lost = ps.drain()  # after reading the counts: every sample counted is here
+                    for tid in gone:
+                        ps.remove(tid)
+                        jitter_at.pop(tid, None)
+                    st.missed += lost
+                    st.missed_s += lost * period / 1e9
+                    st.ticks += 1
+                    try:
+                        samples = self._from_kernel(raw, start_ns)
+                    except ProcessGone:  # exited: its memory went with it, and these samples too
+                        samples, ended = [], True
+                    st.samples += len(samples)
+                    if samples:
+                        on_samples(samples)
+                    # Each thread's sampling frequency is drawn again every JITTER_S or so, within
+                    # +-JITTER of the rate (mean exactly the rate, so counts stay CPU time): a
+                    # loop whose period locks to the sampling period is seen at a new phase each
+                    # time. Not more often: a new period starts from zero, so the CPU time since
+                    # the thread's last sample goes unsampled (half a period on average: 0.25 %
+                    # of the samples of a thread on a CPU half the time, at 100 Hz).
+                    for tid in ps.tids:
+                        if now >= jitter_at.get(tid, 0.0):
+                            if tid in jitter_at:
+                                ps.jitter(tid, int(period / (1 + JITTER * (2 * rng.random() - 1))))
+                            jitter_at[tid] = now + JITTER_S * (0.5 + rng.random())
+                    st.elapsed = time.monotonic() - start
+                    if on_tick is not None:
+                        on_tick(st)
+        finally:
+            gc.unfreeze()
+            st.elapsed = time.monotonic() - start
+        return st
+
+    def _from_kernel(self, raw: list[KernelSample], start_ns: int) -> list[Sample]:
+        """Samples from what the kernel recorded: the goroutine from Go's g register (R14 in
+        Go code) or m.curg, then the same walk as a ptrace sample, on the kernel's stack copy."""
+        if not raw:
+            return []
+        raw.sort(key=_by_time)
+        now = time.monotonic()
+        if now - self._ms_time > M_REFRESH_S or (now - self._ms_time > M_UNKNOWN_REFRESH_S
+                                                 and not self._ms.keys() >= {k.tid for k in raw}):
+            self._refresh_ms(now)
+        ms = self._ms
+        mine = [k for k in raw if k.tid in ms]
+        self.stats.errors += len(raw) - len(mine)  # threads the Go runtime does not own
+        gs = self._goroutines_of([(ms[k.tid], k.r14, k.sp, False) for k in mine])
+        out: list[Sample] = []
+        for k, g in zip(mine, gs, strict=True):
+            if g is False:
+                self.stats.errors += 1
+                continue
+            frames = self._walk_live(ms[k.tid], g, k.pc, k.sp, k.stack)  # type: ignore[arg-type]
+            if not frames:
+                self.stats.errors += 1
+                continue
+            out.append(Sample(max(0, k.time_ns - start_ns), g.goid if g else 0, k.tid, "running", frames))
+        return out
+
+
+def _by_time(k: KernelSample) -> int:
+    return k.time_ns
+
+
+JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
+JITTER = 0.1  # perf: within this share of the rate
+
+
+def _drain_interval(rate: float) -> float:
+    """How often the kernel's buffers are read: every 50 ms, or every 5 samples of a thread
+    that is always on a CPU at high rates (PerfSampling sizes its rings for that)."""
+    return min(0.05, 5.0 / rate)
 
 
 REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time (CPU use <= 80 %)
