@@ -145,8 +145,11 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
     config = SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking, native=opts.native,
                            engine=opts.engine)  # bad options fail before anything is launched
     child = None
-    stop = {"flag": False, "signals": 0}
+    stop = {"flag": False, "signals": 0, "suspend": False}
     old_handlers = {}
+
+    def on_suspend(_signum: int, _frame: object) -> None:
+        stop["suspend"] = True  # acted on between ticks: see should_stop
 
     def on_signal(signum: int, _frame: object) -> None:
         stop["signals"] += 1
@@ -170,6 +173,7 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
         out, fmt = resolve_output(opts, pid)
     for sig in (signal.SIGINT, signal.SIGTERM):
         old_handlers[sig] = signal.signal(sig, on_signal)
+    old_handlers[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, on_suspend)
     try:
         target = _attach_launched(child) if child is not None else Target(pid)
     except BaseException:
@@ -215,6 +219,13 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                 def should_stop() -> bool:
                     if stop["flag"]:
                         return True
+                    if stop["suspend"]:  # Ctrl-Z: no thread of the target may wait on a stopped goflame
+                        stop["suspend"] = False
+                        sampler.release()
+                        writer.flush()
+                        os.kill(os.getpid(), signal.SIGSTOP)  # until SIGCONT (fg); sampling goes on
+                        if stop["flag"]:
+                            return True
                     if child is not None and child.poll() is not None:
                         result.target_exited = True
                         return True

@@ -562,6 +562,13 @@ class Sampler:
         return st
 
 
+    def release(self) -> None:
+        """Let go of every thread of the target now (call it between ticks, e.g. from
+        `should_stop`): a carried interrupt would stop its thread until goflame served it, so
+        goflame must release before it is itself stopped (Ctrl-Z). Sampling goes on after."""
+        if self._carry:
+            self.t.proc.pauser.release()
+
     # -- the kernel samples (perf) ----------------------------------------------------------------
     def _kernel_sampling(self) -> PerfSampling | None:
         """A PerfSampling for `run`, or None to pause threads with ptrace instead."""

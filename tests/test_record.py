@@ -205,6 +205,50 @@ def wait_for_samples(raw: Path, seconds: float = 1.5, limit: float = 60.0) -> No
     raise AssertionError("goflame did not start recording")
 
 
+def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
+    """goflame stopped by Ctrl-Z (SIGTSTP) first lets go of every thread it holds: with more
+    busy threads than CPUs the ptrace engine carries interrupts over, and a carried interrupt
+    stops its thread when the thread next runs, until goflame serves it. While goflame is
+    stopped the target runs free; after `fg` (SIGCONT) goflame records on and writes its
+    output."""
+    workers = 2 * (os.cpu_count() or 1)
+    hog = subprocess.Popen([str(cpuhog()), "-d", "60s", "-workers", str(workers)],
+                           env={**os.environ, "GOMAXPROCS": str(workers)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "out.folded"
+    g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "--engine", "ptrace", "-r", "500",
+                          "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_samples(Path(str(out) + ".goflame"), seconds=0.5)
+        g.send_signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, "goflame did not stop on SIGTSTP"
+            time.sleep(0.01)
+        cpu_before = _process_cpu_ns(hog.pid)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            for task in Path(f"/proc/{hog.pid}/task").iterdir():
+                try:
+                    status = (task / "status").read_text()
+                except OSError:
+                    continue
+                assert re.search(r"^TracerPid:\s+0$", status, re.M), status
+                assert not re.search(r"^State:\s+t", status, re.M), status
+        assert _process_cpu_ns(hog.pid) - cpu_before > 0.5e9  # it ran (on the CPUs it had)
+        g.send_signal(signal.SIGCONT)
+        time.sleep(1.0)
+        g.send_signal(signal.SIGINT)
+        _, err = g.communicate(timeout=60)
+        assert g.returncode == 0, err
+        assert sum(folded_counts(out).values()) > 100, err
+        assert hog.poll() is None and no_thread_stopped(hog.pid)
+    finally:
+        g.kill()
+        hog.kill()
+        hog.wait()
+
+
 def test_kill_9_of_goflame_keeps_the_raw_recording_up_to_the_last_second(tmp_path):
     from goflame.profile import read_recording
 
