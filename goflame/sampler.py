@@ -577,18 +577,20 @@ class Sampler:
         if cfg.engine == "ptrace" or (cfg.engine == "auto" and not plain):
             return None
         rate = cfg.rate
+        ps = PerfSampling(rate, drain_interval=_drain_interval(rate))  # opens nothing yet
         try:
-            ps = PerfSampling(rate, drain_interval=_drain_interval(rate))
             for tid in self._threads(time.monotonic()):
                 ps.add(tid)
             if not ps.tids and self.t.proc.tids():
                 raise PerfUnavailable("no thread of the target could be sampled")
         except PerfUnavailable:
-            if "ps" in locals():
-                ps.close()
+            ps.close()
             if cfg.engine == "perf":
                 raise
             return None
+        except BaseException:
+            ps.close()
+            raise
         return ps
 
     def _run_kernel(self, ps: PerfSampling, on_samples: Callable[[list[Sample]], None], duration: float | None,
