@@ -561,7 +561,6 @@ class Sampler:
                     st.elapsed = time.monotonic() - start
         return st
 
-
     def release(self) -> None:
         """Let go of every thread of the target now (call it between ticks, e.g. from
         `should_stop`): a carried interrupt would stop its thread until goflame served it, so
@@ -654,7 +653,7 @@ class Sampler:
                     # +-JITTER of the rate (mean exactly the rate, so counts stay CPU time): a
                     # loop whose period locks to the sampling period is seen at a new phase each
                     # time. Not more often: a new period starts from zero, so the CPU time since
-                    # the thread's last sample goes unsampled (half a period on average: 0.25 %
+                    # the thread's last sample goes unsampled (half a period on average: 0.5 %
                     # of the samples of a thread on a CPU half the time, at 100 Hz).
                     for tid in ps.tids:
                         if now >= jitter_at.get(tid, 0.0):
