@@ -10,6 +10,7 @@ Ticks are jittered around the rate so periodic work is not aliased; lag is accou
 
 from __future__ import annotations
 
+import bisect
 import gc
 import math
 import os
@@ -29,7 +30,8 @@ from goflame.profile import Sample
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
-from goflame.unwind.gopclntab import StackMemory, StackSwitch, Walk
+from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
     from goflame.unwind.native import Stopped
@@ -117,6 +119,8 @@ class Sampler:
         self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _stack_of
         # sym_pc -> (its frames, last funcID) when none is a wrapper, else (): see _symbolize
         self._plain_frames: dict[int, tuple[tuple[Frame, ...], int] | tuple[()]] = {}
+        self._owners: list[tuple[int, int, int]] = []  # (stack lo, hi, g address): see _stack_owner
+        self._owners_time = float("-inf")
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -270,7 +274,7 @@ class Sampler:
                 continue
             p = paused[tid]
             frames = self._walk_live(self._ms[tid], g, p.regs.rip, p.regs.rsp,
-                                     p.extra[0] if self._native is None else p.extra, p.regs)
+                                     p.extra[0] if self._native is None else p.extra, p.regs, p.regs.r12)
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -291,8 +295,24 @@ class Sampler:
                 a = paused[tid].extra.curg  # m.curg as it was in the stop, consistent with the registers
                 items.append((m, a if a else 0, paused[tid].regs.rsp, True))
             else:
-                items.append((m, paused[tid].extra[1], paused[tid].regs.rsp, False))
-        return {tid: g for tid, g in zip(order, self._goroutines_of(items), strict=True) if g is not False}
+                r = paused[tid].regs
+                items.append((m, paused[tid].extra[1], r.rip, r.rsp, r.r12))
+        gs = self._goroutines_of(items) if self._native is not None else self._goroutines_by_stack(items)
+        return {tid: g for tid, g in zip(order, gs, strict=True) if g is not False}
+
+    def _goroutines_by_stack(self, items: list[tuple[Machine, int, int, int, int]]) -> list[Goroutine | None | bool]:
+        """`_goroutines_of` for threads at (M, g word, pc, sp, R12). In the vDSO or a vDSO call
+        sp is on g0 and, in C, the g register is whatever C left there: the goroutine is the
+        one whose stack holds the SP those calls save in R12 (vdsocall.py)."""
+        vdso = self._unwinder.vdso
+        in_text = self.t.reader.in_text
+        hints = [vdso.saved_sp(pc, in_text(pc), sp, r12) for _m, _w, pc, sp, r12 in items]
+        gs = self._goroutines_of([(m, w, h, False) for (m, w, _pc, _sp, _r12), h in zip(items, hints, strict=True)])
+        for i, (_m, _w, _pc, sp, _r12) in enumerate(items):
+            h = hints[i]
+            if h != sp and not (isinstance(gs[i], Goroutine) and gs[i].contains_sp(h)):
+                gs[i] = self._stack_owner(h) or gs[i]
+        return gs
 
     def _goroutines_of(self, items: list[tuple[Machine, int, int, bool]]) -> list[Goroutine | None | bool]:
         """For each (M, g word, sp, exact) the goroutine the thread was running: None if none
@@ -362,9 +382,10 @@ class Sampler:
         return out
 
     def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, data: bytes,
-                   regs: Registers | None = None) -> tuple[Frame, ...]:
+                   regs: Registers | None = None, r12: int = 0) -> tuple[Frame, ...]:
         """The logical frames of a thread's stack at (pc, sp); `data`: the stack from sp as it
-        was then (read in the stop, or copied by the kernel). --native needs the registers."""
+        was then (read in the stop, or copied by the kernel). --native needs the registers;
+        R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py)."""
         if self._native is not None:
             stopped: Stopped = data  # type: ignore[assignment]  # what while_stopped read
             walk = self._native.thread(m, g, regs, StackMemory(self._mem.read, regs.rsp, stopped.stack),
@@ -372,42 +393,62 @@ class Sampler:
             return self._native.logical(walk, self._sym)
         mem = StackMemory(self._mem.read, sp, data)
         unwinder = self._unwinder
-        walk: Walk
+        walk: Walk | None
         if not self.t.reader.in_text(pc):
             # Native code (vDSO, libc, cgo) or the kernel: Go's own records say where Go left off.
             native = Frame("[native code]", kind=FrameKind.NATIVE, pc=pc)
-            if g is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
-                walk = unwinder.unwind(m.vdso_pc, m.vdso_sp, 0, StackMemory(self._mem.read), g.stack_lo, g.stack_hi)
-            elif g is not None and g.syscall_sp and g.contains_sp(g.syscall_sp):
+            walk = unwinder.vdso.walk(None, sp, r12, mem, self._spans(m, g, r12)) if r12 else None
+            if walk is None and g is not None and g.syscall_sp and g.contains_sp(g.syscall_sp):
                 walk = unwinder.unwind(g.syscall_pc, g.syscall_sp, 0, StackMemory(self._mem.read),
                                        g.stack_lo, g.stack_hi, from_syscall=True)
-            else:
-                return (native,)
+            if walk is None:  # where this thread left Go is not known: never shown as complete
+                return (native, Frame("[truncated: native]", kind=FrameKind.UNKNOWN))
             return (native, *self._logical(walk))
         if g is not None and g.contains_sp(sp):
             key = unwinder.live_pcs(pc, sp, mem, g.stack_lo, g.stack_hi)
-            if key is not None:
+            if key is not None and not (key[-1] == "spwrite" and len(key) == 2):
                 return self._stack_of(key)
             walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-            return self._logical(walk)
-        bounds = None
+        else:
+            span = self._system_span(m, g, sp)
+            if span is None:
+                return ()
+            if unwinder.vdso.caller_at(pc) is not None:  # its pcsp says nothing once on g0
+                return self._logical(self._out_of_vdso_call(pc, sp, r12, mem, m, g))
+            walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
+                                   on_system_stack=span.on_system_stack)
+        if walk.stop == "spwrite" and len(walk.frames) == 1 and unwinder.vdso.caller_at(pc) is not None:
+            walk = self._out_of_vdso_call(pc, sp, r12, mem, m, g)
+        return self._logical(walk)
+
+    def _out_of_vdso_call(self, pc: int, sp: int, r12: int, mem: StackMemory, m: Machine,
+                          g: Goroutine | None) -> Walk:
+        """A thread in a vDSO caller (time.now, nanotime1): R12 leads on to its caller; if it
+        does not, the stack is cut there (never shown as complete)."""
+        out = self._unwinder.vdso.walk(pc, sp, r12, mem, self._spans(m, g, r12))
+        if out is not None:
+            return out
+        f, _ = self._unwinder.func_at(pc)
+        return Walk([PhysicalFrame(pc, sp, sp, f, True)] if f is not None else [], "vdso-call")
+
+    def _spans(self, m: Machine, g: Goroutine | None, sp: int) -> list[StackSpan]:
+        """The stacks `sp` may be on: the goroutine's, and the system stack holding it."""
+        spans = [StackSpan(g.stack_lo, g.stack_hi)] if g is not None else []
+        system = self._system_span(m, g, sp)
+        if system is not None:
+            spans.append(system)
+        return spans
+
+    def _system_span(self, m: Machine, g: Goroutine | None, sp: int) -> StackSpan | None:
+        """The system stack (g0 or gsignal) holding sp; a walk on it jumps to the goroutine at
+        systemstack/morestack."""
         for a in (m.g0, m.gsignal):
             b = self._g0_bounds.get(a)
             if b and b[0] <= sp < b[1]:
-                bounds = b
-                break
-        if bounds is None:
-            return ()
-        switch_to = None
-        if g is not None:
-            switch_to = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi)
-
-        def switch(kind: str) -> StackSwitch | None:
-            return switch_to
-
-        walk = unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True,
-                               on_system_stack=switch if switch_to else None)
-        return self._logical(walk)
+                if g is None:
+                    return StackSpan(b[0], b[1])
+                return StackSpan(b[0], b[1], _switch_to(g))
+        return None
 
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
         return self._stack_of((*[pf.sym_pc for pf in walk.frames], walk.stop))
@@ -668,6 +709,25 @@ class Sampler:
             st.elapsed = time.monotonic() - start
         return st
 
+    def _stack_owner(self, sp: int) -> Goroutine | None:
+        """The goroutine whose stack holds sp, from a map of all goroutines' stacks redrawn at
+        most every STACK_OWNERS_S (stacks move when they grow: the g is re-read and checked)."""
+        now = time.monotonic()
+        owners = self._owners
+        i = bisect.bisect_right(owners, (sp, math.inf)) - 1
+        if (i < 0 or not owners[i][0] <= sp < owners[i][1]) and now - self._owners_time > STACK_OWNERS_S:
+            self._owners_time = now
+            try:
+                gs, _bad = self.t.reader.goroutines()
+            except InvalidMemory:
+                gs = []
+            owners = self._owners = sorted((g.stack_lo, g.stack_hi, g.addr) for g in gs)
+            i = bisect.bisect_right(owners, (sp, math.inf)) - 1
+        if i < 0 or not owners[i][0] <= sp < owners[i][1]:
+            return None
+        g = self.t.reader.read_g(owners[i][2])
+        return g if g is not None and g.contains_sp(sp) and g.status == G_RUNNING else None
+
     def _from_kernel(self, raw: list[KernelSample], start_ns: int) -> list[Sample]:
         """Samples from what the kernel recorded: the goroutine from Go's g register (R14 in
         Go code) or m.curg, then the same walk as a ptrace sample, on the kernel's stack copy."""
@@ -681,13 +741,13 @@ class Sampler:
         ms = self._ms
         mine = [k for k in raw if k.tid in ms]
         self.stats.errors += len(raw) - len(mine)  # threads the Go runtime does not own
-        gs = self._goroutines_of([(ms[k.tid], k.r14, k.sp, False) for k in mine])
+        gs = self._goroutines_by_stack([(ms[k.tid], k.r14, k.pc, k.sp, k.r12) for k in mine])
         out: list[Sample] = []
         for k, g in zip(mine, gs, strict=True):
             if g is False:
                 self.stats.errors += 1
                 continue
-            frames = self._walk_live(ms[k.tid], g, k.pc, k.sp, k.stack)  # type: ignore[arg-type]
+            frames = self._walk_live(ms[k.tid], g, k.pc, k.sp, k.stack, r12=k.r12)  # type: ignore[arg-type]
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -695,10 +755,17 @@ class Sampler:
         return out
 
 
+def _switch_to(g: Goroutine) -> Callable[[str], StackSwitch | None]:
+    """Where a walk on the system stack continues: the goroutine's saved context."""
+    to = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi)
+    return lambda _kind: to
+
+
 def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
+STACK_OWNERS_S = 1.0  # perf: how often, at most, every goroutine's stack bounds are read again
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
 JITTER = 0.1  # perf: within this share of the rate
 

@@ -19,6 +19,7 @@ from goflame.process import Process, Registers
 from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeReader, Snapshot
 from goflame.symbolize import Symbolizer
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
     from goflame.unwind.native import MixedWalk, NativeStitcher, Stopped
@@ -214,7 +215,16 @@ class StackCollector:
             walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, stack), g0_bounds, stopped)
             return self._stack(g, walk, "registers", tid, pause_ns)
         pc, sp = r.rip, r.rsp
-        if not self.reader.in_text(pc):
+        vdso = self.unwinder.vdso
+        in_go = self.reader.in_text(pc)
+        if not in_go or vdso.caller_at(pc) is not None:
+            # In a vDSO call (time.now, nanotime1 or the vDSO under them): R12 holds the
+            # goroutine's SP, which leads back to the call (unwind/vdsocall.py).
+            walk = vdso.walk(pc if in_go else None, sp, r.r12, StackMemory(read, sp, data),  # type: ignore[arg-type]
+                             [StackSpan(g.stack_lo, g.stack_hi)])
+            if walk is not None:
+                return self._stack(g, walk, "vdso", tid, pause_ns)
+        if not in_go:
             # In the vDSO, C code or a raw syscall: the runtime's own records say where Go left off.
             if m is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
                 mem = StackMemory(read)

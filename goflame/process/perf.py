@@ -46,15 +46,16 @@ _EXCLUDE_HV = 1 << 6
 _USE_CLOCKID = 1 << 25
 _CLOCK_MONOTONIC = 1
 # x86_64 perf register indices (perf_regs.h): what a Go stack walk needs, in index order
-REG_BP, REG_SP, REG_IP, REG_R14 = 6, 7, 8, 22
-_REG_MASK = (1 << REG_BP) | (1 << REG_SP) | (1 << REG_IP) | (1 << REG_R14)
+# (R12: the goroutine's SP inside the runtime's vDSO calls, see unwind/vdsocall.py)
+REG_BP, REG_SP, REG_IP, REG_R12, REG_R14 = 6, 7, 8, 20, 22
+_REG_MASK = (1 << REG_BP) | (1 << REG_SP) | (1 << REG_IP) | (1 << REG_R12) | (1 << REG_R14)
 _ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: every field used here; accepted since Linux 4.1
 # perf_event_mmap_page: data_head, data_tail, data_offset, data_size
 _HEAD_OFF, _TAIL_OFF = 1024, 1032
 _Q = struct.Struct("<Q")
 _HDR = struct.Struct("<IHH")  # type, misc, size
-# a sample: pid, tid, time, abi, bp, sp, ip, r14, stack size (then the stack, then dyn_size)
-_SAMPLE = struct.Struct("<IIQQQQQQQ")
+# a sample: pid, tid, time, abi, bp, sp, ip, r12, r14, stack size (then the stack, then dyn_size)
+_SAMPLE = struct.Struct("<IIQQQQQQQQ")
 _LOST = struct.Struct("<QQ")  # id, lost
 PAGE = mmap.PAGESIZE
 FULL_RINGS = 128
@@ -80,6 +81,7 @@ class KernelSample:
     pc: int
     sp: int
     bp: int
+    r12: int  # the goroutine's SP in the runtime's vDSO calls
     r14: int  # Go's g register in Go code (ABIInternal, amd64, Go >= 1.17)
     stack: bytes  # the stack from sp up, as it was at the sample
 
@@ -247,11 +249,11 @@ def _parse(tid: int, data: bytes, out: list[KernelSample]) -> int:
         if size < hs or off + size > n:
             break  # torn: nothing sane follows
         if kind == PERF_RECORD_SAMPLE and size >= hs + ss:
-            _pid, stid, t, abi, bp, sp, ip, r14, dump = unpack_sample(data, off + hs)
+            _pid, stid, t, abi, bp, sp, ip, r12, r14, dump = unpack_sample(data, off + hs)
             if abi != PERF_SAMPLE_REGS_ABI_NONE:
                 s = off + hs + ss
                 dyn = _Q.unpack_from(data, s + dump)[0] if dump and s + dump + 8 <= off + size else 0
-                out.append(KernelSample(stid or tid, t, ip, sp, bp, r14, data[s:s + min(dyn, dump)]))
+                out.append(KernelSample(stid or tid, t, ip, sp, bp, r12, r14, data[s:s + min(dyn, dump)]))
             # abi NONE: a kernel thread or no user context (exiting): nothing to walk
         elif kind == PERF_RECORD_LOST and size >= hs + _LOST.size:
             lost += _LOST.unpack_from(data, off + hs)[1]

@@ -14,10 +14,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME, Func
 from goflame.errors import InvalidMemory
+
+if TYPE_CHECKING:
+    from goflame.unwind.vdsocall import VdsoCalls
 
 MAX_FRAMES = 100_000
 PTR = 8
@@ -103,10 +108,18 @@ class GoUnwinder:
     def __init__(self, binary: GoBinary, bias: int = 0):
         self.tab = binary.pclntab
         self.bias = bias
+        self._binary = binary
         text_lo, text_hi = binary.text_range
         self.text_lo, self.text_hi = text_lo + bias, text_hi + bias
         self._spdelta_cache: dict[int, tuple[Func | None, int | None]] = {}
         self._steps: dict[int, tuple[int, int, int]] = {}  # see live_pcs
+
+    @cached_property
+    def vdso(self) -> VdsoCalls:
+        """How to walk out of the runtime's vDSO calls (found on first use)."""
+        from goflame.unwind.vdsocall import VdsoCalls
+
+        return VdsoCalls(self._binary, self)
 
     def func_at(self, pc: int) -> tuple[Func | None, int | None]:
         """(function, spdelta) at a process pc, cached: the per-sample hot path."""

@@ -39,6 +39,7 @@ from goflame.frame import Frame, FrameKind
 from goflame.process import MemoryMap, Process, Registers
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
 from goflame.unwind.prologue import FRAME_POINTER, FrameRule, PrologueAnalyzer
+from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
     from goflame.runtime import Goroutine, Machine, RuntimeReader
@@ -1182,7 +1183,7 @@ class NativeStitcher:
             mem.preload(stopped.other_stacks)
         in_go = self.reader.in_text
         if in_go(pc):
-            walk = self._go_from_registers(m, g, pc, sp, mem, g0_bounds)
+            walk = self._go_from_registers(m, g, pc, sp, regs.r12, mem, g0_bounds)
             return self.splice(walk, m, g, mem, stopped)
         bounds = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S) or (sp, sp + 1)
         nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
@@ -1203,19 +1204,34 @@ class NativeStitcher:
         frames.extend(rest.frames)
         return MixedWalk(frames, rest.stop)
 
-    def _go_from_registers(self, m: Machine | None, g: Goroutine | None, pc: int, sp: int, mem: StackMemory,
-                           g0_bounds: dict[int, tuple[int, int]]) -> Walk:
+    def _go_from_registers(self, m: Machine | None, g: Goroutine | None, pc: int, sp: int, r12: int,
+                           mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
         """Go code on a thread: the same walk as without --native (goroutine or system stack)."""
         if g is not None and g.contains_sp(sp):
-            return self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-        bounds = self._system_bounds(m, sp, g0_bounds)
-        if bounds is None:
-            return Walk([], "bounds")
-        # A thread started by C (cgo) gets g0 bounds that end inside mstart0's frame: the
-        # thread's stack mapping lets the walk reach mstart, as the runtime's own traceback does.
-        mapped = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
-        hi = max(bounds[1], mapped[1]) if mapped is not None else bounds[1]
-        return self.go.unwind(pc, sp, 0, mem, bounds[0], hi, exact=True, on_system_stack=self._switch_to(g))
+            walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
+        else:
+            bounds = self._system_bounds(m, sp, g0_bounds)
+            if bounds is None:
+                return Walk([], "bounds")
+            # A thread started by C (cgo) gets g0 bounds that end inside mstart0's frame: the
+            # thread's stack mapping lets the walk reach mstart, as the runtime's own traceback does.
+            mapped = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
+            hi = max(bounds[1], mapped[1]) if mapped is not None else bounds[1]
+            walk = self.go.unwind(pc, sp, 0, mem, bounds[0], hi, exact=True, on_system_stack=self._switch_to(g))
+        return self._out_of_vdso_call(walk, pc, True, sp, r12, m, g, mem, g0_bounds)
+
+    def _out_of_vdso_call(self, walk: Walk, pc: int, exact: bool, sp: int, r12: int, m: Machine | None,
+                          g: Goroutine | None, mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
+        """A walk stopped in the SPWRITE function it started in: out of a vDSO caller through
+        R12 (see vdsocall.py), else as it is; None-safe for every other function."""
+        if walk.stop != "spwrite" or len(walk.frames) != 1 or self.go.vdso.caller_at(pc) is None:
+            return walk
+        spans = [StackSpan(g.stack_lo, g.stack_hi)] if g is not None else []
+        b = self._system_bounds(m, r12, g0_bounds)
+        if b is not None:
+            spans.append(StackSpan(b[0], b[1], self._switch_to(g)))
+        out = self.go.vdso.walk(pc, sp, r12, mem, spans, exact)
+        return out if out is not None else Walk(walk.frames, "vdso-call")
 
     @staticmethod
     def _switch_to(g: Goroutine | None) -> Callable[[str], StackSwitch | None] | None:
@@ -1258,13 +1274,18 @@ class NativeStitcher:
         if bounds is None:
             return MixedWalk([], "bounds")
         walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
+        if walk.stop == "spwrite" and len(walk.frames) == 1 and self.go.vdso.caller_at(pc) is not None:
+            # C returned into a vDSO caller (time.now): R12, restored by the C code's CFI, leads on.
+            walk = self._out_of_vdso_call(walk, pc, False, sp, regs.get(12, 0), m, g, mem, g0_bounds)
+            if walk.stop != "vdso-call":
+                return self.splice(walk, m, g, mem, stopped)
         frames: list[MixedFrame] = list(walk.frames)
         last = walk.frames[-1].func.name if walk.frames else ""
         if g is None and last.startswith("runtime.asmcgocall"):
             # A cgo call, but which goroutine made it was not read in the stop: the Go part of
             # the stack is unknown, which the walk must say rather than end as if complete.
             return MixedWalk(frames, "no-goroutine")
-        if g is None or walk.stop not in ("spwrite", "unknown-pc", "bounds", "no-frame-size"):
+        if g is None or walk.stop not in ("spwrite", "unknown-pc", "bounds", "no-frame-size", "vdso-call"):
             return self.splice(walk, m, g, mem, stopped)
         if last.startswith("runtime.asmcgocall"):
             rest = self._go_from_syscall(m, g, mem, stopped)  # a cgo call: asmcgocall switched to g0
@@ -1272,7 +1293,7 @@ class NativeStitcher:
             vdso_sp, vdso_pc = (stopped.vdso if stopped is not None and stopped.vdso is not None
                                 else self._vdso_of(m) if m is not None else (0, 0))
             if not (vdso_sp and g.contains_sp(vdso_sp)):
-                return MixedWalk(frames, walk.stop)
+                return MixedWalk(frames, "vdso-call" if walk.stop == "spwrite" else walk.stop)  # cut, never complete
             cont = self.go.unwind(vdso_pc, vdso_sp, 0, mem, g.stack_lo, g.stack_hi)  # a vDSO call
             rest = self.splice(cont, m, g, mem, stopped)
         # The Go part could not be found: say why (its stop), never end as if complete.

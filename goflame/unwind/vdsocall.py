@@ -1,0 +1,155 @@
+"""Back from a vDSO call to the goroutine that made it (linux/amd64).
+
+Go reads the clock through the vDSO in assembly (runtime/time_linux_amd64.s `time·now`,
+runtime/sys_linux_amd64.s `nanotime1`, `vgetrandom1`): each copies SP into R12 ("unchanged by C
+code"), moves SP to g0's stack when on a goroutine, aligns it, and calls C. Their pcsp tables
+cannot describe that (the functions are SPWRITE), so a walk from inside one, or from the vDSO
+below it, ends right there: programs that call time.Now often had 5-50 % of their samples
+cut off at `time.now` or a lone `[native code]`.
+
+Go's own profiler walks on from m.vdsoPC/m.vdsoSP, which those functions set for it. goflame
+uses R12 instead: every sample has the registers (ptrace and perf alike), while the M's fields
+would have to be read in the stop, and a kernel sample has no memory but the stack. The return
+address sits at R12 + the frame size the function had when it copied SP, and it is trusted only
+if the instruction before it is a CALL of that very function.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from goflame.binary.gobinary import GoBinary
+from goflame.binary.pclntab import Func
+from goflame.errors import GoflameError, InvalidMemory
+from goflame.unwind.gopclntab import PTR, GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+
+# The Go functions that call the vDSO with the goroutine's SP saved in R12 (Go 1.17+).
+VDSO_CALLERS = ("time.now", "runtime.nanotime1", "runtime.walltime", "runtime.vgetrandom1")
+_CALL_REL32 = 0xE8
+_REL32 = struct.Struct("<i")
+
+
+@dataclass(frozen=True, slots=True)
+class VdsoCaller:
+    func: Func
+    entry: int  # process address
+    end: int
+    saved_at: int  # process pc just after `MOVQ SP, R12`: from here on R12 holds the frame's SP
+    frame: int  # spdelta there: the return address is at R12 + frame
+
+
+@dataclass(frozen=True, slots=True)
+class StackSpan:
+    """A stack the saved SP may be on, and where a walk on it jumps when it reaches
+    systemstack/morestack (None: it does not; see GoUnwinder.unwind)."""
+
+    lo: int
+    hi: int
+    on_system_stack: Callable[[str], StackSwitch | None] | None = None
+
+
+class VdsoCalls:
+    """The binary's vDSO-calling functions, found once by name and by their `MOVQ SP, R12`."""
+
+    def __init__(self, binary: GoBinary, unwinder: GoUnwinder):
+        self._binary = binary
+        self._go = unwinder
+        self._callers = self._find()
+        self._ranges = tuple((c.entry, c.end) for c in self._callers)
+        self._call_targets: dict[int, int] = {}
+
+    def _find(self) -> tuple[VdsoCaller, ...]:
+        if self._binary.arch != "amd64":
+            return ()
+        import capstone  # only for these few functions, once
+
+        cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        tab, bias = self._binary.pclntab, self._go.bias
+        out = []
+        for name in VDSO_CALLERS:
+            f = tab.func_by_name(name)
+            if f is None or not f.pcsp:
+                continue
+            try:
+                code = bytes(self._binary.elf.read(f.entry, min(f.end - f.entry, 512)))
+            except (GoflameError, ValueError):
+                continue
+            for ins in cs.disasm(code, f.entry):
+                if ins.mnemonic == "mov" and ins.op_str == "r12, rsp":
+                    at = ins.address + ins.size
+                    frame = tab.spdelta(f, at)
+                    if frame is not None and frame >= 0:
+                        out.append(VdsoCaller(f, f.entry + bias, f.end + bias, at + bias, frame))
+                    break
+        return tuple(out)
+
+    def caller_at(self, pc: int) -> VdsoCaller | None:
+        """The vDSO-calling function containing pc, if it is one."""
+        for i, (lo, hi) in enumerate(self._ranges):
+            if lo <= pc < hi:
+                return self._callers[i]
+        return None
+
+    def saved_sp(self, pc: int, in_go: bool, sp: int, r12: int) -> int:
+        """Where the goroutine's stack is for a thread at (pc, sp): R12 in the vDSO (`in_go`
+        False) or in a vDSO caller past its `MOVQ SP, R12`, else sp."""
+        if not in_go:
+            return r12 or sp
+        c = self.caller_at(pc)
+        return r12 if c is not None and pc >= c.saved_at and r12 else sp
+
+    def walk(self, pc: int | None, sp: int, r12: int, mem: StackMemory, spans: Sequence[StackSpan],
+             exact: bool = True) -> Walk | None:
+        """The walk of a thread stopped inside a vDSO caller (pc; `exact`: the instruction
+        itself, not a return address) or in the vDSO under one (pc None: which caller is found
+        from its return address), or None if the registers do not lead back to a call of it."""
+        if pc is None:
+            for c in self._callers:
+                w = self._walk_from(c, c.saved_at, True, r12, c.frame, mem, spans)
+                if w is not None:
+                    return w
+            return None
+        c = self.caller_at(pc)
+        if c is None:
+            return None
+        if pc < c.saved_at:  # SP is still the goroutine's, and pcsp right
+            frame = self._go.func_at(pc)[1]
+            return None if frame is None or frame < 0 else self._walk_from(c, pc, exact, sp, frame, mem, spans)
+        return self._walk_from(c, pc, exact, r12, c.frame, mem, spans)
+
+    def _walk_from(self, c: VdsoCaller, pc: int, exact: bool, base: int, frame: int, mem: StackMemory,
+                   spans: Sequence[StackSpan]) -> Walk | None:
+        slot = base + frame
+        for span in spans:
+            if span.lo <= base and slot + PTR <= span.hi:
+                break
+        else:
+            return None
+        try:
+            ra = mem.u64(slot)
+        except InvalidMemory:
+            return None
+        if self._call_target(ra) != c.entry:
+            return None
+        rest = self._go.unwind(ra, slot + PTR, 0, mem, span.lo, span.hi, on_system_stack=span.on_system_stack)
+        return Walk([PhysicalFrame(pc, base, slot + PTR, c.func, exact), *rest.frames], rest.stop)
+
+    def _call_target(self, ra: int) -> int:
+        """Where the direct CALL ending at return address `ra` goes (0: not a direct call)."""
+        hit = self._call_targets.get(ra)
+        if hit is None:
+            hit = 0
+            go = self._go
+            if go.text_lo + 5 <= ra < go.text_hi:
+                try:
+                    code = bytes(self._binary.elf.read(ra - go.bias - 5, 5))
+                except (GoflameError, ValueError):
+                    code = b""
+                if len(code) == 5 and code[0] == _CALL_REL32:
+                    hit = ra + _REL32.unpack_from(code, 1)[0]
+            if len(self._call_targets) > 1 << 16:
+                self._call_targets.clear()
+            self._call_targets[ra] = hit
+        return hit
