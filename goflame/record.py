@@ -191,15 +191,27 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
         mode="wall" if opts.idle else "cpu", rate_hz=opts.rate, start_time=time.time(),
         command=tuple(opts.command), extra={"nonblocking": opts.nonblocking, **({"native": True} if opts.native else {})},
     )
-    warned = False
+    warned = told_fallback = False
     try:
         with target:
             sampler = Sampler(target, config)
-            writer = RecordingWriter(raw_path, meta)
+            sampler.choose_engine()  # a refused --engine perf fails here, before any file is made
+            try:
+                writer = RecordingWriter(raw_path, meta)
+            except BaseException:
+                sampler.close()
+                raise
             try:
                 def on_tick(st: SamplerStats) -> None:
-                    nonlocal warned
+                    nonlocal warned, told_fallback
                     writer.tick()
+                    if st.fallback and not told_fallback:
+                        told_fallback = True
+                        msg = (f"{st.fallback}; sampling with ptrace instead, which stops each sampled "
+                               f"thread for tens of µs")
+                        result.warnings.append(msg)
+                        if on_warning:
+                            on_warning(msg)
                     behind = max(st.missed_s, st.max_lag_s)
                     if not warned and behind > LAG_WARNING_S:
                         warned = True
@@ -241,6 +253,7 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
                                               "errors": stats.errors,
                                               "extra": {"nonblocking": opts.nonblocking, "missed_ticks": stats.missed,
                                                         "late_ticks": stats.late, "engine": stats.engine,
+                                                        **({"perf_refused": stats.fallback} if stats.fallback else {}),
                                                         "achieved_rate_hz": round(stats.rate, 2),
                                                         **({"native": True} if opts.native else {})}}))
             except BaseException:

@@ -45,6 +45,7 @@ TIDS_REFRESH_S = 0.05
 @dataclass(slots=True)
 class SamplerStats:
     engine: str = "ptrace"  # what sampled the running threads: "ptrace" or "perf"
+    fallback: str = ""  # engine "auto" in CPU mode: why perf could not be used ("" if it was)
     ticks: int = 0  # ptrace: sampling ticks; perf: reads of the kernel's buffers
     samples: int = 0
     errors: int = 0  # samples dropped: torn memory, a thread gone mid-pause, an undecodable g
@@ -120,6 +121,8 @@ class Sampler:
         # sym_pc -> (its frames, last funcID) when none is a wrapper, else (): see _symbolize
         self._plain_frames: dict[int, tuple[tuple[Frame, ...], int] | tuple[()]] = {}
         self._owners: list[tuple[int, int, int]] = []  # (stack lo, hi, g address): see _stack_owner
+        self._kernel: PerfSampling | None = None  # opened by choose_engine, taken by run
+        self._engine_chosen = False
         self._owners_time = float("-inf")
 
     # -- Ms (threads) -----------------------------------------------------------------------------
@@ -445,9 +448,10 @@ class Sampler:
         for a in (m.g0, m.gsignal):
             b = self._g0_bounds.get(a)
             if b and b[0] <= sp < b[1]:
-                if g is None:
-                    return StackSpan(b[0], b[1])
-                return StackSpan(b[0], b[1], _switch_to(g))
+                # A thread started by C (cgo) has g0 bounds that end inside mstart0's frame
+                # (runtime.mstart0 sets stack.hi to a local's address): let the walk reach mstart.
+                hi = b[1] + G0_SLACK if a == m.g0 else b[1]
+                return StackSpan(b[0], hi, _switch_to(g) if g is not None else None)
         return None
 
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
@@ -551,7 +555,8 @@ class Sampler:
             should_stop: Callable[[], bool] = lambda: False, on_tick: Callable[[SamplerStats], None] | None = None,
             ) -> SamplerStats:
         """Sample until `duration` passes, `should_stop()` says so, or the target exits."""
-        kernel = self._kernel_sampling()
+        self.choose_engine()
+        kernel, self._kernel = self._kernel, None
         if kernel is not None:
             with kernel:
                 return self._run_kernel(kernel, on_samples, duration, should_stop, on_tick)
@@ -610,6 +615,21 @@ class Sampler:
             self.t.proc.pauser.release()
 
     # -- the kernel samples (perf) ----------------------------------------------------------------
+    def choose_engine(self) -> str:
+        """Decide how running threads are sampled and open the perf events now: `--engine perf`
+        where the machine refuses perf fails here, before anything is written (PerfUnavailable).
+        `run` calls it if nobody did; `close` closes what it opened if `run` never comes."""
+        if not self._engine_chosen:
+            self._kernel = self._kernel_sampling()
+            self._engine_chosen = True
+            self.stats.engine = "perf" if self._kernel is not None else "ptrace"
+        return self.stats.engine
+
+    def close(self) -> None:
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            kernel.close()
+
     def _kernel_sampling(self) -> PerfSampling | None:
         """A PerfSampling for `run`, or None to pause threads with ptrace instead."""
         cfg = self.cfg
@@ -623,10 +643,11 @@ class Sampler:
                 ps.add(tid)
             if not ps.tids and self.t.proc.tids():
                 raise PerfUnavailable("no thread of the target could be sampled")
-        except PerfUnavailable:
+        except PerfUnavailable as e:
             ps.close()
             if cfg.engine == "perf":
                 raise
+            self.stats.fallback = str(e)
             return None
         except BaseException:
             ps.close()
@@ -765,6 +786,7 @@ def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
+G0_SLACK = 1024  # bytes past g0's stack.hi a walk may read to reach mstart (see _system_span)
 STACK_OWNERS_S = 1.0  # perf: how often, at most, every goroutine's stack bounds are read again
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
 JITTER = 0.1  # perf: within this share of the rate

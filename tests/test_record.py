@@ -424,6 +424,66 @@ def test_more_busy_threads_than_cpus_are_sampled_on_time_and_left_untraced():
     assert st.ticks >= 0.9 * 500 * st.elapsed, (st.ticks, st.elapsed)
 
 
+def deny_perf_event_open() -> None:
+    """preexec_fn: refuse perf_event_open with EACCES in this process and its children, as a
+    container's seccomp profile does (Docker's default one among them). A classic-BPF filter:
+    arch must be x86-64, then syscall 298 -> ERRNO(EACCES), anything else -> ALLOW."""
+    import ctypes
+    import errno
+
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    kill, allow, deny = 0x80000000, 0x7FFF0000, 0x00050000 | errno.EACCES  # SECCOMP_RET_*
+    prog = [(ld_abs, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, kill),  # seccomp_data.arch
+            (ld_abs, 0, 0, 0), (jeq, 0, 1, 298), (ret, 0, 0, deny), (ret, 0, 0, allow)]  # .nr
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Insn))]
+
+    insns = (Insn * len(prog))(*[Insn(*i) for i in prog])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong)
+    if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    if libc.prctl(22, 2, ctypes.byref(Prog(len(prog), insns)), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+
+
+def test_where_perf_is_refused_record_falls_back_to_ptrace_and_says_why(tmp_path):
+    """In a container whose seccomp profile refuses perf_event_open, `record` (engine auto)
+    samples with ptrace instead, says why in one warning, and its shares are still the
+    workload's own; `--engine perf` there is one line and exit code 4, before any output."""
+    hog = subprocess.Popen([str(cpuhog()), "-d", "20s"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True)
+    try:
+        time.sleep(0.3)
+        out = tmp_path / "jail.folded"
+        r = subprocess.run([*GOFLAME, "record", "--pid", str(hog.pid), "-d", "3", "-o", str(out)],
+                           capture_output=True, text=True, timeout=120, preexec_fn=deny_perf_event_open)
+        forced = subprocess.run([*GOFLAME, "record", "--pid", str(hog.pid), "--engine", "perf", "-d", "1", "-o",
+                                 str(tmp_path / "forced.svg")], capture_output=True, text=True, timeout=120,
+                                preexec_fn=deny_perf_event_open)
+        assert no_thread_stopped(hog.pid)
+        hog.send_signal(signal.SIGINT)
+        own_text, _ = hog.communicate(timeout=30)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("goflame: warning:")]
+    assert len(warnings) == 1 and "perf_event_open was refused" in warnings[0] and "ptrace" in warnings[0], r.stderr
+    assert "(ptrace)" in r.stderr.splitlines()[-1], r.stderr
+    ours = shares(folded_counts(out))
+    own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
+    for h in HOT:  # 3 s at 100 Hz: ~300 samples, a binomial 3 sigma of at most ~8.7 points
+        assert abs(ours[h] - own[h]) <= 9, (h, ours, own)
+    assert forced.returncode == 4, forced.stderr
+    assert forced.stderr.count("\n") == 1 and "perf_event_open was refused" in forced.stderr, forced.stderr
+    assert "Traceback" not in forced.stderr and not (tmp_path / "forced.svg").exists()
+
+
 def test_perf_engine_counts_the_kernels_cpu_time_and_never_stops_the_target():
     """The kernel samples each thread every 1/rate s of its CPU time: the count of samples is
     the CPU time the kernel gave the target (jittered periods keep their mean), the shares

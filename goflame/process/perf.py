@@ -71,6 +71,8 @@ _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 class PerfUnavailable(GoflameError):
     """perf_event_open is not allowed or not supported here (the reason is the message)."""
 
+    exit_code = 4  # like a refused ptrace: the machine's policy, not the user's input
+
 
 @dataclass(frozen=True, slots=True)
 class KernelSample:
