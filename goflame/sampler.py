@@ -30,6 +30,7 @@ from goflame.profile import Sample
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
+from goflame.unwind import sigframe
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
 from goflame.unwind.vdsocall import StackSpan
 
@@ -385,10 +386,11 @@ class Sampler:
         return out
 
     def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, data: bytes,
-                   regs: Registers | None = None, r12: int = 0) -> tuple[Frame, ...]:
+                   regs: Registers | None = None, r12: int = 0, in_signal: bool = False) -> tuple[Frame, ...]:
         """The logical frames of a thread's stack at (pc, sp); `data`: the stack from sp as it
         was then (read in the stop, or copied by the kernel). --native needs the registers;
-        R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py)."""
+        R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py); a signal handler's
+        frames lead on to what the signal interrupted (unwind/sigframe.py)."""
         if self._native is not None:
             stopped: Stopped = data  # type: ignore[assignment]  # what while_stopped read
             walk = self._native.thread(m, g, regs, StackMemory(self._mem.read, regs.rsp, stopped.stack),
@@ -422,7 +424,25 @@ class Sampler:
                                    on_system_stack=span.on_system_stack)
         if walk.stop == "spwrite" and len(walk.frames) == 1 and unwinder.vdso.caller_at(pc) is not None:
             walk = self._out_of_vdso_call(pc, sp, r12, mem, m, g)
+        if sigframe.ends_in_handler(walk) and not in_signal:
+            return self._out_of_signal_handler(walk, mem, m, g)
         return self._logical(walk)
+
+    def _out_of_signal_handler(self, walk: Walk, mem: StackMemory, m: Machine, g: Goroutine | None
+                               ) -> tuple[Frame, ...]:
+        """The handler's frames on top of the interrupted code's: its registers are in the
+        signal frame. If they lead nowhere, the stack is marked truncated there."""
+        ctx = sigframe.interrupted(walk, mem)
+        inner: tuple[Frame, ...] = ()
+        if ctx is not None:
+            if g is None or not (g.contains_sp(ctx.sp) or self._system_span(m, g, ctx.sp) is not None):
+                g = self._stack_owner(ctx.sp) or g  # the goroutine the handler interrupted
+            try:
+                inner = self._walk_live(m, g, ctx.pc, ctx.sp, b"", r12=ctx.r12, in_signal=True)
+            except InvalidMemory:
+                inner = ()
+        handler = self._logical(sigframe.handler_part(walk))
+        return (*handler, *(inner or (Frame("[truncated: signal]", kind=FrameKind.UNKNOWN),)))
 
     def _out_of_vdso_call(self, pc: int, sp: int, r12: int, mem: StackMemory, m: Machine,
                           g: Goroutine | None) -> Walk:

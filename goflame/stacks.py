@@ -18,6 +18,7 @@ from goflame.frame import Frame
 from goflame.process import Process, Registers
 from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeReader, Snapshot
 from goflame.symbolize import Symbolizer
+from goflame.unwind import sigframe
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
 from goflame.unwind.vdsocall import StackSpan
 
@@ -43,7 +44,7 @@ class StackFrame:
 class GoroutineStack:
     g: Goroutine
     frames: tuple[StackFrame, ...]  # innermost first, nothing elided
-    start: str  # "sched", "syscall", "registers", "vdso", "stale" (running, not paused)
+    start: str  # "sched", "syscall", "registers", "vdso", "signal", "stale" (running, not paused)
     stop: str  # why the walk ended (see unwind.gopclntab.Walk)
     thread: int = 0  # tid of the thread running it, if any
     pause_ns: int = 0  # how long that thread was stopped for this stack
@@ -214,6 +215,13 @@ class StackCollector:
             stack = stopped.stack if stopped is not None else data
             walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, stack), g0_bounds, stopped)
             return self._stack(g, walk, "registers", tid, pause_ns)
+        walk, start = self._registers_walk(snap, g, m, r, data, system_stacks)  # type: ignore[arg-type]
+        return self._stack(g, walk, start, tid, pause_ns)
+
+    def _registers_walk(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes,
+                        system_stacks: bool, in_signal: bool = False) -> tuple[Walk, str]:
+        """The walk of a running goroutine's thread from its registers, and where it started."""
+        read = self.proc.memory.read
         pc, sp = r.rip, r.rsp
         vdso = self.unwinder.vdso
         in_go = self.reader.in_text(pc)
@@ -223,30 +231,30 @@ class StackCollector:
             walk = vdso.walk(pc if in_go else None, sp, r.r12, StackMemory(read, sp, data),  # type: ignore[arg-type]
                              [StackSpan(g.stack_lo, g.stack_hi)])
             if walk is not None:
-                return self._stack(g, walk, "vdso", tid, pause_ns)
+                return walk, "vdso"
         if not in_go:
             # In the vDSO, C code or a raw syscall: the runtime's own records say where Go left off.
             if m is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
                 mem = StackMemory(read)
                 walk = self.unwinder.unwind(m.vdso_pc, m.vdso_sp, 0, mem, g.stack_lo, g.stack_hi)
-                return self._stack(g, walk, "vdso", tid, pause_ns)
+                return walk, "vdso"
             fresh = self.reader.read_g(g.addr) or g
             if fresh.syscall_sp and fresh.contains_sp(fresh.syscall_sp):
                 mem = StackMemory(read)
                 walk = self.unwinder.unwind(fresh.syscall_pc, fresh.syscall_sp, 0, mem, g.stack_lo, g.stack_hi,
                                             from_syscall=True)
-                return self._stack(g, walk, "syscall", tid, pause_ns)
+                return walk, "syscall"
             mem = StackMemory(read)
             walk = self.unwinder.unwind(fresh.sched_pc, fresh.sched_sp, fresh.sched_lr, mem, g.stack_lo, g.stack_hi)
-            return self._stack(g, walk, "stale", tid, pause_ns)
+            return walk, "stale"
         mem = StackMemory(read, sp, data)
         if g.contains_sp(sp):
             walk = self.unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-            return self._stack(g, walk, "registers", tid, pause_ns)
+            return walk, "registers"
         bounds = self._stack_bounds_of(m, g, snap, sp) if m else None
         if bounds is None:
             walk = Walk([], "bounds")
-            return self._stack(g, walk, "registers", tid, pause_ns)
+            return walk, "registers"
 
         def switch(kind: str) -> StackSwitch | None:
             if not system_stacks:
@@ -255,7 +263,14 @@ class StackCollector:
             return StackSwitch(cur.sched_pc, cur.sched_sp, cur.sched_lr, cur.stack_lo, cur.stack_hi)
 
         walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
-        return self._stack(g, walk, "registers", tid, pause_ns)
+        if sigframe.ends_in_handler(walk) and not in_signal:
+            # In the signal handler: on to what the signal interrupted (unwind/sigframe.py).
+            ctx = sigframe.interrupted(walk, mem)
+            if ctx is None:
+                return Walk(walk.frames, "signal"), "signal"
+            inner, _ = self._registers_walk(snap, g, m, ctx.registers(r), b"", system_stacks, in_signal=True)
+            return Walk(walk.frames + inner.frames, inner.stop if inner.frames else "signal"), "signal"
+        return walk, "registers"
 
     def _stack(self, g: Goroutine, walk: Walk | MixedWalk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
         frames: list[StackFrame] = []

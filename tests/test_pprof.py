@@ -104,7 +104,7 @@ def server():
 @pytest.fixture(scope="module")
 def go_cpu_profile(tmp_path_factory) -> Path:
     """A CPU profile of examples/regress written by `go test -bench -cpuprofile`."""
-    return go_test_profile(tmp_path_factory.mktemp("gotest") / "cpu.pprof", iterations=1500)
+    return go_test_profile(tmp_path_factory.mktemp("gotest") / "cpu.pprof", iterations=3000)  # ~40 samples
 
 
 @pytest.fixture(scope="module")

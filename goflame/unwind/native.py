@@ -37,6 +37,7 @@ from goflame.binary.varint import uleb128 as _uleb
 from goflame.errors import GoflameError, InvalidMemory
 from goflame.frame import Frame, FrameKind
 from goflame.process import MemoryMap, Process, Registers
+from goflame.unwind import sigframe
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
 from goflame.unwind.prologue import FRAME_POINTER, FrameRule, PrologueAnalyzer
 from goflame.unwind.vdsocall import StackSpan
@@ -1176,14 +1177,23 @@ class NativeStitcher:
             return None
 
     def thread(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
-               g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None = None) -> MixedWalk:
-        """The stack of a stopped thread: native frames where it runs C, then its goroutine's."""
+               g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None = None,
+               in_signal: bool = False) -> MixedWalk:
+        """The stack of a stopped thread: native frames where it runs C, then its goroutine's.
+        In Go's signal handler: its frames, then those of the code the signal interrupted."""
         pc, sp = regs.rip, regs.rsp
         if stopped is not None:
             mem.preload(stopped.other_stacks)
         in_go = self.reader.in_text
         if in_go(pc):
             walk = self._go_from_registers(m, g, pc, sp, regs.r12, mem, g0_bounds)
+            if sigframe.ends_in_handler(walk) and not in_signal:
+                ctx = sigframe.interrupted(walk, mem)
+                handler = self.splice(sigframe.handler_part(walk), m, g, mem, stopped)
+                if ctx is None:
+                    return MixedWalk(handler.frames, "signal")
+                inner = self.thread(m, g, ctx.registers(regs), mem, g0_bounds, stopped, in_signal=True)
+                return MixedWalk(handler.frames + inner.frames, inner.stop if inner.frames else "signal")
             return self.splice(walk, m, g, mem, stopped)
         bounds = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S) or (sp, sp + 1)
         nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
