@@ -173,6 +173,8 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
     st = res.stats
     pauses = sorted(st.pause_ns)
     median = f", median pause {pauses[len(pauses) // 2] / 1000:.0f} µs" if pauses else ""
+    if st.busy:
+        median += f", {st.busy:,} samples not taken: another tracer (a debugger?) held the thread"
     if st.missed and st.engine == "perf":
         median += f", {st.missed:,} samples lost by the kernel ({100 * st.missed / (st.samples + st.missed):.1f} %)"
     elif st.missed:
@@ -182,8 +184,8 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
                                               res.raw_path != res.output else ""), err=True)
     if res.exit_status is not None:
         click.echo(f"goflame: {' '.join(command)} exited with status {res.exit_status}", err=True)
-    elif res.target_exited:
-        click.echo(f"goflame: process {res.pid} exited", err=True)
+    elif res.target_end:
+        click.echo(f"goflame: process {res.pid} {res.target_end}", err=True)
 
 
 @main.command()

@@ -44,6 +44,10 @@ class ProcessGone(GoflameError):
     exit_code = 3
 
 
+class TargetExeced(ProcessGone):
+    """The target replaced its program (execve): what goflame knew of it no longer holds."""
+
+
 class NotPermitted(GoflameError):
     """The kernel refused ptrace or a memory read of the target."""
 

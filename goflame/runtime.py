@@ -78,7 +78,7 @@ class Machine:
 
     addr: int
     id: int
-    tid: int
+    tid: int  # its thread id here (0: no thread of the target has it now); see ns_tid
     curg: int  # address of the user goroutine it runs (0 if none)
     g0: int
     gsignal: int
@@ -89,6 +89,7 @@ class Machine:
     vdso_sp: int
     vdso_pc: int
     locked_g: int
+    ns_tid: int = 0  # m.procid: the id in the target's own pid namespace, as the runtime knows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +308,9 @@ class RuntimeReader:
                 bad += 1
                 break
             f = self.m
+            procid = f.get(buf, "procid")
             out.append(Machine(
-                addr=addr, id=f.get(buf, "id"), tid=f.get(buf, "procid"), curg=f.get(buf, "curg"),
+                addr=addr, id=f.get(buf, "id"), tid=self.proc.host_tid(procid), ns_tid=procid, curg=f.get(buf, "curg"),
                 g0=f.get(buf, "g0"), gsignal=f.get(buf, "gsignal"), p=f.get(buf, "p"),
                 spinning=bool(f.get(buf, "spinning")), blocked=bool(f.get(buf, "blocked")),
                 incgo=bool(f.get(buf, "incgo")), vdso_sp=f.get(buf, "vdsosp"), vdso_pc=f.get(buf, "vdsopc"),

@@ -13,16 +13,15 @@ from __future__ import annotations
 import bisect
 import gc
 import math
-import os
 import random
 import struct
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import TYPE_CHECKING
 
-from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone
+from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone, TargetExeced
 from goflame.frame import Frame, FrameKind
 from goflame.process import Registers
 from goflame.process.perf import KernelSample, PerfSampling, PerfUnavailable
@@ -37,10 +36,19 @@ from goflame.unwind.vdsocall import StackSpan
 if TYPE_CHECKING:
     from goflame.unwind.native import Stopped
 
+NOT_IN_SYSCALL = (1 << 64) - 1  # orig_rax of a thread stopped outside a syscall (-1)
 M_REFRESH_S = 1.0
 M_UNKNOWN_REFRESH_S = 0.05  # sooner when a thread to sample is no M we know (a new M, or C's own)
 _U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
+
+
+class TargetEnd(Enum):
+    """How the target ended a recording that it ended (RUNNING: it did not)."""
+
+    RUNNING = "running"
+    EXITED = "exited"
+    EXECED = "exec'd a new program"
 
 
 @dataclass(slots=True)
@@ -50,6 +58,8 @@ class SamplerStats:
     ticks: int = 0  # ptrace: sampling ticks; perf: reads of the kernel's buffers
     samples: int = 0
     errors: int = 0  # samples dropped: torn memory, a thread gone mid-pause, an undecodable g
+    busy: int = 0  # ptrace: samples not taken because another tracer (a debugger) held the thread
+    deferred: int = 0  # ptrace: stops that found the thread woken from a wait, not running: taken later
     missed: int = 0  # ticks never taken (due more than CATCH_UP_S ago); perf: samples the kernel lost
     missed_s: float = 0.0  # the time those ticks stood for: how far sampling fell behind, in all
     late: int = 0  # ticks taken, but more than one interval after they were due (catching up)
@@ -58,6 +68,10 @@ class SamplerStats:
     started: float = 0.0
     elapsed: float = 0.0
     cpu_ns: int = 0  # perf: the CPU time of the threads sampled, as the kernel counted it
+    end: TargetEnd = TargetEnd.RUNNING
+
+    def target_gone(self, e: ProcessGone, execed: bool = False) -> None:
+        self.end = TargetEnd.EXECED if execed or isinstance(e, TargetExeced) else TargetEnd.EXITED
 
     @property
     def rate(self) -> float:
@@ -103,6 +117,7 @@ class Sampler:
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
         self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
+        self._switched_in: dict[int, int] = {}  # tid -> times switched in, at that read (_where_it_ran)
         self._credit: dict[int, float] = {}  # tid -> CPU time accrued towards its next sample, in intervals
         self._grew: dict[int, float] = {}  # tid -> when its run time was last seen to grow
         mem = target.proc.memory
@@ -115,7 +130,6 @@ class Sampler:
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
         self._g_tls = target.binary.globals.g_tls_offset if not config.native else None  # see _sample_running
-        self._carry = False  # inside `run`: pauses carry their waits over (Pauser.pause_carrying)
         self._tids: list[int] = []
         self._tids_time = float("-inf")
         self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _stack_of
@@ -161,6 +175,7 @@ class Sampler:
         long for its first sample; one that exits drops out at once: its schedstat is gone)."""
         if now - self._tids_time > TIDS_REFRESH_S:
             self._tids = self.t.proc.tids()
+            self.t.proc.check_alive()  # exited, its pid reused, or exec'd: ProcessGone
             self._tids_time = now
         return self._tids
 
@@ -172,18 +187,19 @@ class Sampler:
         if it is in state R then: the samples are an unbiased estimate of CPU time even when
         the machine is overloaded (R also means queued for a CPU), and systematic, without
         coin-flip noise. Only a thread due a sample has its state read; a due thread that is
-        not running now (or whose last interrupt is still carried over) keeps its credit for
-        the next tick. A thread whose run time has not grown for QUIET_S (an idle M parked in
-        the kernel: most of a server's threads) is looked at only every QUIET_RECHECK_S; the
-        CPU time it ran in between is credited all the same.
+        not running now keeps its credit for the next tick, and so does one whose stop shows
+        it was not on its CPU after all (see `_where_it_ran`). A thread whose run time has not
+        grown for QUIET_S (an idle M parked in the kernel: most of a server's threads) is
+        looked at only every QUIET_RECHECK_S; the CPU time it ran in between is credited all
+        the same.
         """
         proc = self.t.proc
-        run_time_ns = proc.run_time_ns
+        schedstat = proc.schedstat
         out = []
         credit = self._credit
         run_ns = self._run_ns
         grew = self._grew
-        carried = proc.pauser.is_carried if self._carry else None
+        switched_in = self._switched_in
         max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
         per_ns = self.cfg.rate / 1e9  # credit per ns of CPU time
         seen = 0
@@ -192,9 +208,10 @@ class Sampler:
             if prev is not None and now - grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
                 seen += 1
                 continue
-            rt = run_time_ns(tid)
-            if rt is None:
+            st = schedstat(tid)
+            if st is None:
                 continue
+            rt, switched_in[tid] = st
             seen += 1
             run_ns[tid] = (rt, now)
             if prev is None or now <= prev[1]:
@@ -211,10 +228,9 @@ class Sampler:
                 grew[tid] = now
                 c += (rt - prev[0]) * per_ns
             if c >= 1.0:
-                # Owed a sample but not on a CPU now, or its last interrupt is not served yet
-                # (it is queued for one): taken at a later tick, not lost, so every thread's
-                # count of samples still follows its CPU time.
-                if (carried is None or not carried(tid)) and proc.thread_state(tid) == "R":
+                # Owed a sample but not on a CPU now: taken at a later tick, not lost, so every
+                # thread's count of samples still follows its CPU time.
+                if proc.thread_state(tid) == "R":
                     out.append(tid)
                     c -= 1.0
                 c = min(c, max_credit)
@@ -227,7 +243,25 @@ class Sampler:
             self._run_ns = {t: v for t, v in run_ns.items() if now - v[1] < 10}
             self._credit = {t: c for t, c in credit.items() if t in self._run_ns}
             self._grew = {t: g for t, g in grew.items() if t in self._run_ns}
+            self._switched_in = {t: n for t, n in switched_in.items() if t in self._run_ns}
         return out
+
+    def _where_it_ran(self, tid: int, regs: Registers, switched_in: int | None) -> bool:
+        """Whether a stopped thread's registers are where it spent the CPU time it is sampled for.
+
+        A thread in state R when the tick looked may have been running, or waiting for a CPU
+        after a wakeup: one woken in futex, epoll_wait or nanosleep enters our stop on its
+        way out of that syscall, and its registers say "runtime.futex", not where its CPU time
+        went (on a busy Go program half the samples were syscall wrappers where perf sees a
+        tenth in the kernel). The stop tells: a thread stopped in user mode (orig_rax -1) was
+        running user code when it last left its CPU (a wakeup is always a return from the
+        kernel); one stopped in a syscall was on its CPU inside that syscall (kernel time,
+        charged to the wrapper as perf's callchains would) only if it was not switched in
+        again since the tick looked (schedstat, read in the stop).
+        """
+        if regs.orig_rax == NOT_IN_SYSCALL:
+            return True
+        return switched_in is not None and switched_in == self._switched_in.get(tid)
 
     def _sample_running(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
         mem = self._mem
@@ -254,16 +288,27 @@ class Sampler:
             def while_stopped(tid: int, regs: Registers) -> Stopped:
                 return self._native.while_stopped(self._ms.get(tid), regs, STOPPED_WINDOW)
 
-        if self._carry:
-            pauser = self.t.proc.pauser
-            paused = pauser.pause_carrying(tids, while_stopped, min(CARRY_WAIT_S, 0.1 / self.cfg.rate))
-            self.stats.errors += pauser.lost
-            pauser.lost = 0
-        else:
-            paused = self.t.proc.pause(tids, while_stopped)
-            self.stats.errors += len(tids) - len(paused)
-        for p in paused.values():
+        schedstat = self.t.proc.schedstat
+
+        def reads(tid: int, regs: Registers) -> tuple[object, int | None]:
+            st = schedstat(tid) if regs.orig_rax != NOT_IN_SYSCALL else None
+            return while_stopped(tid, regs), st[1] if st is not None else None
+
+        pauser = self.t.proc.pauser
+        busy_before = pauser.skipped_busy
+        paused = self.t.proc.pause(tids, reads)
+        busy = pauser.skipped_busy - busy_before
+        self.stats.busy += busy
+        self.stats.errors += len(tids) - len(paused) - busy
+        for tid, p in list(paused.items()):
             self.stats.pause_ns.append(p.held_ns)
+            extra, switched_in = p.extra
+            if not self._where_it_ran(tid, p.regs, switched_in):
+                del paused[tid]
+                self._credit[tid] = self._credit.get(tid, 0.0) + 1.0  # owed still: taken at a later tick
+                self.stats.deferred += 1
+            else:
+                paused[tid] = replace(p, extra=extra)
         # After the threads are released: which goroutine was each running?
         order = [tid for tid in paused if tid in self._ms]
         foreign = [tid for tid in paused if tid not in self._ms]  # threads the Go runtime does not own
@@ -584,55 +629,39 @@ class Sampler:
         self.stats.started = time.time()
         st = self.stats
         clock = TickClock(self.cfg.rate, st, self._rng, start)
-        pauser = self.t.proc.pauser
-        self._carry = not self.cfg.nonblocking
         busy = 0.0  # how long the last tick took
         # What exists now (binary tables, caches) lives as long as the recording: kept out of
         # the cyclic GC's full collections, which otherwise walk it all and stall a tick.
         gc.freeze()
-        with sampling_priority(realtime=True):
-            try:
-                while not should_stop():
+        try:
+            while not should_stop():
+                now = time.monotonic()
+                if duration is not None and now - start >= duration:
+                    break
+                # Behind or not, rest a quarter of the last tick's time: a sampler asked for
+                # more than it can do must still leave the CPU to others.
+                wake = max(clock.next, now + busy * REST_SHARE)
+                if now < wake:
+                    time.sleep(wake - now)
                     now = time.monotonic()
-                    if duration is not None and now - start >= duration:
-                        break
-                    # Behind or not, rest a quarter of the last tick's time: a real-time sampler
-                    # asked for more than it can do must still leave the CPU to others.
-                    wake = max(clock.next, now + busy * REST_SHARE)
-                    if now < wake:
-                        if pauser.carrying:
-                            pauser.serve_until(wake)
-                        else:
-                            time.sleep(wake - now)
-                        now = time.monotonic()
-                    clock.take(now)
-                    try:
-                        samples = self.sample(int((now - start) * 1e9))
-                    except ProcessGone:
-                        break
-                    st.ticks += 1
-                    if samples:
-                        on_samples(samples)
-                    st.elapsed = time.monotonic() - start
-                    if on_tick is not None:
-                        on_tick(st)
-                    clock.advance()
-                    busy = time.monotonic() - now
-            finally:
-                self._carry = False
+                clock.take(now)
                 try:
-                    pauser.release()
-                finally:
-                    gc.unfreeze()
-                    st.elapsed = time.monotonic() - start
+                    samples = self.sample(int((now - start) * 1e9))
+                except ProcessGone as e:
+                    st.target_gone(e, self.t.proc.memory.image_replaced())
+                    break
+                st.ticks += 1
+                if samples:
+                    on_samples(samples)
+                st.elapsed = time.monotonic() - start
+                if on_tick is not None:
+                    on_tick(st)
+                clock.advance()
+                busy = time.monotonic() - now
+        finally:
+            gc.unfreeze()
+            st.elapsed = time.monotonic() - start
         return st
-
-    def release(self) -> None:
-        """Let go of every thread of the target now (call it between ticks, e.g. from
-        `should_stop`): a carried interrupt would stop its thread until goflame served it, so
-        goflame must release before it is itself stopped (Ctrl-Z). Sampling goes on after."""
-        if self._carry:
-            self.t.proc.pauser.release()
 
     # -- the kernel samples (perf) ----------------------------------------------------------------
     def choose_engine(self) -> str:
@@ -691,60 +720,64 @@ class Sampler:
         cpu_read = 0.0
         gc.freeze()
         try:
-            with sampling_priority():
-                ended = False
-                while not ended:
+            ended = False
+            while not ended:
+                now = time.monotonic()
+                ended = should_stop() or (duration is not None and now - start >= duration)
+                if not ended:
+                    time.sleep(max(0.0, min(every, (start + duration - now) if duration is not None else every)))
                     now = time.monotonic()
-                    ended = should_stop() or (duration is not None and now - start >= duration)
-                    if not ended:
-                        time.sleep(max(0.0, min(every, (start + duration - now) if duration is not None else every)))
-                        now = time.monotonic()
-                    gone: set[int] = set()
-                    if now - self._tids_time > TIDS_REFRESH_S or ended:
-                        try:
-                            tids = set(self._threads(now))
-                        except ProcessGone:
-                            tids = set()
-                        if not tids or not self.t.proc.alive():  # gone, or a zombie
-                            tids, ended = set(), True  # what it sampled before exiting is still read
-                        gone = ps.tids - tids
-                        for tid in tids - ps.tids:
-                            ps.add(tid)
-                    if ended or gone or now - cpu_read > 0.5:
-                        for tid in ps.tids:
-                            c = ps.cpu_ns(tid)
-                            if c is not None:
-                                cpu[tid] = c
-                        st.cpu_ns = sum(cpu.values())
-                        cpu_read = now
-                    raw, lost = ps.drain()  # after reading the counts: every sample counted is here
-                    for tid in gone:
-                        ps.remove(tid)
-                        jitter_at.pop(tid, None)
-                    st.missed += lost
-                    st.missed_s += lost * period / 1e9
-                    st.ticks += 1
+                gone: set[int] = set()
+                if now - self._tids_time > TIDS_REFRESH_S or ended:
                     try:
-                        samples = self._from_kernel(raw, start_ns)
-                    except ProcessGone:  # exited: its memory went with it, and these samples too
-                        samples, ended = [], True
-                    st.samples += len(samples)
-                    if samples:
-                        on_samples(samples)
-                    # Each thread's sampling frequency is drawn again every JITTER_S or so, within
-                    # +-JITTER of the rate (mean exactly the rate, so counts stay CPU time): a
-                    # loop whose period locks to the sampling period is seen at a new phase each
-                    # time. Not more often: a new period starts from zero, so the CPU time since
-                    # the thread's last sample goes unsampled (half a period on average: 0.5 %
-                    # of the samples of a thread on a CPU half the time, at 100 Hz).
+                        tids = set(self._threads(now))
+                    except ProcessGone as e:
+                        st.target_gone(e, self.t.proc.memory.image_replaced())
+                        tids = set()
+                    if not tids:
+                        ended = True  # what it sampled before is still read
+                    gone = ps.tids - tids
+                    for tid in tids - ps.tids:
+                        if ps.add(tid) and not self.t.proc.owns(tid):
+                            ps.remove(tid)  # its id went to another process since it was listed
+                if ended or gone or now - cpu_read > 0.5:
                     for tid in ps.tids:
-                        if now >= jitter_at.get(tid, 0.0):
-                            if tid in jitter_at:
-                                ps.jitter(tid, int(period / (1 + JITTER * (2 * rng.random() - 1))))
-                            jitter_at[tid] = now + JITTER_S * (0.5 + rng.random())
-                    st.elapsed = time.monotonic() - start
-                    if on_tick is not None:
-                        on_tick(st)
+                        c = ps.cpu_ns(tid)
+                        if c is not None:
+                            cpu[tid] = c
+                    st.cpu_ns = sum(cpu.values())
+                    cpu_read = now
+                raw, lost = ps.drain()  # after reading the counts: every sample counted is here
+                if ps.execed:
+                    st.end, ended = TargetEnd.EXECED, True
+                for tid in gone:
+                    ps.remove(tid)
+                    jitter_at.pop(tid, None)
+                st.missed += lost
+                st.missed_s += lost * period / 1e9
+                st.ticks += 1
+                try:
+                    samples = self._from_kernel(raw, start_ns)
+                except ProcessGone as e:  # exited: its memory went with it, and these samples too
+                    st.target_gone(e, self.t.proc.memory.image_replaced())
+                    samples, ended = [], True
+                st.samples += len(samples)
+                if samples:
+                    on_samples(samples)
+                # Each thread's sampling frequency is drawn again every JITTER_S or so, within
+                # +-JITTER of the rate (mean exactly the rate, so counts stay CPU time): a
+                # loop whose period locks to the sampling period is seen at a new phase each
+                # time. Not more often: a new period starts from zero, so the CPU time since
+                # the thread's last sample goes unsampled (half a period on average: 0.5 %
+                # of the samples of a thread on a CPU half the time, at 100 Hz).
+                for tid in ps.tids:
+                    if now >= jitter_at.get(tid, 0.0):
+                        if tid in jitter_at:
+                            ps.jitter(tid, int(period / (1 + JITTER * (2 * rng.random() - 1))))
+                        jitter_at[tid] = now + JITTER_S * (0.5 + rng.random())
+                st.elapsed = time.monotonic() - start
+                if on_tick is not None:
+                    on_tick(st)
         finally:
             gc.unfreeze()
             st.elapsed = time.monotonic() - start
@@ -822,14 +855,11 @@ REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time 
 # Samples a thread can be owed (while its interrupt is carried over, or it is not running at
 # the ticks it is due): at least 3, or 20 ms of its CPU time. Bounds the burst that follows.
 MAX_CREDIT = 3.0
-MAX_CREDIT_S = 0.02
+MAX_CREDIT_S = 0.1
 # A thread whose CPU time has not grown for QUIET_S (longer than a few scheduler ticks, at
 # which the kernel adds a running thread's time) is read only every QUIET_RECHECK_S.
 QUIET_S = 0.05
 QUIET_RECHECK_S = 0.02
-# How long a tick waits for the stops of the threads it interrupted before carrying them over
-# (a tenth of the interval at most): a thread on a CPU stops within tens of microseconds.
-CARRY_WAIT_S = 0.0005
 # Ticks due at most this long ago are still taken, late (TickClock): a few scheduler slices,
 # what a stall of this machine or a slow tick costs; older ones are missed.
 CATCH_UP_S = 0.02
@@ -869,78 +899,3 @@ class TickClock:
     def advance(self) -> None:
         """Schedule the next tick, jittered by up to ±50 % so periodic work is not aliased."""
         self.next += self.interval * (0.5 + self.rng.random())
-
-
-@contextmanager
-def sampling_priority(realtime: bool = False) -> Iterator[None]:
-    """The sampling thread at a higher priority for the body, then as it was.
-
-    `realtime`: SCHED_FIFO priority 1 when permitted (see `_realtime`), else nice -10 (see
-    `_raise_priority`).
-    """
-    policy = _realtime() if realtime else None
-    niced = _raise_priority() if policy is None else None
-    try:
-        yield
-    finally:
-        if policy is not None:
-            _restore_policy(policy)
-        if niced is not None:
-            _restore_priority(niced)
-
-
-SAMPLER_NICE = -10
-
-
-def _realtime() -> tuple[int, os.sched_param] | None:
-    """SCHED_FIFO 1 for the sampling thread; the previous policy, or None if not permitted.
-
-    At nice -10 a sampler on a machine its target saturates still lost its CPU now and then
-    for a scheduler slice (4-5 ms: a thread it had stopped stayed stopped, ticks were missed;
-    bench/bench_sampler.py). A real-time policy is never preempted by ordinary threads; the
-    sampler sleeps between ticks and uses a few per cent of a CPU at 100 Hz (~30 % at 1 kHz),
-    and the kernel's real-time throttling caps it in any case. Linux applies it to the calling
-    thread only; SCHED_RESET_ON_FORK keeps it from children (a launched command).
-    """
-    try:
-        before = os.sched_getscheduler(0), os.sched_getparam(0)
-        if before[0] != os.SCHED_OTHER:
-            return None  # someone chose a policy for this thread: leave it alone
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-    except (OSError, AttributeError):
-        return None
-    return before
-
-
-def _restore_policy(before: tuple[int, os.sched_param]) -> None:
-    try:
-        os.sched_setscheduler(0, before[0], before[1])
-    except OSError:
-        pass
-
-
-def _raise_priority() -> int | None:
-    """Run the sampling thread at nice -10 while it samples; the previous value, or None.
-
-    On a machine whose CPUs the target keeps busy, a sampler at the target's priority wakes
-    for its tick only when the scheduler gets round to it: milliseconds late, ticks missed.
-    A higher CFS weight makes the wake-up preempt at once; the sampler still uses only the
-    little CPU a tick costs (unlike a real-time policy, nothing can be starved for long).
-    Linux applies PRIO_PROCESS with who=0 to the calling thread only. Needs CAP_SYS_NICE
-    (root); without it sampling simply runs at the normal priority.
-    """
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, 0)
-        if before <= SAMPLER_NICE:
-            return None
-        os.setpriority(os.PRIO_PROCESS, 0, SAMPLER_NICE)
-    except OSError:
-        return None
-    return before
-
-
-def _restore_priority(before: int) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, before)
-    except OSError:
-        pass

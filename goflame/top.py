@@ -40,11 +40,11 @@ from typing import Any
 from goflame.dump import goroutine_groups
 from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone
 from goflame.frame import Frame
+from goflame.lifecycle import attach_launched, finish_child, launch
 from goflame.process.procfs import CLOCK_TICKS
 from goflame.profile import RUNNING, Sample
-from goflame.record import _attach_launched, _finish_child, launch
 from goflame.runtime import STATUS_TEXT, Goroutine, is_system_goroutine
-from goflame.sampler import Sampler, SamplerConfig, TickClock, sampling_priority
+from goflame.sampler import Sampler, SamplerConfig, TickClock
 from goflame.target import Target
 
 VIEWS = ("functions", "goroutines")
@@ -929,7 +929,7 @@ def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: 
             assert opts.pid is not None
             pid = opts.pid
         with _stop_signals(stop):
-            target = _attach_launched(child) if child is not None else Target(pid)
+            target = attach_launched(child) if child is not None else Target(pid)
             with target:
                 session = TopSession(target, opts, child)
                 if interactive:
@@ -943,7 +943,7 @@ def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: 
                     on_snapshot(session.snapshot_text())  # the last picture outlives the screen
     finally:
         if child is not None:
-            result.exit_status = _finish_child(child)
+            result.exit_status = finish_child(child)
         if log_path is not None and os.path.exists(log_path) and os.path.getsize(log_path) == 0:
             os.unlink(log_path)
             result.command_log = None
@@ -956,8 +956,7 @@ def _loop(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: 
 
     Waiting happens in select() on the terminal, so a key is handled at once, whatever the rate.
     """
-    with sampling_priority():
-        _ticks(session, opts, stop, result, on_snapshot, screen)
+    _ticks(session, opts, stop, result, on_snapshot, screen)
 
 
 def _ticks(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: TopResult,

@@ -7,6 +7,7 @@ command -v perf >/dev/null || need+=(linux-perf)
 command -v tmux >/dev/null || need+=(tmux)
 command -v npm >/dev/null || need+=(npm)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v strace >/dev/null || need+=(strace)
 command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -206,11 +206,10 @@ def wait_for_samples(raw: Path, seconds: float = 1.5, limit: float = 60.0) -> No
 
 
 def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
-    """goflame stopped by Ctrl-Z (SIGTSTP) first lets go of every thread it holds: with more
-    busy threads than CPUs the ptrace engine carries interrupts over, and a carried interrupt
-    stops its thread when the thread next runs, until goflame serves it. While goflame is
-    stopped the target runs free; after `fg` (SIGCONT) goflame records on and writes its
-    output."""
+    """goflame stopped by Ctrl-Z (SIGTSTP) stops between ticks, holding nothing, after it
+    flushed its recording. While goflame is stopped the target runs free; after `fg`
+    (SIGCONT) goflame records on and writes its output. (Its stop guard traces goflame's
+    sampling thread, so a stopped goflame shows as "t", tracing stop, rather than "T".)"""
     workers = 2 * (os.cpu_count() or 1)
     hog = subprocess.Popen([str(cpuhog()), "-d", "60s", "-workers", str(workers)],
                            env={**os.environ, "GOMAXPROCS": str(workers)},
@@ -222,7 +221,7 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
         wait_for_samples(Path(str(out) + ".goflame"), seconds=0.5)
         g.send_signal(signal.SIGTSTP)
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        while Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "Tt":
             assert time.monotonic() < deadline, "goflame did not stop on SIGTSTP"
             time.sleep(0.01)
         cpu_before = _process_cpu_ns(hog.pid)
@@ -318,9 +317,11 @@ def test_report_rejects_truncated_and_foreign_files(tmp_path):
     assert r.returncode == 2
 
 
-def test_sampler_raises_its_own_priority_while_sampling_and_restores_it():
-    """Ticks on time on a busy machine: the ptrace sampling thread runs SCHED_FIFO (or, where
-    that is not permitted, at nice -10) while it samples, then goes back."""
+def test_sampler_runs_at_its_normal_priority_between_pauses():
+    """Only the microseconds a thread of the target is stopped run real-time (Pauser's boost,
+    tests/test_process.py): the sampling loop's own work (walking, writing) runs at goflame's
+    normal priority, so it can never starve the target (a real-time loop over 100k goroutines
+    stalled the target for 100+ ms)."""
     import goflame
     from goflame.sampler import Sampler, SamplerConfig
 
@@ -328,12 +329,13 @@ def test_sampler_raises_its_own_priority_while_sampling_and_restores_it():
     try:
         time.sleep(0.3)
         before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
-        seen: list[int] = []
+        seen: list[tuple[int, int]] = []
         with goflame.attach(hog.pid) as t:
-            Sampler(t, SamplerConfig(rate=50, engine="ptrace")).run(lambda s: None, duration=0.5,
-                                                   on_tick=lambda st: seen.append(os.sched_getscheduler(0)))
-        # root here: SCHED_FIFO is permitted (SCHED_RESET_ON_FORK is or-ed into the value)
-        assert seen and {p & ~os.SCHED_RESET_ON_FORK for p in seen} == {os.SCHED_FIFO}, seen
+            for engine in ("ptrace", "perf"):
+                Sampler(t, SamplerConfig(rate=200, engine=engine)).run(
+                    lambda s: None, duration=0.5,
+                    on_tick=lambda st: seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))))
+        assert seen and set(seen) == {before}, seen
         assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)) == before
     finally:
         hog.kill()
@@ -402,14 +404,12 @@ def sample_busy_hog(engine: str, rate: float, seconds: float, *, before: Callabl
     return st
 
 
-def test_more_busy_threads_than_cpus_are_sampled_on_time_and_left_untraced():
+def test_more_busy_threads_than_cpus_are_sampled_for_their_cpu_time_and_left_untraced():
     """Twice as many busy goroutines as CPUs: at any instant some threads in state R wait for a
-    CPU, and an interrupted waiting thread stops only when the scheduler runs it again. The
-    ptrace sampler carries such waits over to the next tick instead of blocking on them
-    (Pauser.pause_carrying): ticks stay on time, the shares stay right, the count of samples
-    is the CPU time the kernel gave the target (a thread served between ticks and due again
-    at the next one used to lose a sample: ~10 % short), and no thread is left traced or
-    stopped."""
+    CPU, and an interrupted waiting thread stops only when the scheduler runs it again (where
+    it was preempted: a sample as good as any). The count of samples is the CPU time the
+    kernel gave the target, the shares are the workload's own, and no thread is left traced
+    or stopped."""
 
     def untraced(pid: int) -> None:
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -417,11 +417,7 @@ def test_more_busy_threads_than_cpus_are_sampled_on_time_and_left_untraced():
             assert re.search(r"^TracerPid:\s+0$", status, re.M), status
             assert not re.search(r"^State:\s+t", status, re.M), status
 
-    st = sample_busy_hog("ptrace", 500, 4, after=untraced)
-    # Blocking on the waits cost a scheduler slice per tick or two: ~60 % of the ticks were
-    # missed here at this rate (bench/bench_sampler.py). Carried over, ~1 %.
-    assert st.missed <= 0.1 * (st.ticks + st.missed), (st.ticks, st.missed)
-    assert st.ticks >= 0.9 * 500 * st.elapsed, (st.ticks, st.elapsed)
+    sample_busy_hog("ptrace", 500, 4, after=untraced)
 
 
 def deny_perf_event_open() -> None:

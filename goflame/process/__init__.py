@@ -6,15 +6,18 @@ every kernel refusal into a GoflameError with one line of advice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from goflame.errors import BadInput, ProcessGone
+from goflame.errors import BadInput, ProcessGone, TargetExeced
 from goflame.process import procfs
-from goflame.process.memory import Backend, ProcessMemory, gone_message
+from goflame.process.memory import Backend, ProcessMemory, exec_message, gone_message
 from goflame.process.procfs import ExePath, MemoryMap, ThreadInfo
 from goflame.process.ptrace import PausedThread, Pauser, Registers, check_can_trace
+
+NS_REFRESH_S = 0.05
 
 __all__ = ["ExePath", "MemoryMap", "PausedThread", "Process", "ProcessMemory", "Registers",
            "ThreadInfo", "check_can_trace"]
@@ -24,13 +27,16 @@ class Process:
     """An opened target process. Use `Process.open(pid)`; close it (or use `with`)."""
 
     def __init__(self, pid: int, memory: ProcessMemory, task: procfs.TaskDir, exe: ExePath,
-                 starttime: int) -> None:
+                 starttime: int, startstack: int = 0) -> None:
         self.pid = pid
         self.memory = memory
         self.exe = exe
         self.starttime = starttime
+        self.startstack = startstack
         self._task = task
-        self._pauser = Pauser(pid)
+        self._pauser = Pauser(pid, task, guard=True)
+        self._host_tids: dict[int, int] = {}  # see host_tid
+        self._host_tids_time = float("-inf")
 
     @classmethod
     def open(cls, pid: int, backend: Backend = "auto") -> Process:
@@ -46,6 +52,7 @@ class Process:
         group = procfs.tgid(pid)
         if group != pid:
             raise BadInput(f"{pid} is a thread of process {group}: use --pid {group}")
+        procfs.check_pid_namespace()
         check_can_trace(pid)
         memory = ProcessMemory(pid, backend)
         task = None
@@ -53,12 +60,15 @@ class Process:
             memory.probe()
             task = procfs.TaskDir(pid)
             exe = procfs.exe_path(pid)
+            mine = procfs.exe_mappings(procfs.maps(pid), inode=exe.inode, dev=exe.dev, path=exe.target)
+            if mine:
+                memory.watch_image(min(m.start for m in mine))
         except BaseException:
             memory.close()
             if task is not None:
                 task.close()
             raise
-        return cls(pid, memory, task, exe, st.starttime)
+        return cls(pid, memory, task, exe, st.starttime, st.startstack)
 
     @property
     def exe_path(self) -> str:
@@ -72,12 +82,30 @@ class Process:
         """One thread's state letter (R, S, D, t...), None if it exited."""
         return self._task.state(tid)
 
-    def run_time_ns(self, tid: int) -> int | None:
-        """CPU time of one thread so far, in ns (None if it exited)."""
-        return self._task.run_time_ns(tid)
+    def schedstat(self, tid: int) -> tuple[int, int] | None:
+        """(CPU ns so far, times switched in) of one thread; None if it exited."""
+        return self._task.schedstat(tid)
 
     def tids(self) -> list[int]:
         return self._task.tids()
+
+    def owns(self, tid: int) -> bool:
+        """Whether `tid` is a thread of the target now: nothing is done to any other."""
+        return self._task.owns(tid)
+
+    def host_tid(self, ns_tid: int) -> int:
+        """The thread id goflame must use for the target's own id of a thread (m.procid), 0 if
+        no task of the target has it. The same number unless the target is in a pid namespace
+        of its own (a container) seen from outside it; the map is read again, at most every
+        NS_REFRESH_S, when an id is not in it (a new thread)."""
+        tid = self._host_tids.get(ns_tid)
+        if tid is None and ns_tid > 0:
+            now = time.monotonic()
+            if now - self._host_tids_time >= NS_REFRESH_S:
+                self._host_tids = self._task.ns_tids()
+                self._host_tids_time = now
+                tid = self._host_tids.get(ns_tid)
+        return tid or 0
 
     def maps(self) -> list[MemoryMap]:
         return procfs.maps(self.pid)
@@ -88,16 +116,24 @@ class Process:
                                 path=self.exe.target)
 
     def alive(self) -> bool:
-        """Still running, and still the process we opened (not a reused pid)."""
+        """Still running, and still the program we opened (not a reused pid, no execve since)."""
+        try:
+            self.check_alive()
+        except ProcessGone:
+            return False
+        return True
+
+    def check_alive(self) -> None:
+        """ProcessGone if it exited or its pid is another process now; TargetExeced if it
+        replaced its program."""
         try:
             st = procfs.stat(self.pid)
         except ProcessGone:
-            return False
-        return not st.zombie and st.starttime == self.starttime
-
-    def check_alive(self) -> None:
-        if not self.alive():
+            raise ProcessGone(gone_message(self.pid)) from None
+        if st.zombie or st.starttime != self.starttime:
             raise ProcessGone(gone_message(self.pid))
+        if self.memory.image_replaced() or (self.startstack and st.startstack and st.startstack != self.startstack):
+            raise TargetExeced(exec_message(self.pid))
 
     def pause(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], Any] | None = None,
               *, overlap: bool = True) -> dict[int, PausedThread]:
@@ -113,8 +149,11 @@ class Process:
         return self._pauser
 
     def close(self) -> None:
-        self.memory.close()
-        self._task.close()
+        try:
+            self._pauser.close()
+        finally:
+            self.memory.close()
+            self._task.close()
 
     def __enter__(self) -> Process:
         return self

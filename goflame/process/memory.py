@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from itertools import accumulate, chain
 from typing import Literal
 
-from goflame.errors import InvalidMemory, NotPermitted, ProcessGone
+from goflame.errors import InvalidMemory, NotPermitted, ProcessGone, TargetExeced
 
 IOV_MAX = 1024  # Linux UIO_MAXIOV: the most iovecs one process_vm_readv call accepts
 MAX_READ = 64 << 20  # larger requests are torn sizes, not reads anyone meant to make
@@ -62,6 +62,10 @@ def gone_message(pid: int) -> str:
     return f"process {pid} does not exist or has exited"
 
 
+def exec_message(pid: int) -> str:
+    return f"process {pid} exec'd a new program"
+
+
 class _Buffer:
     """A fixed-size byte buffer whose address ctypes can hand to the kernel."""
 
@@ -88,6 +92,7 @@ class ProcessMemory:
         self.pid = pid
         self._fd = -1
         self._closed = False
+        self._probe: int | None = None  # see watch_image
         self._auto = backend == "auto"
         self._riov = _Buffer(_IOVEC.size * IOV_MAX)
         self._liov = _Buffer(_IOVEC.size)
@@ -212,6 +217,25 @@ class ProcessMemory:
         except InvalidMemory:
             pass
 
+    def watch_image(self, addr: int) -> None:
+        """Remember a readable address of the program now running (its first mapping): see
+        `image_replaced`."""
+        self._probe = addr
+
+    def image_replaced(self) -> bool:
+        """Whether the target exec'd another program since `watch_image`.
+
+        /proc/PID/mem, once open, reads the address space it was opened on: after an execve
+        that one is gone and every read of it returns nothing, while the pid, its start time
+        and (for a program that execs itself) even the executable stay the same.
+        """
+        if self._fd < 0 or self._probe is None:
+            return False
+        try:
+            return os.pread(self._fd, 1, self._probe) == b""
+        except OSError:
+            return False
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -329,6 +353,8 @@ class ProcessMemory:
     def _short(self, addr: int, size: int, got: int) -> Exception:
         if got == 0 and self._process_gone():
             return ProcessGone(gone_message(self.pid))
+        if got == 0 and self.image_replaced():
+            return TargetExeced(exec_message(self.pid))
         return InvalidMemory(f"short read at {addr:#x} in pid {self.pid}: {got} of {size} bytes")
 
     def _process_gone(self) -> bool:

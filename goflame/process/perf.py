@@ -38,11 +38,15 @@ PERF_SAMPLE_STACK_USER = 1 << 13
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_EVENT_IOC_PERIOD = 0x40082404  # _IOW('$', 4, __u64)
 PERF_RECORD_LOST = 2
+PERF_RECORD_COMM = 3
 PERF_RECORD_SAMPLE = 9
+PERF_RECORD_MISC_COMM_EXEC = 1 << 13
 PERF_SAMPLE_REGS_ABI_NONE = 0
 # attr.flags bits
 _EXCLUDE_KERNEL = 1 << 5
 _EXCLUDE_HV = 1 << 6
+_COMM = 1 << 9
+_COMM_EXEC = 1 << 24  # a COMM record says when the thread exec'd (Linux 3.16+)
 _USE_CLOCKID = 1 << 25
 _CLOCK_MONOTONIC = 1
 # x86_64 perf register indices (perf_regs.h): what a Go stack walk needs, in index order
@@ -90,7 +94,7 @@ class KernelSample:
 
 def _attr(period_ns: int, stack_bytes: int, kernel: bool) -> ctypes.Array:
     a = ctypes.create_string_buffer(_ATTR_SIZE)
-    flags = _EXCLUDE_HV | _USE_CLOCKID | (0 if kernel else _EXCLUDE_KERNEL)
+    flags = _EXCLUDE_HV | _USE_CLOCKID | _COMM | _COMM_EXEC | (0 if kernel else _EXCLUDE_KERNEL)
     struct.pack_into("<IIQQQQQ", a, 0, PERF_TYPE_SOFTWARE, _ATTR_SIZE, PERF_COUNT_SW_TASK_CLOCK, period_ns,
                      PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER, 0, flags)
     struct.pack_into("<QIi", a, 80, _REG_MASK, stack_bytes, _CLOCK_MONOTONIC)
@@ -137,6 +141,9 @@ class PerfSampling:
         self.small_size = min(self.data_size, SMALL_RING)
         self._kernel = True  # samples in kernel mode too (time in syscalls is CPU time); dropped if not allowed
         self._rings: dict[int, _Ring] = {}
+        # A thread exec'd: the program goflame knows is gone (its samples after the exec
+        # belong to another program and are dropped; the caller ends the recording).
+        self.execed = False
 
     # -- threads ---------------------------------------------------------------------------------
     def add(self, tid: int) -> bool:
@@ -230,15 +237,17 @@ class PerfSampling:
                 data = mm[PAGE + start:PAGE + end]
             else:  # the records wrap around the end of the ring
                 data = mm[PAGE + start:PAGE + size] + mm[PAGE:PAGE + end - size]
-            lost = _parse(r.tid, data, out)
+            lost, execed = _parse(r.tid, data, out)
+            self.execed = self.execed or execed
             tail = head
         r.tail = tail
         _Q.pack_into(mm, _TAIL_OFF, tail)  # the kernel may reuse the space
         return lost
 
 
-def _parse(tid: int, data: bytes, out: list[KernelSample]) -> int:
-    """Decode the records of one ring; returns the count of lost samples reported."""
+def _parse(tid: int, data: bytes, out: list[KernelSample]) -> tuple[int, bool]:
+    """Decode the records of one ring: the count of lost samples reported, and whether the
+    thread exec'd (records after that are of another program: not taken)."""
     lost = 0
     off = 0
     n = len(data)
@@ -259,8 +268,10 @@ def _parse(tid: int, data: bytes, out: list[KernelSample]) -> int:
             # abi NONE: a kernel thread or no user context (exiting): nothing to walk
         elif kind == PERF_RECORD_LOST and size >= hs + _LOST.size:
             lost += _LOST.unpack_from(data, off + hs)[1]
+        elif kind == PERF_RECORD_COMM and _misc & PERF_RECORD_MISC_COMM_EXEC:
+            return lost, True
         off += size
-    return lost
+    return lost, False
 
 
 def _why(err: int) -> str:

@@ -49,6 +49,7 @@ class ProcStat:
     ppid: int
     num_threads: int
     starttime: int
+    startstack: int = 0  # where the main stack starts: drawn anew by every execve (ASLR)
 
     @property
     def zombie(self) -> bool:
@@ -153,7 +154,7 @@ def stat(pid: int) -> ProcStat:
         raise _gone(pid) from None
     _, comm, f = parse_stat(data)
     return ProcStat(pid=pid, comm=comm, state=f[0], ppid=int(f[1]), num_threads=int(f[17]),
-                    starttime=int(f[19]))
+                    starttime=int(f[19]), startstack=int(f[25]) if len(f) > 25 else 0)
 
 
 def exists(pid: int) -> bool:
@@ -220,6 +221,7 @@ class TaskDir:
             self._fd = os.open(f"/proc/{pid}/task", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, ProcessLookupError):
             raise _gone(pid) from None
+        self._nspid: dict[int, int] = {}  # tid here -> its id in the target's namespace (see ns_tids)
         self._schedstat: dict[int, int] = {}  # tid -> open fd of its schedstat, read with pread
         self._stat: dict[int, int] = {}  # tid -> open fd of its stat, likewise
         # Both kept under a quarter of the fd limit (a process with thousands of threads)
@@ -231,6 +233,43 @@ class TaskDir:
             return [int(name) for name in os.listdir(self._fd)]
         except (FileNotFoundError, ProcessLookupError):
             raise _gone(self.pid) from None
+
+    def owns(self, tid: int) -> bool:
+        """Whether `tid` (in goflame's pid namespace) is a task of this process right now.
+
+        The process layer asks this before every ptrace or perf call on a thread: a thread id
+        the target's runtime recorded is an id in *its* pid namespace and may name a thread of
+        an unrelated process here (see `ns_tids`).
+        """
+        if tid <= 0:
+            return False
+        try:
+            os.stat(str(tid), dir_fd=self._fd)
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+            return False
+        return True
+
+    def ns_tids(self) -> dict[int, int]:
+        """{thread id in the target's own pid namespace: thread id here} for every task.
+
+        The Go runtime records `gettid()` as the target sees it (m.procid). In a container
+        (a pid namespace of its own) that is not the id goflame must use: the `NSpid:` line
+        of each task's status lists its id in every namespace from ours down to its own.
+        Kept per task and read only for tasks not seen before.
+        """
+        names = self._names()
+        known = self._nspid
+        live = set()
+        for name in names:
+            tid = int(name)
+            live.add(tid)
+            if tid not in known:
+                ns = _ns_tid(self._fd, name)
+                if ns is not None:
+                    known[tid] = ns
+        for tid in [t for t in known if t not in live]:
+            del known[tid]
+        return {ns: tid for tid, ns in known.items()}
 
     def threads(self) -> list[ThreadInfo]:
         """Every thread still alive; threads that exit while we look are left out."""
@@ -253,15 +292,19 @@ class TaskDir:
         i = data.rfind(b")")  # the name, in parentheses, may hold anything
         return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
 
-    def run_time_ns(self, tid: int) -> int | None:
-        """Nanoseconds the thread has spent on a CPU (first field of schedstat); None if gone.
+    def schedstat(self, tid: int) -> tuple[int, int] | None:
+        """(ns the thread has spent on a CPU, times it was put on a CPU); None if it is gone.
 
-        A thread in state R may be running or only waiting for a CPU; how much its run time
-        grew since the last look tells the two apart.
+        The first and third fields of schedstat. A thread in state R may be running or only
+        waiting for a CPU; how much its run time grew since the last look tells the two apart.
+        The second count grows each time the thread is switched in: unchanged between two
+        reads, the thread stayed on its CPU all along (a ptrace stop read in between counts
+        only once it is resumed).
         """
         data = self._pread(self._schedstat, tid, "schedstat")
+        fields = data.split()
         try:
-            return int(data.split()[0])
+            return int(fields[0]), int(fields[2])
         except (ValueError, IndexError):
             self._drop(tid)  # an exited thread's file reads empty
             return None
@@ -311,6 +354,39 @@ class TaskDir:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ns_tid(task_fd: int, name: str) -> int | None:
+    """The innermost id of `NSpid:` in a task's status (its id in its own namespace)."""
+    try:
+        data = _read(f"{name}/status", dir_fd=task_fd)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    i = data.find(b"\nNSpid:")
+    if i < 0:  # a kernel without pid namespaces: ids are the same everywhere
+        return int(name)
+    fields = data[i + 7:data.find(b"\n", i + 7)].split()
+    try:
+        return int(fields[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def check_pid_namespace() -> None:
+    """Refuse to work where /proc is another pid namespace's view than goflame's own.
+
+    Thread ids read from /proc are then not the ids ptrace and perf_event_open take (a
+    container with the host's /proc mounted, or the reverse): acting on them would touch
+    whatever process has that id here.
+    """
+    try:
+        seen = int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        raise BadInput("cannot read /proc/self: is /proc mounted?") from None
+    if seen != os.getpid():
+        raise BadInput(f"/proc belongs to another pid namespace (it calls goflame {seen}, goflame is "
+                       f"{os.getpid()}): mount this namespace's own /proc (e.g. unshare --mount-proc) "
+                       f"so that thread ids mean the same to /proc and to the kernel")
 
 
 def threads(pid: int) -> list[ThreadInfo]:

@@ -3,11 +3,12 @@
 Why this shape (see DESIGN.md, "Safety rules"):
 - never SIGSTOP and never PTRACE_ATTACH: both leave a stop behind if goflame dies, and a
   seized thread is resumed by the kernel when its tracer exits;
-- never stay attached between samples: Go sends SIGURG to running threads all the time and
-  a traced thread that gets a signal stops until its tracer services it. The one exception is
-  a sampler's interrupt of a thread queued for a CPU (`pause_carrying`): it stays pending
-  across ticks until the thread next runs and stops, and that stop (whatever brought it) is
-  served the moment it comes — the tracer sleeps in sigtimedwait(SIGCHLD) — then detached;
+- never stay attached between pauses: Go sends SIGURG to running threads all the time and
+  a traced thread that gets a signal stops until its tracer services it. Every thread a
+  pause seized is detached before the pause returns, on every path;
+- never hold a thread while goflame itself can be stopped: a stop of goflame in the middle
+  of a pause would leave the target's thread stopped until goflame runs again (guard.py);
+- never touch a thread that is not the target's: ids are checked against its task list;
 - never swallow a signal: when the stop we get is a signal-delivery-stop (often SIGURG,
   sometimes the user's SIGTERM or SIGHUP) the registers are just as good for a sample, and
   the signal is handed back with PTRACE_DETACH(sig). Job-control semantics stay the
@@ -19,6 +20,7 @@ A Pauser must be used by one thread: the kernel ties a tracee to the thread that
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -32,6 +34,7 @@ from typing import Any
 
 from goflame.errors import NotPermitted, ProcessGone
 from goflame.process import procfs
+from goflame.process.guard import StopGuard
 from goflame.process.memory import gone_message, permission_advice
 
 PTRACE_GETREGS = 12
@@ -42,6 +45,7 @@ PTRACE_INTERRUPT = 0x4207
 PTRACE_EVENT_STOP = 128  # status >> 16 of an interrupt- or group-stop
 WALL = 0x40000000  # __WALL: wait for clone children (threads) too
 _EVENT_STOP_CODE = signal.SIGTRAP | PTRACE_EVENT_STOP << 8  # si_code of an interrupt stop
+RETRY_SEIZE_S = 0.002
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ptrace = _libc.ptrace
@@ -167,42 +171,59 @@ def check_can_trace(pid: int) -> None:
     except PermissionError:
         raise NotPermitted(permission_advice(pid)) from None
     os.close(fd)
-    tracer = procfs.tracer_pid(pid)
-    if tracer and tracer != os.getpid():
-        raise NotPermitted(f"pid {pid} is already being traced by pid {tracer} (a debugger?): "
-                           f"detach it first")
+
+
+def _other_tracer(pid: int, tid: int) -> int:
+    """The pid of a tracer other than goflame that holds thread `tid`, else 0."""
+    try:
+        tracer = procfs.tracer_pid(pid, tid)
+    except ProcessGone:
+        return 0
+    return tracer if tracer and tracer != os.getpid() else 0
 
 
 class Pauser:
-    """Stops threads of one process just long enough to read their registers.
+    """Stops threads of one process just long enough to read what a sample needs.
 
-    `pause` detaches each thread as soon as its registers are read, so a thread is held
-    only for its own getregs/detach (the sampler's path); `paused` holds them all for
-    the body of a `with`, a consistent snapshot across threads at the price of longer
-    stops. bench/bench_pause.py measures both.
+    `pause` detaches each thread as soon as `while_stopped` has read it, so a thread is held
+    only for its own getregs/reads/detach (the sampler's path); `paused` holds them all for
+    the body of a `with`, a consistent snapshot across threads at the price of longer stops.
+    bench/bench_pause.py measures both. Nothing is held between calls.
 
-    With `boost`, `pause` runs the calling thread as SCHED_FIFO (priority 1, reset on
-    fork) for its duration, when the kernel allows it: on a busy machine the tracer can
-    otherwise lose its CPU between seeing a stop and detaching, holding the target for
-    a whole scheduler slice. While boosted the thread only blocks in wait calls or runs
-    the `while_stopped` callback, which must stay short.
+    Only the target's own threads are ever touched: a thread id is checked against the
+    target's task list before PTRACE_SEIZE and again after it (a thread that exited may give
+    its id to another process in between); a thread another tracer holds (a debugger, a
+    second goflame) is skipped and counted in `busy`, never an error.
+
+    With `boost` the calling thread runs SCHED_FIFO (priority 1, reset on fork) for the
+    duration of a pause only, when the kernel allows it: while it holds a thread of the
+    target it must not lose its CPU to an ordinary thread for a scheduler slice; between
+    pauses it runs at its normal priority and cannot starve anything. With `guard`, a
+    `StopGuard` (guard.py) makes sure goflame cannot be stopped while it holds a thread.
     """
 
-    def __init__(self, pid: int, boost: bool = False) -> None:
+    def __init__(self, pid: int, task: procfs.TaskDir | None = None, *, boost: bool = True,
+                 guard: bool = False) -> None:
         self.pid = pid
         self.boost = boost
+        self._task = task
+        self._want_guard = guard
+        self._guard: StopGuard | None = None
+        self._guard_tried = False
         self._regs = (ctypes.c_uint64 * len(_REG_NAMES))()
         self._regs_addr = ctypes.addressof(self._regs)
         self._siginfo = ctypes.create_string_buffer(128)  # siginfo_t
         self._held: dict[int, _Tracee] = {}
         self.last_pause_ns: dict[int, int] = {}
         self.last_signals: dict[int, int] = {}
-        # carrying pauses (see `pause_carrying`): interrupted threads whose stop has not come
-        # yet, threads served since the last call, threads lost (exited) on the way
-        self._pending: dict[int, _Tracee] = {}
-        self._ready: dict[int, PausedThread] = {}
-        self.lost = 0
-        self._mask_before: set[signal.Signals] | None = None
+        self.busy: dict[int, int] = {}  # tid -> pid of the other tracer that held it (last seen)
+        self.skipped_busy = 0  # pauses skipped because another tracer held the thread
+        self.not_ours = 0  # thread ids asked for that are no task of the target: never touched
+        self._seized_before = False
+
+    @property
+    def guarded(self) -> bool:
+        return self._guard is not None
 
     def pause(self, tids: Iterable[int],
               while_stopped: Callable[[int, Registers], Any] | None = None, *,
@@ -218,132 +239,65 @@ class Pauser:
         """
         wanted = list(dict.fromkeys(tids))  # a thread listed twice is paused once
         out: dict[int, PausedThread] = {}
-        boosted = self._boost() if self.boost else None
-        try:
-            if overlap:
-                pending: dict[int, _Tracee] = {}
-                for tid in wanted:
-                    t = self._seize(tid)
-                    if t is not None and self._interrupt(t):
-                        pending[tid] = t
-                while pending:
-                    t = pending.pop(self._next_stop(pending))
-                    if self._wait_stop(t):
-                        self._sample(t, while_stopped, out)
-            else:
-                for tid in wanted:
-                    t = self._seize(tid)
-                    if t is not None and self._interrupt(t) and self._wait_stop(t):
-                        self._sample(t, while_stopped, out)
-        finally:
+        with self._holding():
             try:
-                self._release_all()
+                if overlap:
+                    pending: dict[int, _Tracee] = {}
+                    for tid in wanted:
+                        t = self._seize_and_interrupt(tid)
+                        if t is not None:
+                            pending[tid] = t
+                    while pending:
+                        t = pending.pop(self._next_stop(pending))
+                        if self._wait_stop(t):
+                            self._sample(t, while_stopped, out)
+                else:
+                    for tid in wanted:
+                        t = self._seize_and_interrupt(tid)
+                        if t is not None and self._wait_stop(t):
+                            self._sample(t, while_stopped, out)
             finally:
-                if boosted is not None:
-                    _unboost(boosted)
+                self._release_all()
         if wanted and not out and not procfs.alive(self.pid):
             raise ProcessGone(gone_message(self.pid))
         return out
 
-    # -- carrying pauses: a sampler on a machine with more busy threads than CPUs -------------
-    def pause_carrying(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], Any] | None,
-                       wait_s: float) -> dict[int, PausedThread]:
-        """Like `pause`, but waits at most `wait_s` for the stops; a thread not stopped by then
-        stays seized with the interrupt pending, and is served as soon as its stop comes (by
-        `serve_until` between calls, or the next call), never later.
+    @contextmanager
+    def _holding(self) -> Iterator[None]:
+        """What every stretch that may hold a thread of the target runs under: the stop guard
+        (started on first use, in the thread that pauses) and the real-time boost."""
+        if self._want_guard and not self._guard_tried:
+            self._guard_tried = True
+            self._guard = StopGuard.start()
+        guard = self._guard.holding() if self._guard is not None else contextlib.nullcontext()
+        with guard:
+            boosted = self._boost() if self.boost else None
+            try:
+                yield
+            finally:
+                if boosted is not None:
+                    _unboost(boosted)
 
-        A thread in state R may be waiting for a CPU, not running: its interrupt takes effect
-        only when the scheduler next runs it, a slice or two later. `pause` must wait for it;
-        with more busy threads than CPUs every tick then waits that long, and a sampler gets
-        a few hundred ticks a second whatever the rate asked for. Carrying the wait over makes
-        the cost one stop per interrupt, as before, and the wait nobody's: the registers of
-        a queued thread are where it was preempted, a sample as good as any (its weight is
-        its share of CPU, `Sampler._on_cpu`). Returns every thread served since the last call.
-        `release` ends it; call it on every path (the kernel also drops pending interrupts
-        if goflame dies).
-        """
-        if self._mask_before is None:
-            # Stops are signalled to us with SIGCHLD: blocked here, sigtimedwait sleeps until
-            # one comes (or the deadline) instead of polling.
-            self._mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        out, self._ready = self._ready, {}
-        try:
-            for tid in dict.fromkeys(tids):
-                if tid in self._pending or tid in out:
-                    continue
-                t = self._seize(tid)
-                if t is None or not self._interrupt(t):
-                    self.lost += 1
-                    continue
-                t.callback = while_stopped
-                self._pending[tid] = t
-            self._serve(time.monotonic() + wait_s, out)
-        except BaseException:
-            self.release()
-            raise
-        if tids and not out and not self._pending and not procfs.alive(self.pid):
-            raise ProcessGone(gone_message(self.pid))
-        return out
+    def _seize_and_interrupt(self, tid: int) -> _Tracee | None:
+        if not self._owns(tid):
+            self.not_ours += 1
+            return None
+        t = self._seize(tid)
+        if t is None:
+            return None
+        if not self._owns(tid):
+            # The thread exited and its id went to another process between the check and the
+            # seize: let that one go at once (it is seized but not stopped; stopping it is the
+            # only way to detach, and takes microseconds).
+            self.not_ours += 1
+            self._release(t)
+            return None
+        return t if self._interrupt(t) else None
 
-    @property
-    def carrying(self) -> int:
-        """Threads interrupted by `pause_carrying` whose stop has not come yet."""
-        return len(self._pending)
-
-    def is_carried(self, tid: int) -> bool:
-        """The thread's last interrupt has not reached the caller yet: its stop is still to
-        come, or it was served between calls and is returned by the next `pause_carrying`
-        (which takes no second sample of it then)."""
-        return tid in self._pending or tid in self._ready
-
-    def serve_until(self, deadline: float) -> None:
-        """Sleep until `deadline` (time.monotonic), serving carried stops the moment they come."""
-        try:
-            self._serve(deadline, self._ready)
-        except BaseException:
-            self.release()
-            raise
-        remaining = deadline - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
-
-    def release(self) -> None:
-        """End carrying: wait for the pending stops (a scheduler slice), detach everything."""
-        try:
-            self._pending.clear()
-            self._ready.clear()
-            self._release_all()
-        finally:
-            if self._mask_before is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, self._mask_before)
-                self._mask_before = None
-
-    def _serve(self, deadline: float, out: dict[int, PausedThread]) -> None:
-        """Serve pending stops until none is left or `deadline` passes."""
-        while self._pending:
-            for tid in list(self._pending):
-                t = self._pending[tid]
-                try:
-                    pid, status = os.waitpid(tid, WALL | os.WNOHANG)
-                except ChildProcessError:
-                    del self._pending[tid]
-                    self._held.pop(tid, None)
-                    self.lost += 1
-                    continue
-                if pid == 0:
-                    continue
-                del self._pending[tid]
-                t.t_stopped = time.perf_counter_ns()
-                if self._on_status(t, status):
-                    self._sample(t, t.callback, out)
-                else:
-                    self.lost += 1
-            if not self._pending:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            signal.sigtimedwait({signal.SIGCHLD}, remaining)
+    def _owns(self, tid: int) -> bool:
+        if self._task is None:
+            return os.path.exists(f"/proc/{self.pid}/task/{tid}")
+        return self._task.owns(tid)
 
     def _next_stop(self, pending: dict[int, _Tracee]) -> int:
         """The pending thread whose stop (or exit) arrived first, without consuming it.
@@ -390,32 +344,40 @@ class Pauser:
         self.last_signals = {}
         regs: dict[int, Registers] = {}
         asked = False
-        try:
-            tracees = []
-            for tid in dict.fromkeys(tids):
-                asked = True
-                t = self._seize(tid)
-                if t is not None and self._interrupt(t):
-                    tracees.append(t)
-            for t in tracees:
-                if self._wait_stop(t):
-                    raw = self._getregs(t)
-                    if raw is not None:
-                        t.raw = raw
-            for t in tracees:
-                if t.raw:
-                    regs[t.tid] = Registers.from_bytes(t.raw)
-            if asked and not regs and not procfs.alive(self.pid):
-                raise ProcessGone(gone_message(self.pid))
-            yield regs
-        finally:
-            held = list(self._held.values())
-            self._release_all()
-            now = time.perf_counter_ns()
-            for t in held:
-                if t.tid in regs:
-                    self.last_pause_ns[t.tid] = now - t.t_interrupt
-                    self.last_signals[t.tid] = t.sig
+        with self._holding():
+            try:
+                tracees = []
+                for tid in dict.fromkeys(tids):
+                    asked = True
+                    t = self._seize_and_interrupt(tid)
+                    if t is not None:
+                        tracees.append(t)
+                for t in tracees:
+                    if self._wait_stop(t):
+                        raw = self._getregs(t)
+                        if raw is not None:
+                            t.raw = raw
+                for t in tracees:
+                    if t.raw:
+                        regs[t.tid] = Registers.from_bytes(t.raw)
+                if asked and not regs and not procfs.alive(self.pid):
+                    raise ProcessGone(gone_message(self.pid))
+                yield regs
+            finally:
+                held = list(self._held.values())
+                self._release_all()
+                now = time.perf_counter_ns()
+                for t in held:
+                    if t.tid in regs:
+                        self.last_pause_ns[t.tid] = now - t.t_interrupt
+                        self.last_signals[t.tid] = t.sig
+
+    def close(self) -> None:
+        """End the stop guard, if one was started (nothing else is held between calls)."""
+        self._release_all()
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.close()
 
     def _boost(self) -> tuple[int, os.sched_param] | None:
         try:
@@ -430,7 +392,7 @@ class Pauser:
 
     # -- the steps; each updates the _Tracee right after its syscall ------------------------
 
-    def _seize(self, tid: int) -> _Tracee | None:
+    def _seize(self, tid: int, retry: bool = True) -> _Tracee | None:
         # Book it before the syscall: an exception landing right after PTRACE_SEIZE must not
         # leave a tracee nobody knows about. _release copes with one that was never seized.
         t = self._held[tid] = _Tracee(tid)
@@ -440,11 +402,27 @@ class Pauser:
             if err == errno.ESRCH:
                 return None  # exited already
             if err == errno.EPERM:
-                if not _thread_alive(self.pid, tid):
-                    return None  # the kernel refuses to seize an exiting thread
-                raise _not_permitted(self.pid, tid)
+                return self._refused(tid, retry)
             raise NotPermitted(f"cannot trace thread {tid} of pid {self.pid}: {os.strerror(err)}")
+        self._seized_before = True
         return t
+
+    def _refused(self, tid: int, retry: bool) -> _Tracee | None:
+        """PTRACE_SEIZE said EPERM. Opening the target's memory passed the same access check,
+        so unless tracing is forbidden outright (a seccomp profile, Yama), the thread is held
+        by another tracer — a debugger, or another goflame pausing it for microseconds (gone
+        again by the time we look). That thread is skipped and counted, never an error."""
+        if not _thread_alive(self.pid, tid):
+            return None  # the kernel refuses to seize an exiting thread
+        tracer = _other_tracer(self.pid, tid)
+        if not tracer and not self._seized_before and retry:
+            time.sleep(RETRY_SEIZE_S)  # a pause of another goflame lasts microseconds
+            return self._seize(tid, retry=False)
+        if tracer or self._seized_before:
+            self.busy[tid] = tracer
+            self.skipped_busy += 1
+            return None
+        raise _not_permitted(self.pid, tid)
 
     def _interrupt(self, t: _Tracee) -> bool:
         t.t_interrupt = time.perf_counter_ns()
@@ -517,7 +495,6 @@ class Pauser:
         if that fails (not stopped, or gone) is it interrupted, waited for and detached.
         """
         deferred: BaseException | None = None
-        self._pending.clear()  # carried interrupts are released with the rest
         while self._held:
             try:
                 for t in list(self._held.values()):
