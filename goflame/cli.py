@@ -1,12 +1,18 @@
 """goflame's command line: parse options, call the library, print. Nothing else lives here.
 
-Every GoflameError becomes one line on stderr and its documented exit code (goflame/errors.py).
+Every failure is one line on stderr and its documented exit code (goflame/errors.py, README):
+a GoflameError its own code, a usage error 2, SIGINT 130, SIGTERM 143, and anything else —
+an unexpected exception, MemoryError, a write to a full disk — 5, never a traceback and never
+1, which only `diff` finding a regression may return. `run()` is the whole program;
+goflame/_entry.py installs the signal handlers before importing this module.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,30 +20,162 @@ from typing import Any
 import click
 
 from goflame import __version__
-from goflame.errors import BadInput, GoflameError
+from goflame.errors import BadInput, GoflameError, Interrupted, OutputError
 
 
-def _fail(msg: str, code: int) -> None:
-    click.echo(f"goflame: {msg}", err=True)
-    sys.exit(code)
+def _err(line: str) -> None:
+    """One line on stderr, whatever the locale (stderr's own encoding, bad bytes escaped)."""
+    try:
+        click.echo(line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), err=True)
+    except (OSError, UnicodeError):
+        pass  # nowhere left to say it
+
+
+def _warn(msg: str) -> None:
+    _err(f"goflame: warning: {msg}")
+
+
+def _silence_stdout() -> None:
+    """After a failed write to stdout, what is still buffered goes nowhere: else Python's flush
+    at exit fails again and prints a traceback-like "Exception ignored" and exits 120."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _out(text: str) -> None:
+    """Text to stdout as UTF-8 bytes in every locale (LC_ALL=C, PYTHONIOENCODING=ascii): names
+    read from non-UTF-8 bytes keep their bytes, as in goflame's output files."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    try:
+        if buffer is None:  # a replaced stdout (a test runner's): text is all it takes
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        sys.stdout.flush()
+        buffer.write(text.encode("utf-8", "surrogateescape"))
+        buffer.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def _exit_code_for(e: BaseException) -> int:
+    """Say what went wrong in one line (if anything is to be said) and give the exit code."""
+    if isinstance(e, GoflameError):
+        _err(f"goflame: {e}")
+        code = e.exit_code
+    elif isinstance(e, Interrupted):
+        from goflame._entry import ignore_signals
+
+        ignore_signals()
+        _err(f"goflame: {e.message}")
+        return e.exit_code
+    elif isinstance(e, KeyboardInterrupt):  # run without goflame's handlers (a library caller)
+        _err("goflame: interrupted")
+        return 130
+    elif isinstance(e, BrokenPipeError):  # the reader went away (e.g. `| head`): not an error
+        _silence_stdout()
+        return 0
+    elif isinstance(e, MemoryError):
+        _err("goflame: out of memory (if an input is that large, try a machine with more memory)")
+        code = 5
+    else:
+        detail = str(e).splitlines()[0][:300] if str(e) else ""
+        _err(f"goflame: internal error: {type(e).__name__}: {detail} (please report)")
+        code = 5
+    if isinstance(e, OutputError):
+        _silence_stdout()
+    return code
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one clear line and an exit code; never a traceback."""
+    """Turn any failure of a command into one clear line and an exit code; never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except GoflameError as e:
-            _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except BrokenPipeError:
-            sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
-            sys.exit(0)
+        except (SystemExit, click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except BaseException as e:  # noqa: BLE001 - the point: nothing escapes as a traceback
+            sys.exit(_exit_code_for(e))
 
     return wrapper
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command line with `argv` (default sys.argv[1:]): its exit code. Usage errors are one
+    line too; standard output is flushed here, so that a full disk is reported (exit 5)
+    instead of failing at interpreter exit."""
+    try:
+        rv = main.main(args=argv, prog_name="goflame", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 2
+    except click.exceptions.Abort:  # click's word for an interrupted prompt
+        code = _exit_code_for(KeyboardInterrupt())
+    except click.ClickException as e:
+        hint = f" (see 'goflame {e.ctx.info_name} --help')" if getattr(e, "ctx", None) and e.ctx.parent else ""
+        _err(f"goflame: {' '.join(e.format_message().split())}{hint}")
+        code = e.exit_code
+    except BaseException as e:  # noqa: BLE001 - while parsing: still one line
+        code = _exit_code_for(e)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except OSError as e:
+        _silence_stdout()
+        if code == 0:
+            code = _exit_code_for(OutputError(f"cannot write to standard output: {e.strerror or e}"))
+    return code
+
+
+class _Finite(click.ParamType):
+    """A finite number in [lo, hi] (lo itself excluded when `above`). click's FloatRange lets NaN
+    through (every comparison with it is false): `-d nan` recorded forever, `-r nan` ended in a
+    traceback."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float, *, above: bool = False) -> None:
+        self.lo, self.hi, self.above = lo, hi, above
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(x) and (x > self.lo if self.above else x >= self.lo) and x <= self.hi):
+            want = (f"above {self.lo:g}" if self.above else f"from {self.lo:g}") + (
+                f" to {self.hi:g}" if math.isfinite(self.hi) else "")
+            self.fail(f"must be a finite number {want}, not {value}", param, ctx)
+        return x
+
+
+_RATE = _Finite(1, 10_000)  # what the samplers accept
+_SECONDS = _Finite(0, math.inf, above=True)
+
+
+def _max_inflate_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from goflame.inputs import INFLATE_FLOOR, INFLATE_RATIO, format_size
+
+    return click.option(
+        "--max-inflate", metavar="SIZE", envvar="GOFLAME_MAX_INFLATE",
+        help=f"Most bytes a gzip'd input may inflate to, or a piped input may hold (e.g. 2G; none: no limit). "
+             f"Default: {INFLATE_RATIO}x the compressed size, at least {format_size(INFLATE_FLOOR)}. "
+             f"Env: GOFLAME_MAX_INFLATE.")(fn)
+
+
+def _limits(max_inflate: str | None) -> Any:
+    from goflame.inputs import Limits, parse_size
+
+    return Limits(max_inflate=parse_size(max_inflate) if max_inflate else None)
 
 
 def parse_address(value: str) -> int:
@@ -57,7 +195,8 @@ def main() -> None:
 
     \b
     Exit codes: 0 ok, 1 diff found a regression, 2 bad input or usage,
-    3 target process gone, 4 not permitted to trace, 5 output or internal failure.
+    3 target process gone, 4 not permitted to trace, 5 output or internal failure,
+    130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
 
 
@@ -75,9 +214,9 @@ def inspect(binary: str, as_json: bool, pcs: tuple[str, ...]) -> None:
     with GoBinary(binary) as b:
         info = describe(b, addresses)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        _out(json.dumps(info, indent=2) + "\n")
     else:
-        click.echo(render_text(info))
+        _out(render_text(info) + "\n")
 
 
 def _pid_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,8 +237,7 @@ def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool, native: b
     """Print every goroutine's stack in Go's own traceback format."""
     from goflame.dump import dump_goroutines
 
-    click.echo(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking, native=native),
-               nl=False)
+    _out(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking, native=native))
 
 
 @main.command()
@@ -112,7 +250,7 @@ def summary(pid: int, as_json: bool, top_n: int) -> None:
     """Go version, Ps, Ms/threads and goroutines by state, wait reason and start function."""
     from goflame.dump import summarize
 
-    click.echo(summarize(pid, as_json=as_json, top_n=top_n), nl=False)
+    _out(summarize(pid, as_json=as_json, top_n=top_n))
 
 
 def _format_choice() -> click.Choice:
@@ -123,8 +261,9 @@ def _format_choice() -> click.Choice:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--pid", "-p", type=int, help="Process id of a running Go program.")
-@click.option("--rate", "-r", type=float, default=100.0, show_default=True, help="Samples per second.")
-@click.option("--duration", "-d", type=float, help="Seconds to record (default: until Ctrl-C or the target exits).")
+@click.option("--rate", "-r", type=_RATE, default=100.0, show_default=True, help="Samples per second (1 to 10000).")
+@click.option("--duration", "-d", type=_SECONDS,
+              help="Seconds to record (default: until Ctrl-C or the target exits).")
 @click.option("--output", "-o", type=str, help="Output file (default goflame-<pid>-<time>.svg).")
 @click.option("--format", "-f", "fmt", type=_format_choice(), help="Output format (default: from -o's extension).")
 @click.option("--idle", is_flag=True, help="Also sample goroutines off the CPU (wall-clock view; leaf = state).")
@@ -197,25 +336,33 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
 @click.option("--goroutines", is_flag=True, help="Add a root frame per goroutine (raw recordings only).")
 @click.option("--inverted", is_flag=True, help="SVG: icicle graph.")
 @click.option("--title", type=str, help="SVG title.")
+@_max_inflate_option
 @reports_errors
 def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: bool, goroutines: bool,
-           inverted: bool, title: str | None) -> None:
-    """Convert a recording (raw, folded or pprof; detected by content) to FORMAT."""
+           inverted: bool, title: str | None, max_inflate: str | None) -> None:
+    """Convert a recording (raw, folded or pprof; detected by content) to FORMAT.
+
+    INPUT may be a pipe or FIFO, e.g. <(zcat x.folded.gz).
+    """
     from goflame.export import read_profile, write_profile
 
-    profile = read_profile(input_path)
+    profile = read_profile(input_path, limits=_limits(max_inflate))
+    for note in profile.reading_notes(input_path):
+        _warn(note)
     fmt = "goflame" if fmt == "raw" else fmt
     write_profile(profile, fmt, output if output else sys.stdout, lines=lines, threads=threads,
                   goroutines=goroutines, inverted=inverted, title=title)
+    if not profile.total_weight:
+        _warn(f"{input_path} holds no samples: the {fmt} output is an empty profile")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--pid", "-p", type=int, help="Process id of a running Go program.")
-@click.option("--rate", "-r", type=float, default=100.0, show_default=True, help="Samples per second.")
+@click.option("--rate", "-r", type=_RATE, default=100.0, show_default=True, help="Samples per second (1 to 10000).")
 @click.option("--idle", is_flag=True, help="Also sample goroutines off the CPU (their state is the leaf).")
 @click.option("--nonblocking", is_flag=True,
               help="Never pause the target: running goroutines show their last saved stack (less accurate).")
-@click.option("--delay", type=float, default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--delay", type=_SECONDS, default=1.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Sample for --delay seconds, print one snapshot, exit.")
 @click.option("--view", type=click.Choice(["functions", "goroutines"]), default="functions", show_default=True,
               help="View to start in (and to print when not on a terminal).")
@@ -236,7 +383,7 @@ def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: floa
 
     opts = TopOptions(pid=pid, command=tuple(command), rate=rate, idle=idle, nonblocking=nonblocking,
                       delay=delay, once=once, view=view, lines=lines, filter=filter_, native=native)
-    res = run_top(opts, on_snapshot=lambda text: click.echo(text))
+    res = run_top(opts, on_snapshot=lambda text: _out(text + "\n"))
     if res.command_log:
         click.echo(f"goflame: output of {command[0]} is in {res.command_log}", err=True)
     if res.exit_status is not None and res.target_exited:
@@ -264,14 +411,17 @@ def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: floa
 @click.option("--run-noise", type=float, default=None,
               help="Run-to-run spread of a function's relative cost, e.g. 0.05 for 5 % (default 0.05; 0: none).")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the text and markdown tables.")
+@_max_inflate_option
 @reports_errors
 def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_on_self: str, confidence: float,
-         min_samples: int, dispersion: float | None, run_noise: float | None, top: int) -> None:
+         min_samples: int, dispersion: float | None, run_noise: float | None, top: int,
+         max_inflate: str | None) -> None:
     """Compare two profiles (raw, folded or pprof) and fail on a significant regression.
 
     \b
     Exit codes: 0 no significant regression over the thresholds, 1 regression(s) found,
-    2 bad usage or unreadable input.
+    2 bad usage, unreadable or empty input, 5 output not written or an internal failure
+    (130/143: interrupted). Only a regression is 1.
     """
     from goflame.diff import RENDERERS, DiffOptions, diff_files, parse_threshold, write_diff_svg
 
@@ -279,14 +429,16 @@ def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_o
                        fail_on_self=parse_threshold(fail_on_self, "--fail-on-self"),
                        confidence=confidence, min_samples=min_samples, dispersion=dispersion,
                        **({} if run_noise is None else {"run_noise": run_noise}))
-    result, _, new_profile = diff_files(base, new, opts)
+    result, _, new_profile = diff_files(base, new, opts, limits=_limits(max_inflate))
     for w in result.warnings:
-        click.echo(f"goflame: warning: {w}", err=True)
+        _warn(w)
     if output:
         write_diff_svg(result, new_profile, output)
-    click.echo(RENDERERS[fmt](result, top), nl=False)
+    _out(RENDERERS[fmt](result, top))
     sys.exit(result.exit_code)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - `python -m goflame.cli`, as the tests run it
+    from goflame._entry import main as _entry_main
+
+    sys.exit(_entry_main())

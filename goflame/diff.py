@@ -35,12 +35,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from goflame.errors import BadInput, OutputError
 from goflame.export.pprof import profile_kind
+from goflame.inputs import DEFAULT_LIMITS, Limits
 from goflame.profile import RUNNING, LazySamples, Profile, Stacks
 
 # phi for profiles without sample times, and the run-to-run spread of a function's relative
@@ -320,9 +322,10 @@ def diff_profiles(base: Profile, new: Profile, options: DiffOptions = DiffOption
         states = (kb or kn) == "wall"
     sb, sn = base.aggregate(states=states), new.aggregate(states=states)
     nb, nn = sb.total, sn.total
-    for nm, n in ((base_name, nb), (new_name, nn)):
+    for nm, p, n in ((base_name, base, nb), (new_name, new, nn)):
         if n <= 0:
-            raise BadInput(f"{nm}: empty profile (no samples), nothing to compare")
+            what = "empty file" if p.meta.extra.get("source") == "folded" and not p.samples else "empty profile"
+            raise BadInput(f"{nm} has no samples ({what}): nothing to compare")
     side_b = _side(base_name, base, nb, states)
     side_n = _side(new_name, new, nn, states)
     if side_b.unit != side_n.unit:
@@ -335,8 +338,10 @@ def diff_profiles(base: Profile, new: Profile, options: DiffOptions = DiffOption
             warnings.append(f"{side.name} has only {side.samples:,} samples: too few to judge small changes "
                             f"(want at least {enough:,}; profile longer)")
     for nm, p in ((base_name, base), (new_name, new)):
-        if not p.complete:
-            warnings.append(f"{nm} is an incomplete recording (the profiler was stopped abruptly)")
+        notes = p.reading_notes(nm)
+        if not p.complete and p.cut_short is None:
+            notes.append(f"{nm} is an incomplete recording (the profiler was stopped abruptly)")
+        warnings.extend(notes)
     counts_tested = side_b.unit == "count"
     if not counts_tested:
         warnings.append(f"weights are {side_b.unit}, not sample counts: significance cannot be tested")
@@ -425,12 +430,13 @@ def _kind_text(kind: str) -> str:
 
 
 def diff_files(base: str | os.PathLike[str], new: str | os.PathLike[str],
-               options: DiffOptions = DiffOptions()) -> tuple[DiffResult, Profile, Profile]:
-    """Read both files (recording, folded or pprof, by content) and diff them."""
+               options: DiffOptions = DiffOptions(), *,
+               limits: Limits = DEFAULT_LIMITS) -> tuple[DiffResult, Profile, Profile]:
+    """Read both files (recording, folded or pprof, by content, within `limits`) and diff them."""
     from goflame.export import read_profile
 
-    pb = read_profile(base)
-    pn = read_profile(new)
+    pb = read_profile(base, limits=limits)
+    pn = read_profile(new, limits=limits)
     return diff_profiles(pb, pn, options, base_name=str(base), new_name=str(new)), pb, pn
 
 
@@ -598,8 +604,15 @@ def to_json(result: DiffResult) -> dict[str, Any]:
     }
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def render_json(result: DiffResult, top: int = 0) -> str:
-    return json.dumps(to_json(result), indent=1, ensure_ascii=False) + "\n"
+    """JSON, non-ASCII names as they are; a name from bytes that are not UTF-8 (a lone
+    surrogate here) is written as its \\uXXXX escape, so the output stays valid UTF-8 JSON and
+    reads back to the same name."""
+    text = json.dumps(to_json(result), indent=1, ensure_ascii=False) + "\n"
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 RENDERERS: dict[str, Callable[[DiffResult, int], str]] = {
@@ -687,15 +700,18 @@ def render_diff_svg(result: DiffResult, new: Profile, *, title: str | None = Non
 
 
 def write_diff_svg(result: DiffResult, new: Profile, out: str | os.PathLike[str] | IO[str], **opts: Any) -> None:
+    """The differential flame graph to a path (written atomically, like every output file) or a stream."""
     pieces = render_diff_svg(result, new, **opts)
     if isinstance(out, (str, os.PathLike)):
-        try:
-            with open(out, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-                fh.writelines(pieces)
-        except OSError as e:
-            raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+        from goflame.export import atomic_output
+
+        with atomic_output(out, binary=False) as fh:
+            fh.writelines(pieces)
     else:
-        out.writelines(pieces)
+        try:
+            out.writelines(pieces)
+        except OSError as e:
+            raise OutputError(f"cannot write {getattr(out, 'name', out)}: {e.strerror or e}") from None
 
 
 __all__ = ["DEFAULT_DISPERSION", "Change", "DiffOptions", "DiffResult", "RENDERERS", "Side", "diff_files",

@@ -8,7 +8,12 @@ anything else escaping is a bug. Exit codes (also in README.md):
   2  bad input: usage, unreadable/foreign/corrupt file, not a Go program, unsupported Go version
   3  the target process does not exist, exited, or is a zombie
   4  not permitted to trace or read the target (not root, ptrace_scope, missing CAP_SYS_PTRACE)
-  5  an internal failure while sampling or writing output (e.g. output not writable)
+  5  output could not be written (a full disk, a closed pipe is not one), or an internal failure:
+     any exception that is not a GoflameError, MemoryError included, is one line and 5, never a
+     traceback and never 1 (which `diff` keeps for a regression)
+130  interrupted (SIGINT) before anything could be written
+143  terminated (SIGTERM) before anything could be written (`record` and `top` instead stop and
+     write what they have, exit 0)
 """
 
 from __future__ import annotations
@@ -66,3 +71,20 @@ class InvalidMemory(GoflameError):
     """
 
     exit_code = 5
+
+
+class Interrupted(BaseException):
+    """SIGINT arrived where goflame has nothing to save: raised by the handler the entry point
+    installs first thing (goflame/_entry.py). A BaseException, so that `except Exception`
+    cleanup code does not swallow it; not a KeyboardInterrupt, so that click does not turn it
+    into "Aborted!" and exit 1 (a regression, to a CI job running `goflame diff`)."""
+
+    exit_code = 130
+    message = "interrupted"
+
+
+class Terminated(Interrupted):
+    """SIGTERM, likewise (the default action would kill goflame without a word)."""
+
+    exit_code = 143
+    message = "terminated (SIGTERM)"

@@ -10,18 +10,27 @@ everything before a torn tail. The byte layout is documented in docs/recording-f
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, BinaryIO
+from enum import Enum
+from typing import IO, Any, BinaryIO
 
 from goflame import __version__
 from goflame.errors import BadInput, OutputError
 from goflame.frame import Frame, FrameKind
+from goflame.inputs import (
+    DEFAULT_LIMITS,
+    MAX_DEPTH,
+    Limits,
+    deep_marker,
+    read_input,  # noqa: F401 - it lived here before goflame.inputs; still importable
+    source_bytes,
+)
 
 MAGIC = b"\x89goflame\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -108,16 +117,24 @@ class RecordingMeta:
                 binary=str(d.get("binary", "")),
                 go_version=str(d.get("go_version", "")),
                 mode=str(d.get("mode", "cpu")),
-                rate_hz=float(d.get("rate_hz", 0.0)),
-                start_time=float(d.get("start_time", 0.0)),
-                duration=float(d.get("duration", 0.0)),
+                rate_hz=finite(d.get("rate_hz", 0.0)),
+                start_time=finite(d.get("start_time", 0.0)),
+                duration=finite(d.get("duration", 0.0)),
                 command=tuple(str(a) for a in d.get("command", ())),
                 samples=int(d.get("samples", 0)),
                 errors=int(d.get("errors", 0)),
                 extra=extra,
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise BadInput(f"recording header has a malformed field: {e}") from None
+
+
+def finite(v: Any) -> float:
+    """A float field of a header or end record: NaN or an infinity there is corruption."""
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(f"{v!r} is not a finite number")
+    return x
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +154,24 @@ class Stacks:
     def by_frames(self) -> dict[tuple[Frame, ...], int]:
         fr = self.frames
         return {tuple(fr[i] for i in k): c for k, c in self.counts.items()}
+
+    def cut_deep(self, max_depth: int) -> Stacks:
+        """These stacks with each one deeper than `max_depth` cut to it: its innermost frames
+        and the depth marker at the root (goflame.inputs.cut_deep, for root-first keys)."""
+        if max(map(len, self.counts), default=0) <= max_depth:
+            return self
+        frames = list(self.frames)
+        marker = deep_marker(max_depth)
+        m = frames.index(marker) if marker in frames else len(frames)
+        if m == len(frames):
+            frames.append(marker)
+        keep = max_depth - 1
+        counts: dict[tuple[int, ...], int] = {}
+        for k, c in self.counts.items():
+            if len(k) > max_depth:
+                k = (m, *k[len(k) - keep :])
+            counts[k] = counts.get(k, 0) + c
+        return Stacks(tuple(frames), counts)
 
 
 class FrameTable:
@@ -199,19 +234,66 @@ class LazySamples(Sequence[Sample]):
         return iter(self._samples())
 
 
+class Tail(Enum):
+    """How a recording that was cut short ends (docs/recording-format.md, "Reading rules")."""
+
+    NO_END_RECORD = "no end record"
+    TORN_CHUNK_HEADER = "a chunk header cut short"
+    TORN_CHUNK = "the last chunk runs past the end of the file"
+    BAD_LAST_CHECKSUM = "the last chunk fails its checksum"
+    ZERO_TAIL = "zero bytes where the next chunk should be"
+
+
+@dataclass(frozen=True, slots=True)
+class CutShort:
+    """Where a recording that was cut short (a killed profiler, a full disk, a copy made while
+    it was written) ends, and what was kept of it: the reader keeps everything before the
+    cut, and the user must be told that this is not the whole recording."""
+
+    at: int  # bytes read: everything before this offset was kept
+    size: int  # bytes in the file
+    tail: Tail
+    samples: int  # sample records kept
+    seconds: float  # time they cover (the last sample's timestamp)
+
+    def describe(self, name: str) -> str:
+        kept = f"kept {self.samples:,} samples ({self.seconds:.1f} s)"
+        if self.tail is Tail.NO_END_RECORD:
+            return (f"{name}: recording cut short: it ends at byte {self.at:,} without its end record "
+                    f"(the profiler was stopped abruptly); {kept}")
+        return f"{name}: recording cut short at byte {self.at:,} of {self.size:,} ({self.tail.value}); {kept}"
+
+
+@dataclass(frozen=True, slots=True)
+class DepthCut:
+    """Stacks a reader cut to `depth` frames (see goflame.inputs.cut_deep)."""
+
+    stacks: int  # distinct stacks that were deeper
+    depth: int
+
+    def describe(self, name: str) -> str:
+        s = "stack" if self.stacks == 1 else "stacks"
+        return (f"{name}: {self.stacks:,} {s} deeper than {self.depth:,} frames "
+                f"{'was' if self.stacks == 1 else 'were'} cut to {self.depth:,} (innermost frames kept)")
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """A recording in memory: its meta and its samples.
 
     `detailed` is False when the samples came from an aggregated source (a folded file): they
     then carry a weight but no real time, thread, goroutine or state. `complete` is False when
-    a recording had no end record (the profiler was killed) or a torn tail was dropped.
+    a recording had no end record (the profiler was killed) or a torn tail was dropped;
+    `cut_short` then says where it ends. `depth_cut` says how many stacks a reader cut to the
+    depth limit.
     """
 
     meta: RecordingMeta
     samples: Sequence[Sample]  # a tuple, or LazySamples from a big pprof
     detailed: bool = True
     complete: bool = True
+    cut_short: CutShort | None = None
+    depth_cut: DepthCut | None = None
 
     @property
     def total_weight(self) -> int:
@@ -289,6 +371,11 @@ class Profile:
     def stacks(self, **opts: Any) -> dict[tuple[Frame, ...], int]:
         """Aggregated stacks as root-first Frame tuples (see `aggregate` for the options)."""
         return self.aggregate(**opts).by_frames()
+
+    def reading_notes(self, name: str) -> list[str]:
+        """What a user must be told about how this profile was read (one line each): a recording
+        cut short, stacks cut to the depth limit. Empty for a profile read whole."""
+        return [n.describe(name) for n in (self.cut_short, self.depth_cut) if n is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,29 +630,87 @@ def is_recording(head: bytes) -> bool:
     return head[: len(MAGIC)] == MAGIC
 
 
-def read_input(path: str | os.PathLike[str], name: str) -> bytes:
-    """The bytes of an input file; BadInput (one line) when it cannot be read."""
+def read_recording(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None = None, *,
+                   limits: Limits = DEFAULT_LIMITS) -> Profile:
+    """Read a `.goflame` file: everything up to a torn tail (said in `Profile.cut_short`);
+    BadInput for foreign or corrupt data, and for a recording cut short before any sample."""
+    data, name = source_bytes(source, name, "<recording>", limits)
     try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
-
-
-def read_recording(source: str | os.PathLike[str] | bytes, name: str | None = None) -> Profile:
-    """Read a `.goflame` file: everything up to a torn tail; BadInput for foreign or corrupt data."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        name = name or "<recording>"
-    else:
-        name = name or str(source)
-        data = read_input(source, name)
-    try:
-        return _parse(data, name)
+        return _parse(data, name, limits.max_depth)
     except _Corrupt as e:
         raise BadInput(f"{name}: corrupt goflame recording: {e}") from None
 
 
-def _parse(data: bytes, name: str) -> Profile:
+# JSON in a header or end record is a flat object of counters and names; anything nested deeper
+# than this is not goflame's (and deep enough nesting overflows Python's recursion limit).
+_MAX_JSON_DEPTH = 32
+
+
+def _no_constant(c: str) -> Any:
+    raise ValueError(f"{c} is not a number goflame writes")
+
+
+def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+    """A header's or end record's JSON object; _Corrupt for anything else (NaN, 1e400, nesting)."""
+    try:
+        v = json.loads(bytes(raw).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise _Corrupt(f"{what} is not valid JSON ({str(e)[:200]})") from None
+    if not isinstance(v, dict):
+        raise _Corrupt(f"{what} is not a JSON object")
+    todo: list[tuple[Any, int]] = [(v, 1)]
+    while todo:
+        x, depth = todo.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise _Corrupt(f"{what} is nested more than {_MAX_JSON_DEPTH} levels deep")
+        if isinstance(x, dict):
+            todo.extend((y, depth + 1) for y in x.values())
+        elif isinstance(x, list):
+            todo.extend((y, depth + 1) for y in x)
+    return v
+
+
+def _finite_float(s: str) -> float:
+    x = float(s)
+    if not math.isfinite(x):
+        raise ValueError(f"{s[:40]} is out of range")
+    return x
+
+
+def _parse(data: bytes, name: str, max_depth: int = MAX_DEPTH) -> Profile:
+    meta, pos = _parse_header(data, name)
+    decoder = _ChunkDecoder(max_depth)
+    trailer, end, tail = _read_chunks(data, pos, decoder)
+    samples = tuple(decoder.samples)
+    cut: CutShort | None = None
+    if trailer is not None:
+        try:
+            extra = dict(meta.extra)
+            extra.update(trailer.get("extra") or {})
+            meta = replace(
+                meta,
+                samples=int(trailer.get("samples", len(samples))),
+                errors=int(trailer.get("errors", 0)),
+                duration=finite(trailer.get("duration", 0.0)),
+                extra=extra,
+            )
+        except (TypeError, ValueError, OverflowError) as e:
+            raise _Corrupt(f"end record has a malformed field: {e}") from None
+    else:
+        last = max((s.timestamp_ns for s in samples), default=0)
+        meta = replace(meta, samples=len(samples), duration=last / 1e9)
+        cut = CutShort(end, len(data), tail or Tail.NO_END_RECORD, len(samples), meta.duration)
+        if not samples:
+            where = (f"at byte {end:,} of {len(data):,} ({cut.tail.value})" if tail else
+                     f"at byte {end:,}, without its end record")
+            raise BadInput(f"{name}: recording cut short {where}, before its first sample: nothing to read")
+    depth = DepthCut(decoder.deep, max_depth) if decoder.deep else None
+    return Profile(meta, samples, detailed=True, complete=cut is None and tail is None, cut_short=cut,
+                   depth_cut=depth)
+
+
+def _parse_header(data: bytes, name: str) -> tuple[RecordingMeta, int]:
+    """The meta and the offset of the first chunk."""
     if not data:
         raise BadInput(f"{name}: empty file, not a goflame recording")
     if not is_recording(data):
@@ -587,75 +732,55 @@ def _parse(data: bytes, name: str) -> Profile:
     if zlib.crc32(data[pos:end]) != _U32.unpack_from(data, end)[0]:
         raise _Corrupt("header checksum mismatch")
     try:
-        meta = RecordingMeta.from_json(json.loads(data[pos + _HEAD.size : end].decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise _Corrupt(f"header is not valid JSON ({e})") from None
-    pos = end + 4
+        meta = RecordingMeta.from_json(_json_object(data[pos + _HEAD.size : end], "header"))
+    except BadInput as e:
+        raise _Corrupt(str(e).removeprefix("recording ")) from None
+    return meta, end + 4
 
-    decoder = _ChunkDecoder()
+
+def _read_chunks(data: bytes, pos: int, decoder: _ChunkDecoder) -> tuple[dict[str, Any] | None, int, Tail | None]:
+    """Decode the chunks from `pos`: (end record or None, offset where reading stopped, how a
+    torn tail ended it or None). The tail rule is docs/recording-format.md's."""
     trailer: dict[str, Any] | None = None
-    complete = True
     n = len(data)
     while pos < n:
         if trailer is not None:
             raise _Corrupt(f"data after the end record at byte {pos}")
-        if n - pos < _CHUNK.size or not any(data[pos:]):
-            complete = False  # torn chunk header, or a zero-filled tail left by a crash
-            break
+        if data[pos] == 0 and data.count(0, pos) == n - pos:
+            return None, pos, Tail.ZERO_TAIL  # a crash that extended the file without writing it
+        if n - pos < _CHUNK.size:
+            return None, pos, Tail.TORN_CHUNK_HEADER
         tag, plen, crc = _CHUNK.unpack_from(data, pos)
         start, stop = pos + _CHUNK.size, pos + _CHUNK.size + plen
         if tag not in (TAG_SAMPLES, TAG_END):
             raise _Corrupt(f"unknown chunk type {tag:#04x} at byte {pos}")
         if stop > n:
-            complete = False  # the last chunk was being written when the writer died
-            break
+            return None, pos, Tail.TORN_CHUNK  # the last chunk was being written when the writer died
         payload = memoryview(data)[start:stop]
         if zlib.crc32(payload, zlib.crc32(bytes([tag]))) != crc:
             if stop == n:
-                complete = False  # a last chunk whose bytes never fully reached the disk
-                break
+                return None, pos, Tail.BAD_LAST_CHECKSUM  # its bytes never fully reached the disk
             raise _Corrupt(f"chunk at byte {pos} fails its checksum")
         if tag == TAG_SAMPLES:
             decoder.decode(payload, pos)
         else:
-            try:
-                trailer = json.loads(bytes(payload).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise _Corrupt(f"end record is not valid JSON ({e})") from None
-            if not isinstance(trailer, dict):
-                raise _Corrupt("end record is not a JSON object")
+            trailer = _json_object(payload, "end record")
         pos = stop
-
-    samples = tuple(decoder.samples)
-    if trailer is not None:
-        try:
-            extra = dict(meta.extra)
-            extra.update(trailer.get("extra") or {})
-            meta = replace(
-                meta,
-                samples=int(trailer.get("samples", len(samples))),
-                errors=int(trailer.get("errors", 0)),
-                duration=float(trailer.get("duration", 0.0)),
-                extra=extra,
-            )
-        except (TypeError, ValueError) as e:
-            raise _Corrupt(f"end record has a malformed field: {e}") from None
-    else:
-        complete = False
-        last = max((s.timestamp_ns for s in samples), default=0)
-        meta = replace(meta, samples=len(samples), duration=last / 1e9)
-    return Profile(meta, samples, detailed=True, complete=complete)
+    return trailer, pos, None
 
 
 class _ChunkDecoder:
-    """Decodes sample chunks in file order; ids defined in earlier chunks stay valid."""
+    """Decodes sample chunks in file order; ids defined in earlier chunks stay valid. A stack
+    deeper than `max_depth` frames is cut to it (goflame.inputs.cut_deep), counted in `deep`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int = MAX_DEPTH) -> None:
         self.strings: list[str] = []
         self.frames: list[Frame] = []
         self.stacks: list[tuple[Frame, ...]] = []
         self.samples: list[Sample] = []
         self.ts = 0
+        self.max_depth = max_depth
+        self.deep = 0
 
     def decode(self, payload: memoryview, at: int) -> None:
         buf = bytes(payload)
@@ -696,7 +821,10 @@ class _ChunkDecoder:
                 k = uv()
                 if k > n - pos:
                     raise _Corrupt(f"stack longer than its chunk at byte {at}")
-                stacks.append(tuple([ref(frames, "frame") for _ in range(k)]))
+                if k > self.max_depth:
+                    stacks.append(self._cut(k, lambda: ref(frames, "frame")))
+                else:
+                    stacks.append(tuple([ref(frames, "frame") for _ in range(k)]))
             elif rec == REC_FRAME:
                 fn, fl, line = ref(strings, "string"), ref(strings, "string"), uv()
                 if pos + 2 > n:
@@ -717,6 +845,15 @@ class _ChunkDecoder:
                 raise _Corrupt(f"unknown record type {rec} in the chunk at byte {at}")
         self.ts = ts
 
+    def _cut(self, k: int, next_frame: Callable[[], Frame]) -> tuple[Frame, ...]:
+        """A stack record of k > max_depth frames: its innermost frames and the depth marker;
+        the ids past them are read (and checked) but never made into a tuple."""
+        self.deep += 1
+        kept = [next_frame() for _ in range(self.max_depth - 1)]
+        for _ in range(k - len(kept)):
+            next_frame()
+        return (*kept, deep_marker(self.max_depth))
+
 
 def iter_chunks_info(data: bytes) -> Iterator[tuple[int, int, int]]:
     """(offset, tag, payload length) of each complete chunk: for tests and `goflame inspect`."""
@@ -735,11 +872,14 @@ def iter_chunks_info(data: bytes) -> Iterator[tuple[int, int, int]]:
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "CutShort",
+    "DepthCut",
     "Profile",
     "RecordingMeta",
     "RecordingWriter",
     "Sample",
     "Stacks",
+    "Tail",
     "is_recording",
     "iter_chunks_info",
     "read_recording",

@@ -406,3 +406,40 @@ def test_ci_gate_script_fails_a_change_that_slows_checksum(tmp_path):
     assert json.loads((out / "diff.json").read_text())["regressions"][0]["function"] == CHECKSUM
     assert (out / "diff.svg").stat().st_size > 0 and (out / "diff.md").read_text() == r.stdout
     assert git("worktree", "list").count("\n") == 0  # the script removed its checkouts
+
+
+# ---------------------------------------------------------------------------------------------
+# empty and cut-short inputs: only a regression is exit 1
+
+
+def test_an_empty_base_or_new_is_exit_2_naming_which_has_no_samples(tmp_path):
+    full = tmp_path / "full.folded"
+    full.write_text("main.main;main.a 300\nmain.main;main.b 200\n")
+    empty = tmp_path / "empty.folded"
+    empty.write_bytes(b"")  # what a profile with no samples is written as
+    one_line_exit_2(goflame("diff", empty, full), f"{empty} has no samples (empty file): nothing to compare")
+    one_line_exit_2(goflame("diff", full, empty), f"{empty} has no samples")
+    zero = tmp_path / "zero.goflame"
+    write_profile(Profile(RecordingMeta(mode="cpu"), ()), "goflame", zero)
+    with pytest.raises(BadInput, match="NEW has no samples \\(empty profile\\)"):
+        diff_profiles(_timed(["main.a"] * 100), Profile(RecordingMeta(mode="cpu"), ()))
+    one_line_exit_2(goflame("diff", full, zero), f"{zero} has no samples (empty profile)")
+
+
+def test_a_recording_cut_short_is_said_in_the_diff_and_one_with_no_samples_is_exit_2(tmp_path):
+    from goflame.profile import iter_chunks_info
+
+    prof = _timed(["main.a"] * 300 + ["main.b"] * 300)
+    rec = tmp_path / "rec.goflame"
+    write_profile(prof, "goflame", rec)
+    data = rec.read_bytes()
+    (first, _, length), _end = list(iter_chunks_info(data))
+    cut = tmp_path / "cut.goflame"
+    cut.write_bytes(data[: first + 9 + length])  # every sample, no end record
+    r = goflame("diff", rec, cut)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(f"goflame: warning: {cut}: recording cut short") and r.stderr.count("\n") == 1
+    assert "kept 600 samples (6.0 s)" in r.stderr
+    cut.write_bytes(data[: first + 100])  # before the first sample could be read
+    one_line_exit_2(goflame("diff", rec, cut), f"{cut}: recording cut short at byte {first:,}",
+                    "before its first sample")

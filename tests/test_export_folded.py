@@ -177,3 +177,36 @@ def test_any_bytes_give_a_profile_or_one_line_bad_input(data):
     else:
         text = folded_text(p)
         assert sum(parse_counts(text).values()) == sum(s.weight for s in p.samples)
+
+
+def test_lines_deeper_than_the_limit_keep_their_innermost_frames_and_are_counted():
+    from goflame.inputs import Limits
+
+    names = [f"f{i}" for i in range(12)]
+    text = (";".join(names) + " 5\n" + ";".join(names[:6]) + " 2\n" + ";".join(names[:7]) + " 1\n").encode()
+    p = read_folded(io.BytesIO(text), "deep", limits=Limits(max_depth=6))
+    assert p.depth_cut is not None and (p.depth_cut.stacks, p.depth_cut.depth) == (2, 6)
+    got = Counter({";".join(f.function for f in reversed(s.frames)): s.weight for s in p.samples})
+    marker = "[truncated: deeper than 6 frames]"
+    assert got == Counter({f"{marker};f7;f8;f9;f10;f11": 5, ";".join(names[:6]): 2, f"{marker};f2;f3;f4;f5;f6": 1})
+    assert next(s for s in p.samples if s.weight == 5).frames[-1].kind is FrameKind.UNKNOWN
+    # the cut text reads back as it was written: nothing is cut twice
+    again = read_folded(io.BytesIO(folded_text(p).encode()), "again", limits=Limits(max_depth=6))
+    assert again.depth_cut is None and parse_counts(folded_text(again)) == parse_counts(folded_text(p))
+
+
+def test_an_empty_name_in_the_part_of_a_line_that_is_cut_is_still_bad_input():
+    from goflame.inputs import Limits
+
+    for line in (b";a;b;c;d;e;f;g 1\n", b"a;;b;c;d;e;f;g 1\n", b"a;b;;c;d;e;f;g 1\n"):
+        with pytest.raises(BadInput, match="deep:1: empty frame name"):
+            read_folded(io.BytesIO(line), "deep", limits=Limits(max_depth=4))
+
+
+def test_an_empty_folded_file_is_an_empty_profile(tmp_path):
+    # what a profile with no samples is written as, read back as one
+    empty = tmp_path / "empty.folded"
+    write_profile(export_data.profile(0), "folded", empty)
+    assert empty.read_bytes() == b""
+    for p in (read_profile(empty), read_folded(empty)):
+        assert not p.samples and p.total_weight == 0 and p.depth_cut is None

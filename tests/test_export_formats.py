@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import stat
+import threading
 from collections import Counter
 
 import pytest
@@ -51,7 +54,6 @@ def test_input_is_recognised_by_content_not_by_name(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "empty file"),
     (b"\x7fELF\x02\x01\x01" + bytes(60), "an ELF program"),
     (b'<?xml version="1.0"?><svg/>', "looks like XML/SVG"),
     (b'{"$schema": "https://www.speedscope.app/file-format-schema.json"}', "looks like JSON"),
@@ -115,3 +117,55 @@ def test_options_a_format_does_not_take_are_ignored():
         out = io.StringIO()
         write_profile(export_data.profile(5), fmt, out, inverted=True, title="x", min_width=3, no_such=1)
         assert out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# output files appear whole or not at all; empty input is an empty profile
+
+
+def test_an_empty_file_is_an_empty_profile_that_every_format_can_write(tmp_path):
+    empty = tmp_path / "empty.folded"
+    empty.write_bytes(b"")
+    assert sniff_format(empty) == "folded"
+    p = read_profile(empty)
+    assert not p.samples and p.total_weight == 0
+    for fmt in FORMATS:
+        out = tmp_path / f"out-{fmt}"
+        write_profile(p, fmt, out)
+        if fmt in ("folded", "goflame", "pprof"):  # read back: still no samples
+            assert read_profile(out).total_weight == 0
+        else:  # an empty document (an SVG that says "no samples", a speedscope file with none)
+            assert out.stat().st_size > 0
+
+
+def test_a_failed_write_leaves_the_previous_file_as_it_was_and_no_temporary_file(tmp_path):
+    out = tmp_path / "out.pb.gz"
+    out.write_bytes(b"the previous profile")
+    os.chmod(out, 0o640)
+    huge = Profile(RecordingMeta(), (Sample(0, 0, 0, "", export_data.random_samples(1)[0].frames, 2 ** 64),),
+                   detailed=False)
+    with pytest.raises(BadInput, match="cannot be written as pprof"):
+        write_profile(huge, "pprof", out)
+    assert out.read_bytes() == b"the previous profile" and os.listdir(tmp_path) == ["out.pb.gz"]
+    # a write that works replaces the file whole and keeps its permissions
+    write_profile(export_data.profile(50), "pprof", out)
+    assert read_profile(out).total_weight == export_data.profile(50).total_weight
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and os.listdir(tmp_path) == ["out.pb.gz"]
+
+
+def test_a_fifo_or_device_output_is_written_in_place_never_replaced(tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_profile(export_data.profile(30), "folded", fifo)
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.listdir(tmp_path) == ["out.fifo"]
+    expected = io.StringIO()
+    write_profile(export_data.profile(30), "folded", expected)
+    assert got == [expected.getvalue().encode()]
+    link = tmp_path / "null.svg"
+    link.symlink_to(os.devnull)
+    write_profile(export_data.profile(30), "svg", link)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode) and link.is_symlink()

@@ -20,11 +20,13 @@ import export_data
 from goflame.errors import BadInput, OutputError
 from goflame.export import read_profile
 from goflame.frame import Frame, FrameKind
+from goflame.inputs import Limits
 from goflame.profile import (
     MAGIC,
     RecordingMeta,
     RecordingWriter,
     Sample,
+    Tail,
     iter_chunks_info,
     read_recording,
 )
@@ -292,3 +294,100 @@ def test_damaged_recordings_give_samples_or_bad_input_never_a_crash(valid_record
         assert str(e).startswith("damaged") and "\n" not in str(e)
     else:
         assert all(isinstance(s, Sample) for s in p.samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# recordings cut short say so; header and end record JSON within bounds; stacks within depth
+
+
+def test_a_cut_recording_says_where_it_ends_and_what_it_kept(tmp_path):
+    samples = export_data.random_samples(60)
+    path = tmp_path / "r.goflame"
+    write(path, samples, export_data.meta(), chunk_every=20)
+    data = path.read_bytes()
+    chunks = list(iter_chunks_info(data))
+    second_off = chunks[1][0]
+    third_off = chunks[2][0]
+    cases = [
+        (third_off + 5, third_off, Tail.TORN_CHUNK_HEADER, 40),
+        (third_off + 20, third_off, Tail.TORN_CHUNK, 40),
+        (second_off + 9 + chunks[1][2], second_off + 9 + chunks[1][2], Tail.NO_END_RECORD, 40),
+    ]
+    for cut, at, tail, kept in cases:
+        p = read_recording(data[:cut], "cut.goflame")
+        c = p.cut_short
+        assert c is not None and not p.complete, cut
+        assert (c.at, c.size, c.tail, c.samples) == (at, cut, tail, kept), cut
+        assert c.seconds == max(s.timestamp_ns for s in samples[:kept]) / 1e9
+        (note,) = p.reading_notes("cut.goflame")
+        assert f"byte {at:,}" in note and f"kept {kept} samples" in note and "\n" not in note
+    # a last chunk whose bytes never fully reached the disk, and a zero-filled tail
+    damaged = bytearray(data[: third_off + 9 + chunks[2][2]])
+    damaged[-1] ^= 0xFF
+    assert read_recording(bytes(damaged), "x").cut_short.tail is Tail.BAD_LAST_CHECKSUM
+    zeroed = data[:third_off] + bytes(500)
+    c = read_recording(zeroed, "x").cut_short
+    assert (c.at, c.size, c.tail) == (third_off, third_off + 500, Tail.ZERO_TAIL)
+    whole = read_recording(data)
+    assert whole.cut_short is None and whole.complete and whole.reading_notes("r") == []
+
+
+def test_a_recording_cut_before_its_first_sample_is_bad_input(tmp_path):
+    path = tmp_path / "r.goflame"
+    write(path, export_data.random_samples(50), export_data.meta())
+    data = path.read_bytes()
+    first = next(iter_chunks_info(data))[0]
+    for cut in (first, first + 3, first + 40):
+        with pytest.raises(BadInput, match=r"cut\.goflame: recording cut short .*before its first sample") as e:
+            read_recording(data[:cut], "cut.goflame")
+        assert "\n" not in str(e.value)
+    # a recording closed normally with no samples is a valid empty profile, not an error
+    empty = tmp_path / "empty.goflame"
+    write(empty, [], export_data.meta(samples=0))
+    p = read_recording(empty)
+    assert p.complete and not p.samples
+
+
+def _header(meta_json: bytes) -> bytes:
+    body = b"\x01\x00" + len(meta_json).to_bytes(4, "little") + meta_json
+    return MAGIC + body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def _end_chunk(payload: bytes) -> bytes:
+    return b"E" + len(payload).to_bytes(4, "little") + zlib.crc32(payload, zlib.crc32(b"E")).to_bytes(4, "little") \
+        + payload
+
+
+@pytest.mark.parametrize("header, end, message", [
+    (b'{"extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "header is not valid JSON|nested more than"),
+    (b'{"extra": ' + b"[" * 40 + b"]" * 40 + b"}", None, "header is nested more than 32 levels"),
+    (b'{"samples": 1e400}', None, "header is not valid JSON"),
+    (b'{"duration": NaN}', None, "header is not valid JSON"),
+    (b'{"rate_hz": "inf"}', None, "malformed field"),
+    (b"{}", b'{"samples": 1e400}', "end record is not valid JSON"),
+    (b"{}", b'{"duration": Infinity}', "end record is not valid JSON"),
+    (b"{}", b'{"samples": "1e400"}', "end record has a malformed field"),
+    (b"{}", b'{"extra": ' + b"{\"a\": " * 50_000 + b"1" + b"}" * 50_000 + b"}", "end record"),
+])
+def test_json_that_is_deep_or_out_of_range_is_corrupt_not_a_crash(header, end, message):
+    data = _header(header) + (_end_chunk(end) if end is not None else b"")
+    with pytest.raises(BadInput, match=message) as e:
+        read_recording(data, "x.goflame")
+    assert str(e.value).startswith("x.goflame") and "\n" not in str(e.value)
+
+
+def test_stack_records_deeper_than_the_limit_keep_their_innermost_frames(tmp_path):
+    deep = tuple(Frame(f"main.f{i}", "/m.go", i + 1) for i in range(5000))
+    samples = [Sample(1, 1, 1, "running", deep, 3), Sample(2, 1, 1, "running", deep[:10], 2)]
+    path = tmp_path / "deep.goflame"
+    write(path, samples, export_data.meta())
+    p = read_recording(path)
+    assert p.depth_cut is not None and (p.depth_cut.stacks, p.depth_cut.depth) == (1, 4096)
+    cut = p.samples[0].frames
+    assert len(cut) == 4096 and cut[:4095] == deep[:4095]
+    assert cut[-1] == Frame("[truncated: deeper than 4096 frames]", kind=FrameKind.UNKNOWN)
+    assert p.samples[1].frames == deep[:10]
+    (note,) = p.reading_notes("deep.goflame")
+    assert note == "deep.goflame: 1 stack deeper than 4,096 frames was cut to 4,096 (innermost frames kept)"
+    small = read_recording(path, limits=Limits(max_depth=8))
+    assert [len(s.frames) for s in small.samples] == [8, 8] and small.depth_cut.stacks == 2

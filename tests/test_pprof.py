@@ -405,3 +405,108 @@ def test_corrupt_references_inside_a_valid_protobuf_are_bad_input(go_cpu_profile
     p.ClearField("sample_type")
     with pytest.raises(BadInput, match="samples but no sample types"):
         decode_pprof(p.SerializeToString(), "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded reading: what gzip may inflate to, how deep a stack may be; 64-bit values on writing
+
+
+def test_gzip_inflating_past_the_cap_is_bad_input_and_the_cap_scales_with_the_file(tmp_path):
+    from goflame.inputs import INFLATE_FLOOR, INFLATE_RATIO, Limits, format_size
+
+    raw = encode_pprof(export_data.profile(400))
+    whole = gzip.compress(raw)
+    assert folded_of(decode_pprof(whole, "ok", limits=Limits(max_inflate=len(raw)))) == \
+        folded_of(decode_pprof(whole, "ok"))
+    with pytest.raises(BadInput, match=rf"big: gzip data of .* inflates to more than {format_size(len(raw) - 1)}, goflame's limit"):
+        decode_pprof(whole, "big", limits=Limits(max_inflate=len(raw) - 1))
+    # concatenated members count together
+    half = len(raw) // 2
+    members = gzip.compress(raw[:half]) + gzip.compress(raw[half:])
+    assert folded_of(decode_pprof(members, "m", limits=Limits(max_inflate=len(raw)))) == \
+        folded_of(decode_pprof(whole, "ok"))
+    with pytest.raises(BadInput, match="inflates to more than"):
+        decode_pprof(members, "m", limits=Limits(max_inflate=half + 10))
+    # the default: a multiple of the compressed size, with a floor
+    assert Limits().inflate_cap(1000) == INFLATE_FLOOR == 256 << 20
+    assert Limits().inflate_cap(100 << 20) == INFLATE_RATIO * (100 << 20) == 3200 << 20
+    assert Limits(max_inflate=5).inflate_cap(100 << 20) == 5
+
+
+def test_a_gzip_bomb_is_refused_by_the_default_cap():
+    from goflame.inputs import INFLATE_FLOOR
+
+    bomb = gzip_bomb()
+    assert len(bomb) < 5 << 20  # 4 MiB that inflate to 4 GiB
+    with pytest.raises(BadInput, match=r"bomb\.pb\.gz: gzip data of 4\.1 MiB inflates to more than 256 MiB") as e:
+        decode_pprof(bomb, "bomb.pb.gz")
+    assert "--max-inflate" in str(e.value) and INFLATE_FLOOR == 256 << 20
+
+
+def gzip_bomb(gib: int = 4) -> bytes:
+    """A gzip stream of `gib` GiB of zero bytes, made in milliseconds: deflate blocks of 1 MiB of
+    zeros, each ended by a full flush, are identical, so one is repeated; the trailer (CRC and
+    size) is never reached by a reader that stops at its cap, so it is left zero."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    c.compress(bytes(1 << 20))
+    c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + block * (gib << 10) + b"\x03\x00" + bytes(8)
+
+
+def _deep_profile() -> tuple[Profile, list[tuple[Frame, ...]]]:
+    """Stacks of 30 and 3 frames (innermost first), pairs of them inlined at one pc."""
+    def stack(n: int, tag: str) -> tuple[Frame, ...]:
+        return tuple(Frame(f"main.{tag}{i}", "/m.go", i + 1, i % 2 == 0, pc=0x401000 + 16 * (i // 2) +
+                           (0x8000 if tag == "b" else 0)) for i in range(n))
+
+    stacks = [stack(30, "a"), stack(3, "b"), stack(31, "b")]
+    samples = tuple(Sample(0, 0, 0, "", fr, w) for fr, w in zip(stacks, (5, 2, 1), strict=True))
+    return Profile(RecordingMeta(mode="cpu", rate_hz=100.0), samples, detailed=False), stacks
+
+
+def test_pprof_stacks_deeper_than_the_limit_are_cut_on_both_read_paths():
+    from goflame.inputs import Limits, cut_deep
+
+    prof, stacks = _deep_profile()
+    data = gzip.compress(encode_pprof(prof))
+    want_prof = Profile(prof.meta, tuple(Sample(0, 0, 0, "", cut_deep(s.frames, 10), s.weight)
+                                         for s in prof.samples), detailed=False)
+    want = folded_of(want_prof)
+    assert max(len(k.split(";")) for k in want) == 10 and any(k.startswith("[truncated: deeper than 10 frames]")
+                                                              for k in want)
+    fast = decode_pprof(data, "deep", limits=Limits(max_depth=10))
+    assert type(fast.samples).__name__ == "LazySamples"
+    assert fast.depth_cut is not None and (fast.depth_cut.stacks, fast.depth_cut.depth) == (2, 10)
+    assert folded_of(fast) == want
+    materialized = Profile(fast.meta, tuple(fast.samples), detailed=False)
+    assert folded_of(materialized) == want
+    assert all(len(s.frames) <= 10 for s in materialized.samples)
+    # within the default limit nothing is cut, and nothing is said
+    whole = decode_pprof(data, "deep")
+    assert whole.depth_cut is None and folded_of(whole) == folded_of(prof)
+
+
+def test_a_count_past_64_bits_cannot_be_written_as_pprof_and_nothing_is_written(tmp_path):
+    out = tmp_path / "out.pb.gz"
+    out.write_bytes(b"the previous profile")
+    src = tmp_path / "huge.folded"
+    src.write_bytes(b"main.main;main.big 9223372036854775808\nmain.main 1\n")
+    with pytest.raises(BadInput, match=r"cannot be written as pprof: a stack's sample count \(9,223,372,036,854,775,808\)"):
+        write_profile(read_profile(src), "pprof", out)
+    assert out.read_bytes() == b"the previous profile" and sorted(os.listdir(tmp_path)) == ["huge.folded",
+                                                                                            "out.pb.gz"]
+    # the largest count pprof holds is written, and read back as it was
+    src.write_bytes(b"main.main;main.big 9223372036854775807\n")
+    write_profile(read_profile(src), "pprof", out)
+    assert read_profile(out).total_weight == 2 ** 63 - 1
+    # a CPU profile also stores count x period nanoseconds: that must fit too
+    timed = Profile(RecordingMeta(mode="cpu", rate_hz=100.0), (Sample(0, 0, 0, "", (Frame("main.f"),), 2 ** 62),))
+    with pytest.raises(BadInput, match="more nanoseconds than pprof's 64-bit values hold"):
+        write_profile(timed, "pprof", out)
+    src.write_bytes(b"main.main;main.big 9223372036854775808\n")
+    r = goflame("report", "pprof", src, "-o", out)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot be written as pprof" in r.stderr, r.stderr
+    assert read_profile(out).total_weight == 2 ** 63 - 1

@@ -2,24 +2,30 @@
 
 Writers are looked up lazily ("module:function") so that a format whose module is not there
 (pprof, added separately) fails with one clear line instead of an ImportError at start-up.
-To add a format: write `write_X(profile, out, **opts)` (and `read_X(path) -> Profile`), then
-list it in FORMATS (and READERS with a content sniffer). Readers are chosen by content, never by
-name: a `.svg` renamed to `.folded` is still refused for what it is.
+To add a format: write `write_X(profile, out, **opts)` (and `read_X(stream, name, *, limits)
+-> Profile`), then list it in FORMATS (and READERS with a content sniffer). Readers are chosen
+by content, never by name: a `.svg` renamed to `.folded` is still refused for what it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import inspect
 import io
 import os
-from collections.abc import Callable, Mapping
+import secrets
+import stat
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
 from goflame.errors import BadInput, GoflameError, OutputError
+from goflame.inputs import DEFAULT_LIMITS, Limits, open_input
 from goflame.profile import Profile, is_recording
 
 
@@ -51,7 +57,7 @@ FORMATS: Mapping[str, Format] = MappingProxyType({
 class Reader:
     name: str
     sniff: Callable[[bytes], bool]  # given the first 4 KiB of the file
-    reader: str  # "module:function" taking (path) and returning a Profile
+    reader: str  # "module:function" taking (binary stream, name, *, limits) and returning a Profile
 
 
 def _is_gzip_or_protobuf(head: bytes) -> bool:
@@ -111,8 +117,9 @@ def write_profile(
 ) -> None:
     """Write `profile` as `fmt` (None: from `out`'s extension) to a path or an open stream.
 
-    Options a format does not take (e.g. `inverted` for folded) are ignored, so a caller can
-    pass one set of options to every writer.
+    A path is written atomically (`atomic_output`): a failure or a kill midway leaves any
+    previous file as it was. Options a format does not take (e.g. `inverted` for folded) are
+    ignored, so a caller can pass one set of options to every writer.
     """
     if fmt is None:
         if not isinstance(out, (str, os.PathLike)):
@@ -127,11 +134,8 @@ def write_profile(
         opts = {k: v for k, v in opts.items() if k in params}
     try:
         if isinstance(out, (str, os.PathLike)):
-            if f.binary:
-                writer(profile, out, **opts)
-            else:
-                with open(out, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-                    writer(profile, fh, **opts)
+            with atomic_output(out, binary=f.binary) as fh:
+                writer(profile, fh, **opts)
         elif f.binary:
             stream: Any = out.buffer if isinstance(out, io.TextIOBase) and hasattr(out, "buffer") else out
             if stream is not out:
@@ -143,7 +147,81 @@ def write_profile(
     except GoflameError:
         raise
     except OSError as e:
-        raise OutputError(f"cannot write {getattr(out, 'name', out)}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {_stream_name(out)}: {e.strerror or e}") from None
+
+
+def _stream_name(out: Any) -> str:
+    if out is sys.stdout or getattr(out, "name", None) == "<stdout>":
+        return "to standard output"
+    return str(getattr(out, "name", out))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, binary: bool) -> Iterator[IO[Any]]:
+    """An output file that appears whole or not at all: written to a temporary file beside it
+    and renamed over it on success; on any failure (a full disk, an exception, Ctrl-C) the
+    temporary file is removed and a previous file is left as it was. Text is UTF-8 with
+    surrogateescape (names from non-UTF-8 bytes keep their bytes), "\n" line ends.
+
+    What is not a regular file (`/dev/stdout`, `/dev/full`, a FIFO) is written in place: there
+    is nothing to replace, and a device node must never be renamed over.
+    """
+    target = os.path.realpath(path)
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    text = {} if binary else {"encoding": "utf-8", "errors": "surrogateescape", "newline": "\n"}
+    mode = "wb" if binary else "w"
+    tmp = _temp_beside(target, path) if st is None or stat.S_ISREG(st.st_mode) else None
+    if tmp is None:  # written in place
+        try:
+            with open(target if st is not None else path, mode, **text) as fh:
+                yield fh
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        return
+    fd, tmp_path = tmp
+    try:
+        with os.fdopen(fd, mode, **text) as fh:
+            yield fh
+        if st is not None:
+            _keep_owner_and_mode(tmp_path, st)
+        os.replace(tmp_path, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_path)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def _temp_beside(target: str, path: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """A new file in the target's directory (a rename within one file system is atomic), with
+    the permissions a plain open would give; None where the directory refuses one but the
+    file itself is there to be written in place."""
+    folder, base = os.path.split(target)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and os.access(target, os.W_OK):
+                return None
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    raise OutputError(f"cannot write {path}: no free temporary name beside it")
+
+
+def _keep_owner_and_mode(tmp: str, st: os.stat_result) -> None:
+    """The replaced file's permissions (and, as root, its owner) carry over to the new one."""
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.chown(tmp, st.st_uid, st.st_gid)
 
 
 def _write_text(writer: Callable[..., Any], profile: Profile, out: Any, opts: dict[str, Any]) -> None:
@@ -162,15 +240,23 @@ def _write_text(writer: Callable[..., Any], profile: Profile, out: Any, opts: di
         w.detach()
 
 
-def sniff_format(path: str | os.PathLike[str]) -> str:
+def sniff_format(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> str:
     """Which reader a file's content calls for; BadInput for what goflame cannot read."""
+    name = str(path)
+    with open_input(path, name, limits) as f:
+        return _sniff(_head(f, name), name)
+
+
+def _head(f: IO[bytes], name: str) -> bytes:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
+        return f.read(4096)
     except OSError as e:
-        raise BadInput(f"cannot read {path}: {e.strerror or e}") from None
+        raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
+
+
+def _sniff(head: bytes, path: str) -> str:
     if not head:
-        raise BadInput(f"{path}: empty file, not a profile")
+        return "folded"  # an empty file is an empty folded profile: what one with no samples is written as
     if head.startswith(b"\x7fELF"):
         raise BadInput(f"{path}: an ELF program, not a profile (to profile it, use 'goflame record')")
     stripped = head.lstrip()
@@ -184,12 +270,19 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     raise BadInput(f"{path}: not a goflame recording, folded stacks or pprof profile")
 
 
-def read_profile(path: str | os.PathLike[str]) -> Profile:
-    """Read a recording, folded stacks or (once available) pprof, by content."""
-    name = sniff_format(path)
-    r = next(r for r in READERS if r.name == name)
-    return _resolve(r.reader, f"reading {name} input")(path)
+def read_profile(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> Profile:
+    """Read a recording, folded stacks or pprof, by content, within `limits` (goflame.inputs).
+
+    A pipe or FIFO works like a file (it is read once, into memory). What the reader had to
+    cut (a recording cut short, stacks too deep) is in `Profile.reading_notes(name)`.
+    """
+    name = str(path)
+    with open_input(path, name, limits) as f:
+        fmt = _sniff(_head(f, name), name)
+        f.seek(0)
+        r = next(r for r in READERS if r.name == fmt)
+        return _resolve(r.reader, f"reading {fmt} input")(f, name, limits=limits)
 
 
-__all__ = ["FORMATS", "READERS", "Format", "Reader", "format_from_extension", "read_profile",
+__all__ = ["FORMATS", "READERS", "Format", "Reader", "atomic_output", "format_from_extension", "read_profile",
            "sniff_format", "write_profile"]

@@ -15,7 +15,8 @@ from typing import IO, Any
 
 from goflame.errors import BadInput
 from goflame.frame import Frame, FrameKind
-from goflame.profile import Profile, RecordingMeta, Sample, Stacks
+from goflame.inputs import DEFAULT_LIMITS, MAX_DEPTH, Limits, deep_marker, open_input
+from goflame.profile import DepthCut, Profile, RecordingMeta, Sample, Stacks
 
 _STATE_RE = re.compile(r"\[[^\[\]]*\]")
 _THREAD_RE = re.compile(r"thread \d+|no thread")
@@ -83,15 +84,23 @@ class _FrameTable(dict[str, Frame]):
         return f
 
 
-def parse_folded(lines: Iterable[bytes], name: str = "<folded>") -> Iterator[tuple[tuple[Frame, ...], int]]:
-    """(frames innermost first, count) for each line; BadInput names the first bad line."""
+def parse_folded(lines: Iterable[bytes], name: str = "<folded>", *, max_depth: int = MAX_DEPTH,
+                 deep: list[int] | None = None) -> Iterator[tuple[tuple[Frame, ...], int]]:
+    """(frames innermost first, count) for each line; BadInput names the first bad line.
+
+    A line of more than `max_depth` frames keeps its innermost ones and the depth marker
+    (goflame.inputs.cut_deep); its root side is never split into frames, so a 100 MB line
+    costs its own bytes, not millions of objects. Each cut line is counted in `deep[0]`.
+    """
     table = _FrameTable()
     get = table.__getitem__
+    marker = deep_marker(max_depth)
     for lineno, raw in enumerate(lines, 1):
         raw = raw.rstrip(b"\r\n")  # a valid line ends in its count, so this never eats a name
         if not raw:
             continue
         line = raw.decode("utf-8", "surrogateescape")
+        del raw
         stack, sep, count = line.rpartition(" ")
         if not (sep and stack and count.isdigit() and count.isascii()):
             if not line.strip():
@@ -99,27 +108,46 @@ def parse_folded(lines: Iterable[bytes], name: str = "<folded>") -> Iterator[tup
             if not sep or not stack.strip(" "):
                 raise BadInput(f"{name}:{lineno}: not a folded stack line (expected 'a;b;c COUNT')")
             raise BadInput(f"{name}:{lineno}: sample count {count[:40]!r} is not a whole number")
-        parts = stack.split(";")
-        if "" in parts:
+        del line
+        parts = stack.rsplit(";", max_depth - 1)  # root first: parts[0] holds whatever is deeper
+        cut = len(parts) == max_depth and ";" in parts[0]
+        if cut:
+            if parts[0].startswith(";") or parts[0].endswith(";") or ";;" in parts[0]:
+                raise BadInput(f"{name}:{lineno}: empty frame name in stack")
+            parts[0] = ""
+        del stack
+        if "" in parts[cut:]:
             raise BadInput(f"{name}:{lineno}: empty frame name in stack")
         parts.reverse()
-        yield tuple(map(get, parts)), int(count)
+        frames = tuple(map(get, parts[:-1] if cut else parts))
+        if cut:
+            frames = (*frames, marker)
+            if deep is not None:
+                deep[0] += 1
+        yield frames, int(count)
 
 
-def read_folded(source: str | os.PathLike[str] | IO[bytes], name: str | None = None) -> Profile:
-    """A Profile whose samples are the folded lines (weight = count, no time/thread detail)."""
+def read_folded(source: str | os.PathLike[str] | IO[bytes], name: str | None = None, *,
+                limits: Limits = DEFAULT_LIMITS) -> Profile:
+    """A Profile whose samples are the folded lines (weight = count, no time/thread detail).
+
+    An empty file is a valid empty profile (what `write_folded` makes of one with no samples).
+    """
+    deep = [0]
     if isinstance(source, (str, os.PathLike)):
         name = name or str(source)
-        try:
-            with open(source, "rb") as f:
-                samples = _samples(f, name)
-        except OSError as e:
-            raise BadInput(f"cannot read {name}: {e.strerror or e}") from None
+        with open_input(source, name, limits) as f:
+            samples = _samples(f, name, limits.max_depth, deep)
     else:
-        samples = _samples(source, name or getattr(source, "name", "<folded>"))
+        samples = _samples(source, name or getattr(source, "name", "<folded>"), limits.max_depth, deep)
     total = sum(s.weight for s in samples)
-    return Profile(RecordingMeta(samples=total, extra={"source": "folded"}), tuple(samples), detailed=False)
+    return Profile(RecordingMeta(samples=total, extra={"source": "folded"}), tuple(samples), detailed=False,
+                   depth_cut=DepthCut(deep[0], limits.max_depth) if deep[0] else None)
 
 
-def _samples(f: IO[bytes], name: str) -> list[Sample]:
-    return [Sample(0, 0, 0, "", frames, count) for frames, count in parse_folded(f, name)]
+def _samples(f: IO[bytes], name: str, max_depth: int, deep: list[int]) -> list[Sample]:
+    try:
+        return [Sample(0, 0, 0, "", frames, count)
+                for frames, count in parse_folded(f, name, max_depth=max_depth, deep=deep)]
+    except OSError as e:
+        raise BadInput(f"cannot read {name}: {e.strerror or e}") from None

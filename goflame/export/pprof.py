@@ -35,21 +35,29 @@ such a file takes the per-sample path (`_samples`).
 from __future__ import annotations
 
 import gzip
-import io
 import os
+import sys
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, partial
 from itertools import chain, islice, repeat
 from operator import itemgetter
-from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from goflame import __version__
-from goflame.errors import BadInput, GoflameError, OutputError
+from goflame.errors import BadInput, GoflameError
 from goflame.frame import Frame, FrameKind
-from goflame.profile import FrameTable, LazySamples, Profile, RecordingMeta, Sample, Stacks, read_input
+from goflame.inputs import DEFAULT_LIMITS, Limits, cut_deep, format_size, source_bytes, too_big
+from goflame.profile import (
+    DepthCut,
+    FrameTable,
+    LazySamples,
+    Profile,
+    RecordingMeta,
+    Sample,
+    Stacks,
+)
 
 # ---------------------------------------------------------------------------------------------
 # the message definition (field numbers and types from pprof's proto/profile.proto)
@@ -270,8 +278,37 @@ def _locations_of(frames: tuple[Frame, ...]) -> list[tuple[Frame, ...]]:
     return out
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def encode_pprof(profile: Profile, *, binary: str | os.PathLike[str] | None = None) -> bytes:
-    """The uncompressed profile.proto message for `profile`."""
+    """The uncompressed profile.proto message for `profile`.
+
+    pprof's values are 64-bit: a profile that holds a larger number (a sample count of 2^63 or
+    more from a folded file, or one whose count times the period passes 2^63 ns) cannot be
+    written as pprof, and clamping it would write a lie. That is BadInput (exit 2), one line,
+    before anything is written.
+    """
+    try:
+        return _encode(profile, binary)
+    except ValueError as e:
+        if "out of range" not in str(e):  # protobuf's words for a number past its field's 64 bits
+            raise
+        raise BadInput(f"this profile cannot be written as pprof: a value does not fit pprof's 64-bit "
+                       f"fields ({str(e)[:80]})") from None
+
+
+def _check_counts(counts: Iterable[int], period: int, timed: bool) -> None:
+    big = max(counts, default=0)
+    if big > _INT64_MAX:
+        raise BadInput(f"this profile cannot be written as pprof: a stack's sample count ({big:,}) does not "
+                       "fit pprof's 64-bit values (at most 9,223,372,036,854,775,807)")
+    if timed and big * period > _INT64_MAX:
+        raise BadInput(f"this profile cannot be written as pprof: a stack's {big:,} samples at {period:,} ns "
+                       "each is more nanoseconds than pprof's 64-bit values hold")
+
+
+def _encode(profile: Profile, binary: str | os.PathLike[str] | None) -> bytes:
     cls = _message_classes()
     p = cls["Profile"]()
     strings = _Strings()
@@ -351,6 +388,7 @@ def encode_pprof(profile: Profile, *, binary: str | os.PathLike[str] | None = No
         merged[key] = get(key, 0) + s.weight
     k_goroutine, k_thread, k_state = strings(LABEL_GOROUTINE), strings(LABEL_THREAD), strings(LABEL_STATE)
     period = types.period_ns
+    _check_counts(merged.values(), period, timed)
     add = p.sample.add
     for (locs, goroutine, thread, state), count in merged.items():
         s = add(location_id=locs, value=(count, count * period) if timed else (count,))
@@ -385,10 +423,10 @@ def write_pprof(profile: Profile, out: str | os.PathLike[str] | BinaryIO, *,
     """Write a gzipped profile.proto (what `go tool pprof` and Go's runtime/pprof use)."""
     data = gzip.compress(encode_pprof(profile, binary=binary), compresslevel=6, mtime=0)
     if isinstance(out, (str, os.PathLike)):
-        try:
-            Path(out).write_bytes(data)
-        except OSError as e:
-            raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+        from goflame.export import atomic_output
+
+        with atomic_output(out, binary=True) as fh:
+            fh.write(data)
     else:
         out.write(data)
 
@@ -454,26 +492,33 @@ def _gzip() -> Any:
         return zlib
 
 
-def _decompress(data: bytes, name: str) -> bytes:
+def _decompress(data: bytes, name: str, cap: int) -> bytes:
+    """Inflate gzip data (concatenated members are one stream, gzip's rule), refusing at more
+    than `cap` bytes: each member is inflated in one call told how much it may still make, so
+    a bomb costs at most the cap, never the 4 GiB it claims."""
     if data[:2] != b"\x1f\x8b":
         return data
     codec = _gzip()
-    out = io.BytesIO()
-    d = codec.decompressobj(wbits=31)
+    parts: list[bytes] = []
+    total = 0
     view = memoryview(data)
     try:
-        while True:  # concatenated gzip members are one stream (gzip's rule)
-            out.write(d.decompress(view))
+        while True:
+            d = codec.decompressobj(wbits=31)
+            out = d.decompress(view, min(cap + 1 - total, sys.maxsize))
+            total += len(out)
+            if total > cap:
+                raise too_big(name, f"gzip data of {format_size(len(data))} inflates to", cap)
+            parts.append(out)
             if not d.eof:
                 raise BadInput(f"{name}: truncated gzip data (the file was cut short)")
             rest = d.unused_data
             if not rest.strip(b"\0"):
                 break
             view = memoryview(rest)
-            d = codec.decompressobj(wbits=31)
     except codec.error as e:
         raise BadInput(f"{name}: corrupt gzip data ({e})") from None
-    return out.getvalue()
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _pick_value(types: list[tuple[str, str]], default: str, want: str | None, name: str) -> int:
@@ -494,11 +539,17 @@ def _pick_value(types: list[tuple[str, str]], default: str, want: str | None, na
     return len(types) - 1
 
 
-def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None = None) -> Profile:
-    """A Profile from profile.proto bytes (gzipped or not); BadInput for anything else."""
+def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> Profile:
+    """A Profile from profile.proto bytes (gzipped or not); BadInput for anything else.
+
+    Gzip data may inflate to `limits.inflate_cap(len(data))` bytes at most; stacks deeper than
+    `limits.max_depth` frames are cut to it (counted in `Profile.depth_cut`).
+    """
     if not data:
         raise BadInput(f"{name}: empty file, not a pprof profile")
-    raw = _decompress(data, name)
+    cap = limits.inflate_cap(len(data))
+    raw = _decompress(data, name, cap)
     if not raw:
         raise BadInput(f"{name}: empty pprof profile (no data inside the gzip stream)")
     cls = _message_classes()
@@ -519,11 +570,34 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
                        else f"{name}: corrupt pprof profile (samples but no sample types)")
     vi = _pick_value(types, s_(p.default_sample_type, "default sample type"), sample_type, name)
     ntypes = len(types)
+    locations = _locations(p, s_, name)
+    depth = limits.max_depth
 
+    fast = _columns(p.sample, vi, ntypes, locations, cls["Ids"], name)
+    if fast is None:  # ids written unpacked, empty stacks...: one Sample per sample, decoded in turn
+        samples, labelled, total, deep = _samples(_parse(cls["ProfileIn"], raw, name), cls, locations, s_, vi,
+                                                  ntypes, name, depth)
+    else:
+        n, total, blobs, weights = fast
+        keys = set(strings)
+        labelled = len(p.sample.label) > 0 and not keys.isdisjoint((LABEL_GOROUTINE, LABEL_THREAD, LABEL_STATE))
+        deep = _deep_stacks(blobs, locations, depth)
+
+        def materialize() -> list[Sample]:
+            full = _parse(cls["ProfileIn"], _decompress(data, name, cap), name)
+            return _samples(full, cls, locations, s_, vi, ntypes, name, depth)[0]
+
+        samples = LazySamples(n, total, partial(_stacks_by_weight, blobs, weights, locations, name, depth),
+                              materialize, has_states=labelled and LABEL_STATE in keys)
+    meta = _meta(p, types, vi, s_, total)
+    return Profile(meta, samples if isinstance(samples, LazySamples) else tuple(samples), detailed=labelled,
+                   depth_cut=DepthCut(deep, depth) if deep else None)
+
+
+def _locations(p: Any, s_: Callable[[int, str], str], name: str) -> dict[int, tuple[Frame, ...]]:
+    """Location id -> its frames, innermost first (its Line entries, as Go writes them)."""
     # Mappings: the first is the main binary (pprof's rule); code in any other is native.
     main_mapping = p.mapping[0].id if len(p.mapping) else 0
-    binary = s_(p.mapping[0].filename, "mapping") if len(p.mapping) else ""
-
     functions: dict[int, tuple[str, str]] = {}
     for f in p.function:
         functions[f.id] = (s_(f.name, "function") or s_(f.system_name, "function"), s_(f.filename, "function"))
@@ -545,23 +619,11 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
             kind = FrameKind.NATIVE if native else _kind_of(fn[0], addr)
             frames.append(Frame(fn[0], fn[1], ln.line, j < n - 1, kind, addr))
         locations[loc.id] = tuple(frames)
+    return locations
 
-    fast = _columns(p.sample, vi, ntypes, locations, cls["Ids"], name)
-    if fast is None:  # ids written unpacked, empty stacks...: one Sample per sample, decoded in turn
-        samples, labelled, total = _samples(_parse(cls["ProfileIn"], raw, name), cls, locations, s_, vi, ntypes,
-                                            name)
-    else:
-        n, total, blobs, weights = fast
-        keys = set(strings)
-        labelled = len(p.sample.label) > 0 and not keys.isdisjoint((LABEL_GOROUTINE, LABEL_THREAD, LABEL_STATE))
 
-        def materialize() -> list[Sample]:
-            full = _parse(cls["ProfileIn"], _decompress(data, name), name)
-            return _samples(full, cls, locations, s_, vi, ntypes, name)[0]
-
-        samples = LazySamples(n, total, partial(_stacks_by_weight, blobs, weights, locations, name),
-                              materialize, has_states=labelled and LABEL_STATE in keys)
-
+def _meta(p: Any, types: list[tuple[str, str]], vi: int, s_: Callable[[int, str], str], total: int) -> RecordingMeta:
+    """What the profile is of: its kind (from the sample types), rate, binary, times, comments."""
     typ, unit = types[vi]
     period_t = (s_(p.period_type.type, "period type"), s_(p.period_type.unit, "period type"))
     all_types = {t for t, _ in types}
@@ -575,9 +637,9 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
         kind = f"{typ}/{unit}"
     rate = 1e9 / p.period if kind in ("cpu", "wall") and p.period > 0 and period_t[1] == "nanoseconds" else 0.0
     comments = [s_(c, "comment") for c in p.comment]
-    meta = RecordingMeta(
+    return RecordingMeta(
         goflame_version=next((c.split(" ", 1)[1] for c in comments if c.startswith("goflame ")), ""),
-        binary=binary,
+        binary=s_(p.mapping[0].filename, "mapping") if len(p.mapping) else "",
         go_version=next((c for c in comments if c.startswith("go1")), ""),
         mode="cpu" if kind == "cpu" else "wall",
         rate_hz=rate,
@@ -587,7 +649,6 @@ def decode_pprof(data: bytes, name: str = "<pprof>", *, sample_type: str | None 
         extra={"source": "pprof", "profile_kind": kind, "pprof_sample_type": f"{typ}/{unit}",
                "pprof_sample_types": [f"{t}/{u}" for t, u in types], "unit": unit, "comments": comments},
     )
-    return Profile(meta, samples if isinstance(samples, LazySamples) else tuple(samples), detailed=labelled)
 
 
 def _parse(cls: type, raw: bytes, name: str) -> Any:
@@ -633,7 +694,32 @@ def _columns(cols: Any, vi: int, ntypes: int, locations: dict[int, tuple[Frame, 
 
 
 def _stacks_by_weight(stacks: tuple[list[bytes], Any], weights: list[int], locations: dict[int, tuple[Frame, ...]],
-                      name: str, lines: bool) -> Stacks:
+                      name: str, max_depth: int, lines: bool) -> Stacks:
+    """`_weighted_stacks`, with every stack deeper than `max_depth` frames cut to it."""
+    return _weighted_stacks(stacks, weights, locations, name, lines).cut_deep(max_depth)
+
+
+def _deep_stacks(stacks: tuple[list[bytes], Any], locations: dict[int, tuple[Frame, ...]], max_depth: int) -> int:
+    """How many of the distinct stacks are deeper than `max_depth` frames: counted when the file
+    is read (so the reader can say so), though they are cut only when aggregated. Real profiles
+    never come near: a stack's bytes bound its ids, and that settles it without a look at any."""
+    blobs, ids = stacks
+    widest = max(map(len, locations.values()), default=1)
+    if max(map(len, blobs), default=0) * widest <= max_depth:
+        return 0
+    nframes = {lid: len(fr) for lid, fr in locations.items()}.__getitem__
+    flat = list(ids)
+    deep = off = 0
+    for blob in blobs:
+        k = len(blob.translate(None, _CONTINUATION_BYTES))
+        if k * widest > max_depth and sum(map(nframes, flat[off : off + k])) > max_depth:
+            deep += 1
+        off += k
+    return deep
+
+
+def _weighted_stacks(stacks: tuple[list[bytes], Any], weights: list[int], locations: dict[int, tuple[Frame, ...]],
+                     name: str, lines: bool) -> Stacks:
     """`Profile.aggregate` (no threads, goroutines or states) over the weights of distinct stacks
     of packed location ids.
 
@@ -703,8 +789,9 @@ def _has_unknown_fields(msg: Any) -> bool:
 
 
 def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...]], s_: Callable[[int, str], str],
-             vi: int, ntypes: int, name: str) -> tuple[list[Sample], bool, int]:
-    """The samples of a parsed ProfileIn; each distinct stack and label decoded once."""
+             vi: int, ntypes: int, name: str, max_depth: int) -> tuple[list[Sample], bool, int, int]:
+    """The samples of a parsed ProfileIn, the labels seen, their weight and how many stacks were
+    cut to `max_depth`; each distinct stack and label decoded once."""
     ids_cls, label_cls, sample_cls = cls["Ids"], cls["Label"], cls["Sample"]
     loc_frames = locations.__getitem__
     # Most locations hold one frame: a stack of them is one map over a dict, no chaining.
@@ -712,17 +799,22 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
     by_bytes: dict[bytes, tuple[Frame, ...]] = {}
     label_cache: dict[bytes, tuple[int, int | str]] = {}
     labelled = False
+    deep = 0
 
     def frames_of(ids: Any) -> tuple[Frame, ...]:
         try:
-            return tuple(map(single, ids))
+            fr = tuple(map(single, ids))
         except KeyError:
-            pass
-        try:
-            return tuple(chain.from_iterable(map(loc_frames, ids)))
-        except KeyError as e:
-            raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {e.args[0]}, "
-                           "which is not in the file)") from None
+            try:
+                fr = tuple(chain.from_iterable(map(loc_frames, ids)))
+            except KeyError as e:
+                raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {e.args[0]}, "
+                               "which is not in the file)") from None
+        if len(fr) > max_depth:
+            nonlocal deep
+            deep += 1
+            fr = cut_deep(fr, max_depth)
+        return fr
 
     def label(raw: bytes) -> tuple[int, int | str]:
         """(0 goroutine | 1 thread | 2 state | 3 another label, value): decoded once per distinct label."""
@@ -793,7 +885,7 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
         if isinstance(e, GoflameError):
             raise
         raise BadInput(f"{name}: corrupt pprof profile (a sample does not decode: {e})") from None
-    return samples, labelled, total
+    return samples, labelled, total, deep
 
 
 def _uvarint_bytes(v: int) -> bytes:
@@ -816,15 +908,10 @@ def _kind_of(function: str, addr: int) -> FrameKind:
 
 
 def read_pprof(source: str | os.PathLike[str] | IO[bytes], name: str | None = None, *,
-               sample_type: str | None = None) -> Profile:
+               sample_type: str | None = None, limits: Limits = DEFAULT_LIMITS) -> Profile:
     """Read a pprof file (see the module docstring); BadInput names what is wrong with it."""
-    if isinstance(source, (str, os.PathLike)):
-        name = name or str(source)
-        data = read_input(source, name)
-    else:
-        name = name or getattr(source, "name", "<pprof>")
-        data = source.read()
-    return decode_pprof(data, name, sample_type=sample_type)
+    data, name = source_bytes(source, name, "<pprof>", limits)
+    return decode_pprof(data, name, sample_type=sample_type, limits=limits)
 
 
 __all__ = ["LABEL_GOROUTINE", "LABEL_STATE", "LABEL_THREAD", "decode_pprof", "encode_pprof", "profile_kind",
