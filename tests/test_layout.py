@@ -235,12 +235,37 @@ def constant_mismatches(layout: Layout, o: DwarfOracle) -> list[str]:
              if (m := re.fullmatch(r"(?:internal/abi\.FuncFlag|runtime\.funcFlag_)(\w+)", n))}
     if flags != layout.func_flags:
         bad.append(f"func flags: table {layout.func_flags} != DWARF {flags}")
+    bad += map_and_label_mismatches(layout, o)
     for required in ("_Gidle", "_Grunnable", "_Grunning", "_Gsyscall", "_Gwaiting", "_Gdead", "_Gscan"):
         if required not in layout.g_status:
             bad.append(f"{required} missing")
     for required in ("wrapper", "systemstack", "goexit", "mstart", "morestack", "sigpanic", "asyncPreempt"):
         if required not in layout.func_ids:
             bad.append(f"funcID {required} missing")
+    return bad
+
+
+def map_and_label_mismatches(layout: Layout, o: DwarfOracle) -> list[str]:
+    """The hash map constants and the pprof label store against the compiler's DWARF."""
+    bad = []
+    c = o.consts
+    for name, v in layout.map_consts.items():
+        if c.get("runtime." + name) != v:
+            bad.append(f"map constant {name}: table {v} != DWARF {c.get('runtime.' + name)}")
+    if not layout.map_consts and "runtime.evacuatedX" in c:
+        bad.append("the table has no hash map constants but the runtime declares them")
+    if layout.map_consts and "bucket<string,string>" in layout.structs:
+        keys = layout.offset("bucket<string,string>", "keys")
+        if c.get("runtime.dataOffset") != keys:
+            bad.append(f"bucket<string,string>.keys at {keys} != runtime.dataOffset {c.get('runtime.dataOffset')}")
+        if 1 << layout.map_consts["bucketCntBits"] != layout.field("bucket<string,string>", "tophash").size:
+            bad.append("bucketCntBits disagrees with the size of bucket<string,string>.tophash")
+    # labelMap is a struct (1.24+) or a typedef of map[string]string, whose hash<> the linker makes.
+    if layout.label_store != ("list" if "runtime/pprof.labelMap" in o.structs else "map"):
+        bad.append(f"label_store {layout.label_store!r}, but DWARF has labelMap as a "
+                   f"{'struct' if 'runtime/pprof.labelMap' in o.structs else 'non-struct'}")
+    if (layout.label_store == "map") != ("hash<string,string>" in o.structs):
+        bad.append("label_store and the presence of hash<string,string> in DWARF disagree")
     return bad
 
 
