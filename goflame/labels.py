@@ -73,6 +73,7 @@ _U64 = struct.Struct("<Q")
 _STRING = struct.Struct("<QQ")  # a Go string header on amd64: data pointer, length
 _SLICE = struct.Struct("<QQQ")  # a Go slice header on amd64: array, len, cap
 _LABEL = struct.Struct("<QQQQ")  # a label: key and value string headers
+_BATCH_BYTES = 16 << 20  # the most one read_many call asks for
 
 
 class LabelStore(enum.Enum):
@@ -376,10 +377,20 @@ class LabelReader:
         return out
 
     def _read(self, requests: list[tuple[int, int]]) -> list[bytes | None]:
-        if not requests:
-            return []
-        self.stats.batches += 1
-        return self.mem.read_many(requests)
+        """read_many, in calls of at most _BATCH_BYTES: torn sets may each ask for up to the
+        caps, and the memory reader allocates one buffer for a whole call."""
+        out: list[bytes | None] = []
+        start, total = 0, 0
+        for i, (_, n) in enumerate(requests):
+            if total + n > _BATCH_BYTES and i > start:
+                out += self.mem.read_many(requests[start:i])
+                self.stats.batches += 1
+                start, total = i, 0
+            total += n
+        if start < len(requests):
+            out += self.mem.read_many(requests[start:])
+            self.stats.batches += 1
+        return out
 
     def _epoch(self) -> int | None:
         """The runtime's count of GC stop-the-worlds (None where it has none or it cannot be

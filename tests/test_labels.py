@@ -710,3 +710,19 @@ def test_cache_is_bounded_by_entries_and_bytes_least_recently_used_first():
     decoded = lr.stats.decoded
     lr.read(big)
     assert lr.stats.decoded == decoded + 1  # two of the three fit
+
+
+def test_reads_are_split_so_that_no_call_asks_for_more_than_16_mib():
+    mem = FakeMemory()
+    sizes: list[int] = []
+    read_many = mem.read_many
+
+    def spy(requests):
+        sizes.append(sum(n for _, n in requests))
+        return read_many(requests)
+
+    mem.read_many = spy  # type: ignore[method-assign]
+    ps = [build_list(mem, [(b"k", bytes([65 + i % 26]) * (3 << 20))]) for i in range(12)]
+    got = reader(mem, caps=LabelCaps(max_string=4 << 20)).read(ps)
+    assert all(len(got[p]["k"]) == 3 << 20 for p in ps)
+    assert max(sizes) <= 16 << 20 and len(sizes) >= 3
