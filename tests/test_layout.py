@@ -516,3 +516,13 @@ def test_matrix_constants_equal_the_compiler_and_the_runtime(minor):
 @pytest.mark.parametrize("minor", VERSIONS)
 def test_matrix_wait_reasons_read_from_memory_match_the_goroutine_dump(minor):
     assert_wait_reasons_match_the_runtime(minor)
+
+
+def test_a_program_without_pprof_labels_takes_their_structs_from_the_table_without_remark():
+    binary = gt.build(Path(__file__).resolve().parent / "fixtures" / "parked", gt.BuildSpec())
+    missing = set(L.LABEL_STRUCTS) - set(layout_from_dwarf(binary).structs)
+    assert {"runtime/pprof.labelMap", "runtime/pprof.LabelSet"} <= missing  # it never imports runtime/pprof
+    lay = load_layout(binary, "go1.27.3")
+    table = layout_from_table(gt.FAST)
+    assert lay.source == "dwarf"
+    assert all(lay.structs[n] == table.structs[n] for n in L.LABEL_STRUCTS if n in table.structs)

@@ -63,13 +63,19 @@ STRUCTS: tuple[str, ...] = (
     "runtime._type", "runtime.itab", "runtime.uncommontype",
     "internal/abi.Type", "internal/abi.ITab", "internal/abi.UncommonType",
     "string",
-    # pprof labels (goflame/labels.py). Up to Go 1.23 g.labels leads to a map[string]string,
-    # whose header and bucket the linker describes as hash<K,V> and bucket<K,V>; from 1.24
-    # to a labelMap struct holding a sorted slice of label (1.26+: internal/runtime/pprof/label).
+)
+
+# pprof labels (goflame/labels.py). Up to Go 1.23 g.labels leads to a map[string]string,
+# whose header and bucket the linker describes as hash<K,V> and bucket<K,V>; from 1.24 to a
+# labelMap struct holding a sorted slice of label (1.26+: internal/runtime/pprof/label).
+# A program that never imports runtime/pprof (or makes no map[string]string) has none of
+# them in its DWARF: load_layout takes them from the table without remark.
+LABEL_STRUCTS: tuple[str, ...] = (
     "hash<string,string>", "bucket<string,string>",
     "runtime/pprof.labelMap", "runtime/pprof.LabelSet", "runtime/pprof.label",
     "internal/runtime/pprof/label.Set", "internal/runtime/pprof/label.Label",
 )
+STRUCTS += LABEL_STRUCTS
 
 # Short names the runtime reader may use for types that were renamed between releases.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -326,7 +332,8 @@ def load_layout(elf: Any, version: str) -> Layout:
     """The layout of the runtime in `elf` (Go `version`): DWARF when present, else the table.
 
     Constants always come from the release's table: wait reason strings are not in DWARF.
-    A struct that this binary's DWARF lacks (never referenced) is taken from the table.
+    A struct that this binary's DWARF lacks (never referenced) is taken from the table, and
+    `source` says how many, unless they are only LABEL_STRUCTS (most programs have none).
     """
     table = layout_from_table(version)
     dwarf = layout_from_dwarf(elf)
@@ -336,7 +343,8 @@ def load_layout(elf: Any, version: str) -> Layout:
     borrowed = sorted(n for n in table.structs if n not in structs)
     for n in borrowed:
         structs[n] = table.structs[n]
-    source = "dwarf" if not borrowed else f"dwarf (+{table.source} for {len(borrowed)} structs)"
+    noted = [n for n in borrowed if n not in LABEL_STRUCTS]
+    source = "dwarf" if not noted else f"dwarf (+{table.source} for {len(noted)} structs)"
     return Layout(
         version=dwarf.version or table.version,
         source=source,
