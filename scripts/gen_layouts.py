@@ -3,8 +3,9 @@
 
 For every Go release in the test matrix: build scripts/layoutprobe unstripped with that
 release's real toolchain, read the runtime's struct layouts from its DWARF, and parse the
-constants goflame needs (wait reason strings, g/P status values, funcIDs, func flags) from
-that release's own runtime source in its GOROOT. tests/test_layout.py checks every table
+constants goflame needs (wait reason strings, g/P status values, funcIDs, func flags, hash
+map constants, how pprof labels are stored) from that release's own runtime source in its
+GOROOT. tests/test_layout.py checks every table
 against the DWARF of fresh builds and against the constants the compiler put in DWARF.
 
     .venv/bin/python scripts/gen_layouts.py                 # all releases
@@ -149,6 +150,50 @@ def func_flags(root: Path) -> dict[str, int]:
     return out
 
 
+# --------------------------------------------------------------------------- pprof labels
+
+# The constants of the classic hash map (runtime/map.go, Go <= 1.23) that a reader of a
+# map[string]string needs: tophash marks, the growth flag, the bucket size.
+MAP_CONSTS = ("emptyRest", "emptyOne", "evacuatedX", "evacuatedY", "evacuatedEmpty", "minTopHash",
+              "hashWriting", "sameSizeGrow", "bucketCntBits")
+
+
+def map_consts(root: Path) -> dict[str, int]:
+    """MAP_CONSTS from runtime/map.go; {} where the runtime has no classic map (1.24+ swiss
+    maps; the old map survives there only behind GOEXPERIMENT=noswissmap, which labels never
+    meet: from 1.24 they are not a map). Names defined as `abi.X` (1.21+) are resolved in
+    internal/abi/map.go."""
+    map_go = root / "src" / "runtime" / "map.go"
+    if not map_go.exists() or "\ntype hmap struct" not in (src := map_go.read_text()):
+        return {}
+    known: dict[str, int] = {}
+    abi_map = root / "src" / "internal" / "abi" / "map.go"
+    if abi_map.exists():
+        abi = eval_const_block(const_block(abi_map.read_text(), "MapBucketCountBits"))
+        known.update({f"abi.{k}": v for k, v in abi.items()})
+    block = "\n".join(const_block(src, "emptyRest"))
+    out = {}
+    for name in MAP_CONSTS:
+        m = re.search(rf"^\s*{name}\s*=\s*(.+)$", block, re.M)
+        if m is None:
+            raise LookupError(f"{map_go}: no constant {name}")
+        expr = re.sub(r"\babi\.(\w+)", lambda q: str(known[f"abi.{q.group(1)}"]), _strip_comment(m.group(1)))
+        out[name] = _eval(expr, 0, known)
+    return out
+
+
+def label_store(root: Path) -> str:
+    """How runtime/pprof/label.go defines labelMap, the thing g.labels points at: "map" for
+    `type labelMap map[string]string` (Go <= 1.23), "list" for a struct embedding a LabelSet
+    or label.Set that holds a sorted slice (1.24+)."""
+    src = (root / "src" / "runtime" / "pprof" / "label.go").read_text()
+    if re.search(r"^type labelMap map\[string\]string$", src, re.M):
+        return "map"
+    if re.search(r"^type labelMap struct \{\n\t(LabelSet|label\.Set)\n\}$", src, re.M):
+        return "list"
+    raise LookupError("runtime/pprof/label.go: labelMap is neither a map[string]string nor a LabelSet struct")
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -170,6 +215,8 @@ def table_for(minor: str) -> tuple[Layout, dict[str, str]]:
         p_status=p_status(runtime2),
         func_ids=func_ids(root),
         func_flags=func_flags(root),
+        map_consts=map_consts(root),
+        label_store=label_store(root),
     )
     toolchain = (root / "VERSION").read_text().splitlines()[0] if (root / "VERSION").exists() else ""
     if not toolchain:  # Debian's GOROOT has no VERSION file; the DWARF producer names it

@@ -235,12 +235,37 @@ def constant_mismatches(layout: Layout, o: DwarfOracle) -> list[str]:
              if (m := re.fullmatch(r"(?:internal/abi\.FuncFlag|runtime\.funcFlag_)(\w+)", n))}
     if flags != layout.func_flags:
         bad.append(f"func flags: table {layout.func_flags} != DWARF {flags}")
+    bad += map_and_label_mismatches(layout, o)
     for required in ("_Gidle", "_Grunnable", "_Grunning", "_Gsyscall", "_Gwaiting", "_Gdead", "_Gscan"):
         if required not in layout.g_status:
             bad.append(f"{required} missing")
     for required in ("wrapper", "systemstack", "goexit", "mstart", "morestack", "sigpanic", "asyncPreempt"):
         if required not in layout.func_ids:
             bad.append(f"funcID {required} missing")
+    return bad
+
+
+def map_and_label_mismatches(layout: Layout, o: DwarfOracle) -> list[str]:
+    """The hash map constants and the pprof label store against the compiler's DWARF."""
+    bad = []
+    c = o.consts
+    for name, v in layout.map_consts.items():
+        if c.get("runtime." + name) != v:
+            bad.append(f"map constant {name}: table {v} != DWARF {c.get('runtime.' + name)}")
+    if not layout.map_consts and "runtime.evacuatedX" in c:
+        bad.append("the table has no hash map constants but the runtime declares them")
+    if layout.map_consts and "bucket<string,string>" in layout.structs:
+        keys = layout.offset("bucket<string,string>", "keys")
+        if c.get("runtime.dataOffset") != keys:
+            bad.append(f"bucket<string,string>.keys at {keys} != runtime.dataOffset {c.get('runtime.dataOffset')}")
+        if 1 << layout.map_consts["bucketCntBits"] != layout.field("bucket<string,string>", "tophash").size:
+            bad.append("bucketCntBits disagrees with the size of bucket<string,string>.tophash")
+    # labelMap is a struct (1.24+) or a typedef of map[string]string, whose hash<> the linker makes.
+    if layout.label_store != ("list" if "runtime/pprof.labelMap" in o.structs else "map"):
+        bad.append(f"label_store {layout.label_store!r}, but DWARF has labelMap as a "
+                   f"{'struct' if 'runtime/pprof.labelMap' in o.structs else 'non-struct'}")
+    if (layout.label_store == "map") != ("hash<string,string>" in o.structs):
+        bad.append("label_store and the presence of hash<string,string> in DWARF disagree")
     return bad
 
 
@@ -491,3 +516,13 @@ def test_matrix_constants_equal_the_compiler_and_the_runtime(minor):
 @pytest.mark.parametrize("minor", VERSIONS)
 def test_matrix_wait_reasons_read_from_memory_match_the_goroutine_dump(minor):
     assert_wait_reasons_match_the_runtime(minor)
+
+
+def test_a_program_without_pprof_labels_takes_their_structs_from_the_table_without_remark():
+    binary = gt.build(Path(__file__).resolve().parent / "fixtures" / "parked", gt.BuildSpec())
+    missing = set(L.LABEL_STRUCTS) - set(layout_from_dwarf(binary).structs)
+    assert {"runtime/pprof.labelMap", "runtime/pprof.LabelSet"} <= missing  # it never imports runtime/pprof
+    lay = load_layout(binary, "go1.27.3")
+    table = layout_from_table(gt.FAST)
+    assert lay.source == "dwarf"
+    assert all(lay.structs[n] == table.structs[n] for n in L.LABEL_STRUCTS if n in table.structs)

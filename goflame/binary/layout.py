@@ -4,8 +4,8 @@ goflame reads the runtime's own structs (g, m, p, gobuf, schedt, moduledata, ...
 live process, and their field offsets change between Go releases. When the binary has DWARF
 the offsets come from it; stripped binaries (`-ldflags=-s -w`, distro builds) use tables that
 `scripts/gen_layouts.py` generated from real builds of every supported release. The constants
-the runtime reader needs (wait reason strings, g/P status values, funcIDs) are not in a
-stripped binary, and wait reason strings are not in DWARF at all, so they always come from
+the runtime reader needs (wait reason strings, g/P status values, funcIDs, the hash map's
+tophash marks, how runtime/pprof stores labels) are not in a stripped binary, and wait reason strings are not in DWARF at all, so they always come from
 the table of the binary's release (parsed from that release's own runtime source).
 
 DWARF is read lazily and narrowly: a big binary has megabytes of .debug_info, and a Python
@@ -65,6 +65,18 @@ STRUCTS: tuple[str, ...] = (
     "string",
 )
 
+# pprof labels (goflame/labels.py). Up to Go 1.23 g.labels leads to a map[string]string,
+# whose header and bucket the linker describes as hash<K,V> and bucket<K,V>; from 1.24 to a
+# labelMap struct holding a sorted slice of label (1.26+: internal/runtime/pprof/label).
+# A program that never imports runtime/pprof (or makes no map[string]string) has none of
+# them in its DWARF: load_layout takes them from the table without remark.
+LABEL_STRUCTS: tuple[str, ...] = (
+    "hash<string,string>", "bucket<string,string>",
+    "runtime/pprof.labelMap", "runtime/pprof.LabelSet", "runtime/pprof.label",
+    "internal/runtime/pprof/label.Set", "internal/runtime/pprof/label.Label",
+)
+STRUCTS += LABEL_STRUCTS
+
 # Short names the runtime reader may use for types that were renamed between releases.
 ALIASES: dict[str, tuple[str, ...]] = {
     "type": ("internal/abi.Type", "runtime._type"),
@@ -117,6 +129,12 @@ class Layout:
     p_status: dict[str, int] = dc_field(default_factory=dict)
     func_ids: dict[str, int] = dc_field(default_factory=dict)  # "wrapper" -> 23 (normalised names)
     func_flags: dict[str, int] = dc_field(default_factory=dict)  # "topframe" -> 1
+    # The runtime's classic hash map (Go <= 1.23; empty later): tophash marks, flags,
+    # bucketCntBits, e.g. "evacuatedX" -> 2. Read from runtime/map.go.
+    map_consts: dict[str, int] = dc_field(default_factory=dict)
+    # How runtime/pprof keeps a goroutine's labels (runtime/pprof/label.go's labelMap):
+    # "map" (map[string]string, Go <= 1.23) or "list" (a struct holding a sorted slice, 1.24+).
+    label_store: str = ""
 
     def struct(self, name: str) -> StructLayout:
         """The struct called `name` ("runtime.g", "g", or an alias such as "itab")."""
@@ -245,6 +263,8 @@ def layout_from_dict(data: dict[str, Any], *, version: str | None = None, source
         p_status=dict(data.get("p_status", {})),
         func_ids=dict(data.get("func_ids", {})),
         func_flags=dict(data.get("func_flags", {})),
+        map_consts=dict(data.get("map_consts", {})),
+        label_store=data.get("label_store", ""),
     )
 
 
@@ -262,8 +282,9 @@ def layout_to_dict(layout: Layout, **extra: Any) -> dict[str, Any]:
         for name, s in sorted(layout.structs.items())
     }
     out["wait_reasons"] = list(layout.wait_reasons)
-    for key in ("g_status", "p_status", "func_ids", "func_flags"):
+    for key in ("g_status", "p_status", "func_ids", "func_flags", "map_consts"):
         out[key] = dict(sorted(getattr(layout, key).items(), key=lambda kv: (kv[1], kv[0])))
+    out["label_store"] = layout.label_store
     return out
 
 
@@ -311,7 +332,8 @@ def load_layout(elf: Any, version: str) -> Layout:
     """The layout of the runtime in `elf` (Go `version`): DWARF when present, else the table.
 
     Constants always come from the release's table: wait reason strings are not in DWARF.
-    A struct that this binary's DWARF lacks (never referenced) is taken from the table.
+    A struct that this binary's DWARF lacks (never referenced) is taken from the table, and
+    `source` says how many, unless they are only LABEL_STRUCTS (most programs have none).
     """
     table = layout_from_table(version)
     dwarf = layout_from_dwarf(elf)
@@ -321,7 +343,8 @@ def load_layout(elf: Any, version: str) -> Layout:
     borrowed = sorted(n for n in table.structs if n not in structs)
     for n in borrowed:
         structs[n] = table.structs[n]
-    source = "dwarf" if not borrowed else f"dwarf (+{table.source} for {len(borrowed)} structs)"
+    noted = [n for n in borrowed if n not in LABEL_STRUCTS]
+    source = "dwarf" if not noted else f"dwarf (+{table.source} for {len(noted)} structs)"
     return Layout(
         version=dwarf.version or table.version,
         source=source,
@@ -332,6 +355,8 @@ def load_layout(elf: Any, version: str) -> Layout:
         p_status=table.p_status,
         func_ids=table.func_ids,
         func_flags=table.func_flags,
+        map_consts=table.map_consts,
+        label_store=table.label_store,
     )
 
 

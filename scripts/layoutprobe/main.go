@@ -1,7 +1,7 @@
 // layoutprobe is the Go program goflame's layout tables are generated from, and the
 // test fixture that checks them. Any Go program carries the runtime's types in its DWARF;
-// this one also uses channels, select, locks, timers, pipes, defer/recover and an
-// interface value so that every runtime structure goflame reads is live in the binary.
+// this one also uses channels, select, locks, timers, pipes, defer/recover, an interface
+// value and pprof labels so that every runtime structure goflame reads is live in the binary.
 //
 // With "park" as its argument it parks goroutines in known wait states, prints the
 // runtime's own dump of every goroutine (runtime.Stack(all)), prints "READY" and
@@ -9,9 +9,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"time"
 )
@@ -96,6 +98,10 @@ func main() {
 		park()
 		return
 	}
+	pprof.Do(context.Background(), pprof.Labels("probe", "layout"), func(ctx context.Context) {
+		v, _ := pprof.Label(ctx, "probe")
+		fmt.Println("label", v)
+	})
 	var s shape = square{side: 2}
 	done := make(chan float64, 1)
 	go func() { done <- s.area() }()
