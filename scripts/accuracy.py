@@ -16,6 +16,7 @@ stacks, and the issue's verdicts per run. The definitions are perf_oracle's docs
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -55,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-seconds", type=float, default=DEFAULTS.max_seconds, help="per measurement")
     ap.add_argument("--floor", type=float, default=1.5, help="leaves shown: either side >= this %%")
     ap.add_argument("-o", "--output", type=Path, help="also write the markdown here")
+    ap.add_argument("--keep", type=Path, help="keep every run's goflame pprof and perf.data in this directory")
+    ap.add_argument("--json", type=Path, help="also save the measurements (counts) as JSON here")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: render a --json file")
     return ap.parse_args(argv)
 
 
@@ -78,7 +82,11 @@ def measure_all(args: argparse.Namespace) -> dict[Config, list[po.Measurement]]:
                                         min_samples=args.min_samples, max_seconds=args.max_seconds)
                         load = loadavg()
                         with tempfile.TemporaryDirectory(prefix="goflame-accuracy-") as tmp:
-                            m = po.measure(running.pid, running.binary, s, Path(tmp))
+                            where = Path(tmp)
+                            if args.keep:
+                                where = args.keep / f"{w.value}-{e.value}-{spec.tag}-run{run + 1}"
+                                where.mkdir(parents=True, exist_ok=True)
+                            m = po.measure(running.pid, running.binary, s, where)
                         results.setdefault(cfg, []).append(m)
                         print(f"# {cfg.title} run {run + 1}: load {load}, target {m.cpus:.2f} CPUs, "
                               f"{m.seconds:.1f} s, perf {m.perf.samples:,} / goflame {m.goflame.samples:,} samples",
@@ -117,8 +125,10 @@ def config_table(cfg: Config, ms: list[po.Measurement], floor: float, min_sample
               f"{g.truncated:,} ({po.share(g.truncated, g.errors + g.samples):.1f} %{': ' + cut if cut else ''}); "
               f"errors + truncated per run: "
               + " / ".join(f"{m.goflame.bad_share:.1f} %" for m in ms) + ".", ""]
-    for i, m in enumerate(ms):
-        lines.append(f"- run {i + 1}: " + "; ".join(str(v) for v in po.verdicts(m, min_samples)))
+    per = [po.verdicts(m, min_samples) for m in ms]
+    lines.append("Verdicts, run by run: " + "; ".join(
+        f"{vs[0].criterion.value} " + "/".join("ok" if v.passed else "FAIL" for v in vs)
+        for vs in zip(*per, strict=True)) + ".")
     return [*lines, ""]
 
 
@@ -140,9 +150,22 @@ def summary_table(results: dict[Config, list[po.Measurement]], min_samples: int)
     return lines
 
 
+def save(results: dict[Config, list[po.Measurement]], path: Path) -> None:
+    path.write_text(json.dumps([{"workload": c.workload.value, "engine": c.engine.value, "go": c.spec.go,
+                                 "cgo": c.spec.cgo, "runs": [po.to_json(m) for m in ms]}
+                                for c, ms in results.items()], indent=1) + "\n")
+
+
+def load(path: Path) -> dict[Config, list[po.Measurement]]:
+    return {Config(wl.Workload(d["workload"]), po.Engine(d["engine"]), gt.BuildSpec(go=d["go"], cgo=d["cgo"])):
+            [po.from_json(r) for r in d["runs"]] for d in json.loads(path.read_text())}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    results = measure_all(args)
+    results = load(args.render) if args.render else measure_all(args)
+    if args.json:
+        save(results, args.json)
     md = ["## Summary", "", *summary_table(results, args.min_samples), ""]
     for cfg, ms in results.items():
         md += config_table(cfg, ms, args.floor, args.min_samples)

@@ -27,7 +27,8 @@ innermost first, kernel frames before user frames):
 - *Syscall share*: samples (kernel or user) whose Go leaf is in SYSCALL_WRAPPERS — the
   kernel time entered through a wrapper plus the wrapper's own few user instructions.
   Every syscall-entered kernel sample must have such a leaf: `PerfProfile.unlisted` counts
-  the ones that do not (a gap in SYSCALL_WRAPPERS or in perf's callchain).
+  the ones that do not (a gap in SYSCALL_WRAPPERS or in perf's callchain), leaving out
+  rt_sigreturn and signal delivery, which rewrite the user registers (SIGNAL_WORK).
 - Samples of another process than the target (none expected with `-p`) are counted in
   `foreign` and left out of every share.
 
@@ -77,9 +78,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from pprof_oracle import traces
 from workloads import process_cpu_ns
@@ -202,8 +204,8 @@ class PerfProfile:
     @property
     def unlisted(self) -> Counter[str]:
         """Go leaves that entered the kernel by a syscall but are not in SYSCALL_WRAPPERS.
-        Go's signal handler is not one of them: a signal delivered on the way out of a
-        syscall has already pointed the user registers at the handler when perf samples."""
+        (Syscalls that change the user registers are left out of syscall_leaves: see
+        SIGNAL_WORK; the handler itself may still show when sampled after the frame was set.)"""
         return Counter({f: n for f, n in self.syscall_leaves.items()
                         if f not in SYSCALL_WRAPPERS and f not in SIGNAL_HANDLERS})
 
@@ -242,6 +244,13 @@ def _go_leaf(frames: list[re.Match[str]], exe: set[str]) -> tuple[str, list[str]
     return NO_USER_FRAME, kernel_syms
 
 
+# Kernel functions that rewrite the user registers before the syscall returns: rt_sigreturn
+# restores the interrupted code's (the user ip is then wherever the signal hit, e.g. Go's
+# asyncPreempt), signal delivery points them at the handler. Such samples are kernel time of
+# the syscall all the same, but their first user frame is not the function that entered.
+SIGNAL_WORK = ("rt_sigreturn", "get_signal", "do_signal", "handle_signal", "setup_rt_frame")
+
+
 def parse_perf_script(text: str, pid: int, binary: Path) -> PerfProfile:
     """`perf script -F comm,pid,tid,ip,sym,dso --no-inline` output -> PerfProfile."""
     exe = {str(binary), os.path.realpath(binary)}
@@ -270,7 +279,7 @@ def parse_perf_script(text: str, pid: int, binary: Path) -> PerfProfile:
             kernel += 1
             how = _entry(kernel_syms)
             entries[how] += 1
-            if how is KernelEntry.SYSCALL:
+            if how is KernelEntry.SYSCALL and not any(w in k for k in kernel_syms for w in SIGNAL_WORK):
                 syscall_leaves[leaf] += 1
     return PerfProfile(samples, foreign, leaves[UNKNOWN], kernel, leaves, entries, syscall_leaves)
 
@@ -362,6 +371,23 @@ class Measurement:
         return Measurement(self.perf + o.perf, self.goflame + o.goflame, self.rounds + o.rounds, seconds, cpus)
 
 
+def to_json(m: Measurement) -> dict[str, Any]:
+    """A measurement as plain JSON (scripts/accuracy.py --json keeps runs to render again)."""
+    d = {f.name: getattr(m, f.name) for f in fields(m)}
+    for side in ("perf", "goflame"):
+        prof = d[side]
+        d[side] = {f.name: getattr(prof, f.name) for f in fields(prof)}
+    d["perf"]["kernel_entry"] = {k.value: n for k, n in m.perf.kernel_entry.items()}
+    return d
+
+
+def from_json(d: dict[str, Any]) -> Measurement:
+    perf = dict(d["perf"], kernel_entry=Counter({KernelEntry(k): n for k, n in d["perf"]["kernel_entry"].items()}))
+    perf = {k: Counter(v) if isinstance(v, dict) else v for k, v in perf.items()}
+    ours = {k: Counter(v) if isinstance(v, dict) else v for k, v in d["goflame"].items()}
+    return Measurement(PerfProfile(**perf), GoflameProfile(**ours), d["rounds"], d["seconds"], d["cpus"])
+
+
 def cpu_use(pid: int, window_s: float = 0.5) -> float:
     """CPUs the target uses, over `window_s` (its threads' schedstat run time)."""
     t0, c0 = time.monotonic(), process_cpu_ns(pid)
@@ -419,7 +445,10 @@ def measure(pid: int, binary: Path, s: Settings, workdir: Path) -> Measurement:
         per_s = ours.samples / spent if spent and ours.samples else s.rate * cpus
         perf_per_s = perf.samples / spent if spent and perf.samples else s.perf_rate * cpus
         need = max((s.min_samples - ours.samples) / per_s, (s.min_samples - perf.samples) / perf_per_s)
-        seconds = min(max(1.1 * need + 0.3, s.min_round_s), s.max_seconds - spent)
+        # The first round is sized from half a second of CPU use, which a loaded machine can
+        # make far too low: it takes at most 2/3 of the time, later ones what is achieved.
+        cap = s.max_seconds - spent if rounds else 2 * s.max_seconds / 3
+        seconds = min(max(1.1 * need + 0.3, s.min_round_s), cap)
         p, g = record_round(pid, binary, s, seconds, workdir / f"{s.engine.value}-round{rounds}")
         perf, ours, spent, rounds = perf + p, ours + g, spent + seconds, rounds + 1
         if min(perf.samples, ours.samples) >= s.min_samples:
