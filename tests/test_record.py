@@ -20,6 +20,7 @@ import pytest
 import gotoolchain as gt
 from conftest import FIXTURES
 from test_dump import Fixture, parse_dump
+from workloads import process_cpu_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
@@ -224,7 +225,7 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
         while Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "Tt":
             assert time.monotonic() < deadline, "goflame did not stop on SIGTSTP"
             time.sleep(0.01)
-        cpu_before = _process_cpu_ns(hog.pid)
+        cpu_before = process_cpu_ns(hog.pid)
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             for task in Path(f"/proc/{hog.pid}/task").iterdir():
@@ -234,7 +235,7 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
                     continue
                 assert re.search(r"^TracerPid:\s+0$", status, re.M), status
                 assert not re.search(r"^State:\s+t", status, re.M), status
-        assert _process_cpu_ns(hog.pid) - cpu_before > 0.5e9  # it ran (on the CPUs it had)
+        assert process_cpu_ns(hog.pid) - cpu_before > 0.5e9  # it ran (on the CPUs it had)
         g.send_signal(signal.SIGCONT)
         time.sleep(1.0)
         g.send_signal(signal.SIGINT)
@@ -342,17 +343,6 @@ def test_sampler_runs_at_its_normal_priority_between_pauses():
         hog.wait()
 
 
-def _process_cpu_ns(pid: int) -> int:
-    """CPU time the kernel has given all of a process's threads (schedstat's first field)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, IndexError, ValueError):
-            pass  # a thread that exited meanwhile
-    return total
-
-
 def sample_busy_hog(engine: str, rate: float, seconds: float, *, before: Callable[[int], None] | None = None,
                     after: Callable[[int], None] | None = None):
     """Sample twice as many busy goroutines as CPUs (a thread each) for `seconds`; check that the
@@ -380,9 +370,9 @@ def sample_busy_hog(engine: str, rate: float, seconds: float, *, before: Callabl
         if before is not None:
             before(hog.pid)
         with goflame.attach(hog.pid) as t:
-            cpu_before = _process_cpu_ns(hog.pid)
+            cpu_before = process_cpu_ns(hog.pid)
             st = Sampler(t, SamplerConfig(rate=rate, engine=engine)).run(add, duration=seconds)
-            cpu_s = (_process_cpu_ns(hog.pid) - cpu_before) / 1e9
+            cpu_s = (process_cpu_ns(hog.pid) - cpu_before) / 1e9
             if after is not None:
                 after(hog.pid)
         hog.send_signal(signal.SIGINT)

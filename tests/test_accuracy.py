@@ -1,0 +1,131 @@
+"""goflame's CPU shares on realistic Go programs against perf's, on the same process at once.
+
+Issue 14: on allocation/GC, HTTP and lock-contention workloads goflame must agree with
+`perf record` the way it does on simple CPU loops. tests/perf_oracle.py holds the
+definitions and the verdicts (leaf shares within 2.5 pp, syscall-wrapper share within 2.5 pp
+of perf's, errors + truncated <= 1 %); each test measures until both sides have MIN_SAMPLES
+(goflame at 400 Hz, perf at 997 Hz: ~7 s of recording at the ~1.1 CPUs the workloads use,
+up to 20 s on a loaded machine)
+and judges. The instrument's own checks (perf names every Go leaf, sees no other process,
+every syscall comes from a known wrapper) are plain assertions; only goflame's verdicts are
+expected to fail until the engines are fixed (xfail, raises=VerdictFailed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import gotoolchain as gt
+import perf_oracle as po
+import workloads as wl
+
+MIN_SAMPLES = 3000  # 3 sigma of a 25 % share's difference (perf ~2.5x as many): 2.8 pp, about the bar
+SETTINGS = {e: po.Settings(engine=e, min_samples=MIN_SAMPLES, max_seconds=20.0) for e in po.Engine}
+ISSUE_14 = pytest.mark.xfail(strict=False, raises=po.VerdictFailed, reason="issue 14: engines being fixed")
+
+CASES = [pytest.param(w, e, id=f"{w.value}-{e.value}") for w in wl.Workload for e in po.Engine]
+MATRIX_SPECS = [gt.BuildSpec(go="1.19"), gt.BuildSpec(go="1.27", cgo=True), gt.BuildSpec(go="1.19", cgo=True)]
+
+
+def measure_and_judge(workload: wl.Workload, engine: po.Engine, spec: gt.BuildSpec, tmp_path: Path) -> None:
+    running = wl.start(workload, spec)
+    try:
+        m = po.measure(running.pid, running.binary, SETTINGS[engine], tmp_path)
+        assert running.alive(), f"{workload.value} died while it was being profiled"
+    finally:
+        running.close()
+    po.check_instrument(m)
+    po.judge(m, MIN_SAMPLES)
+
+
+@ISSUE_14
+@pytest.mark.slow
+@pytest.mark.parametrize(("workload", "engine"), CASES)
+def test_goflame_agrees_with_perf_on_a_realistic_workload(workload, engine, tmp_path):
+    measure_and_judge(workload, engine, gt.BuildSpec(), tmp_path)
+
+
+@ISSUE_14
+@pytest.mark.matrix
+@pytest.mark.parametrize("spec", MATRIX_SPECS, ids=[s.tag for s in MATRIX_SPECS])
+@pytest.mark.parametrize(("workload", "engine"), CASES)
+def test_matrix_goflame_agrees_with_perf_on_a_realistic_workload(workload, engine, spec, tmp_path):
+    measure_and_judge(workload, engine, spec, tmp_path)
+
+
+@pytest.mark.parametrize("go", ["1.27", "1.19"])
+def test_the_syscall_wrapper_set_covers_every_function_of_go_that_executes_syscall(go):
+    """SYSCALL_WRAPPERS is read off the Go releases' linux/amd64 assembly: every function
+    with a SYSCALL instruction in it (that the set has no extra names is not checked: it is
+    one set for every release)."""
+    found = po.syscall_functions(gt.goroot(go))
+    assert {"runtime.futex", "runtime.usleep", "runtime.osyield"} <= found, found  # the reader works
+    assert found <= po.SYSCALL_WRAPPERS, found - po.SYSCALL_WRAPPERS
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("go", [v for v in gt.MATRIX if v not in ("1.27", "1.19")])
+def test_matrix_the_syscall_wrapper_set_covers_every_release(go):
+    found = po.syscall_functions(gt.goroot(go))
+    assert found and found <= po.SYSCALL_WRAPPERS, found - po.SYSCALL_WRAPPERS
+
+
+PERF_SCRIPT = """\
+allocgc  100/101
+\t          4a2b3c runtime.mallocgc (/bin/allocgc)
+\t          4a0000 main.buildList (/bin/allocgc)
+
+allocgc  100/102
+\tffffffff815baa66 __folio_batch_add_and_move ([kernel.kallsyms])
+\tffffffff81000c82 asm_exc_page_fault ([kernel.kallsyms])
+\t          482f8b runtime.memclrNoHeapPointers (/bin/allocgc)
+\t          425a65 runtime.(*mcentral).grow (/bin/allocgc)
+
+allocgc  100/101
+\tffffffff8224d320 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          484527 runtime.futex.abi0 (/bin/allocgc)
+
+allocgc  100/103
+\t    7ffd1c5f0a3d __vdso_clock_gettime ([vdso])
+\t          484000 runtime.nanotime1.abi0 (/bin/allocgc)
+
+allocgc  100/103
+\t          4a1111 main.F[go.shape.int,go.shape.string] (/bin/allocgc)
+
+other  200/200
+\t          401000 main.main (/bin/other)
+"""
+
+
+def test_perf_script_parsing_names_go_leaves_and_kernel_entries():
+    """Hand-made `perf script` text: user and kernel samples, page fault vs syscall entry, the
+    vDSO, an ABI suffix, generic type arguments, another process's sample."""
+    p = po.parse_perf_script(PERF_SCRIPT, 100, Path("/bin/allocgc"))
+    assert (p.samples, p.foreign, p.unknown, p.kernel) == (5, 1, 0, 2)
+    assert p.leaves == {"runtime.mallocgc": 1, "runtime.memclrNoHeapPointers": 1, "runtime.futex": 1,
+                        po.NATIVE: 1, "main.F[...]": 1}
+    assert p.kernel_entry == {po.KernelEntry.FAULT: 1, po.KernelEntry.SYSCALL: 1}
+    assert p.syscall_leaves == {"runtime.futex": 1} and not p.unlisted
+    assert p.syscall_share == 20.0 and p.kernel_share == 40.0
+
+
+def test_a_goflame_pprof_gives_physical_leaves_by_gos_own_reader(tmp_path):
+    """The physical leaf of a sample is its pprof Location's last Line, as `go tool pprof`
+    reads it: a frame inlined into its caller is not the leaf, the caller is; a stack with a
+    `[truncated: ...]` frame counts as truncated."""
+    from goflame.export.pprof import write_pprof
+    from goflame.frame import Frame, FrameKind
+    from goflame.profile import Profile, RecordingMeta, Sample
+
+    inlined, physical = Frame("main.small", inlined=True, pc=0x401010), Frame("main.big", pc=0x401010)
+    futex, cut = Frame("runtime.futex", pc=0x402000), Frame("[truncated: bounds]", kind=FrameKind.UNKNOWN)
+    samples = (Sample(0, 1, 1, "running", (inlined, physical)), Sample(1, 1, 1, "running", (futex, cut)))
+    path = tmp_path / "p.pprof"
+    write_pprof(Profile(RecordingMeta(rate_hz=100), samples), path)
+    g = po.goflame_profile(path, "Wrote p.pprof: 2 samples, 1 errors, 1.0 s at 100 Hz (perf)")
+    assert g.leaves == {"main.big": 1, "runtime.futex": 1}
+    assert (g.samples, g.errors, g.truncated) == (2, 1, 1) and g.truncated_by == {"[truncated: bounds]": 1}
+    assert g.syscall_share == 50.0 and g.bad_share == pytest.approx(200 / 3)
