@@ -7,10 +7,10 @@ launched. The rules live here once:
 - a signal only sets a flag: the loop ends at its next check and still writes what it has;
 - the first SIGINT/SIGTERM goes on to a launched command, which is then recorded until it
   exits (its own shutdown is often what one wants to see); a second one stops goflame;
-- Ctrl-Z (SIGTSTP) is taken between ticks, when nothing of the target is held: `on_suspend`
-  runs (flush what is pending), then goflame stops itself. A SIGCONT that came after the
-  SIGTSTP and before goflame got round to stopping cancels the stop (`kill -TSTP; kill -CONT`
-  must leave goflame running, as it would any program);
+- Ctrl-Z (SIGTSTP) keeps its default action: the kernel's job control, which a SIGCONT sent
+  right after cancels (a handler that stops goflame later cannot tell that order, and
+  `kill -TSTP; kill -CONT` left goflame stopped for good). While goflame holds a stopped
+  thread of the target, its stop guard (process/guard.py) defers the stop until it let go;
 - a launched command gets a parent-death signal (SIGTERM), so an unclean end of goflame
   (SIGKILL) does not leave it running; a clean end asks it to stop (SIGINT, then SIGKILL).
 """
@@ -40,10 +40,6 @@ class Signals:
 
     stop: bool = False
     count: int = 0  # SIGINT/SIGTERM/SIGHUP so far
-    suspends: int = 0  # SIGTSTP so far
-    suspends_done: int = 0  # of those, acted on (or cancelled by a later SIGCONT)
-    continues: int = 0  # SIGCONT so far
-    continues_at_suspend: int = 0  # `continues` when the last SIGTSTP came
 
 
 def _demote_to_sudo_user() -> tuple[int, int] | None:
@@ -134,19 +130,11 @@ class Watch:
                 return
         s.stop = True
 
-    def _on_suspend(self, _signum: int, _frame: object) -> None:
-        self.signals.suspends += 1
-        self.signals.continues_at_suspend = self.signals.continues
-
-    def _on_continue(self, _signum: int, _frame: object) -> None:
-        self.signals.continues += 1
-
     @contextlib.contextmanager
     def handlers(self, *, hangup: bool = False) -> Iterator[Signals]:
         """Install the handlers for the body, then put the previous ones back."""
         wanted: dict[int, Callable[[int, object], None]] = {
             signal.SIGINT: self._on_stop_signal, signal.SIGTERM: self._on_stop_signal,
-            signal.SIGTSTP: self._on_suspend, signal.SIGCONT: self._on_continue,
         }
         if hangup:
             wanted[signal.SIGHUP] = self._on_stop_signal
@@ -159,18 +147,8 @@ class Watch:
             for sig, h in old.items():
                 signal.signal(sig, h)
 
-    def should_stop(self, on_suspend: Callable[[], None] = lambda: None) -> bool:
-        """The loop's check between ticks: stop asked for, or the launched command exited.
-
-        A pending Ctrl-Z is taken here: `on_suspend()`, then goflame stops itself until SIGCONT."""
-        s = self.signals
-        if s.stop:
+    def should_stop(self) -> bool:
+        """The loop's check between ticks: stop asked for, or the launched command exited."""
+        if self.signals.stop:
             return True
-        if s.suspends > s.suspends_done:
-            s.suspends_done = s.suspends
-            if s.continues == s.continues_at_suspend:  # no SIGCONT since: the user wants it stopped
-                on_suspend()
-                os.kill(os.getpid(), signal.SIGSTOP)
-            if s.stop:
-                return True
         return self.child is not None and self.child.poll() is not None

@@ -10,7 +10,10 @@ that converts it.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,34 +95,52 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
            on_warning: Callable[[str], None] | None = None) -> RecordResult:
     if (opts.pid is None) == (not opts.command):
         raise BadInput("give either --pid PID or a command after --")
-    if opts.duration is not None and opts.duration <= 0:
-        raise BadInput("--duration must be positive")
+    if opts.duration is not None and not (math.isfinite(opts.duration) and opts.duration > 0):
+        raise BadInput("--duration must be a positive number of seconds")
     config = SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking, native=opts.native,
                            engine=opts.engine)  # bad options fail before anything is launched
-    child = None
-    if opts.command:
-        out, fmt = resolve_output(opts, 0) if opts.output else (None, None)
-        child = launch(opts.command)
-        pid = child.pid
-        if out is None:
-            out, fmt = resolve_output(opts, pid)
-    else:
-        assert opts.pid is not None
-        pid = opts.pid
-        out, fmt = resolve_output(opts, pid)
-    watch = Watch(child)
-    result = RecordResult(out, fmt, SamplerStats(), pid, out if fmt == "goflame" else out + ".goflame")
-    try:
-        with watch.handlers():
-            target = attach_launched(child) if child is not None else Target(pid)
+    watch = Watch()
+    result: RecordResult | None = None
+    with watch.handlers():  # from before the launch: a SIGTERM then still finishes the child
+        try:
+            if opts.command:
+                out, fmt = resolve_output(opts, 0) if opts.output else (None, None)
+                watch.child = launch(opts.command)
+                pid = watch.child.pid
+                if out is None:
+                    out, fmt = resolve_output(opts, pid)
+            else:
+                assert opts.pid is not None
+                pid = opts.pid
+                out, fmt = resolve_output(opts, pid)
+            assert out is not None and fmt is not None
+            result = RecordResult(out, fmt, SamplerStats(), pid, out if fmt == "goflame" else _raw_beside(out, pid))
+            target = attach_launched(watch.child) if watch.child is not None else Target(pid)
             with target:
                 _sample_to_raw(target, config, opts, watch, result, on_status, on_warning)
-        if fmt != "goflame":
-            _convert(opts, result)
-    finally:
-        if child is not None:
-            result.exit_status = finish_child(child)
+        finally:
+            if watch.child is not None:
+                status = finish_child(watch.child)
+                if result is not None:
+                    result.exit_status = status
+    if fmt != "goflame":
+        _convert(opts, result, on_warning)
     return result
+
+
+def _raw_beside(out: str, pid: int) -> str:
+    """Where the raw recording streams while the output is still to come: next to the output
+    (OUTPUT.goflame), or in the temporary directory when the output is no regular file
+    (/dev/stdout, a pipe)."""
+    try:
+        regular = stat.S_ISREG(os.stat(out).st_mode)
+    except FileNotFoundError:
+        regular = True
+    except OSError:
+        regular = False
+    if regular:
+        return out + ".goflame"
+    return os.path.join(tempfile.gettempdir(), f"goflame-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.goflame")
 
 
 def _meta(opts: RecordOptions, pid: int, target: Target) -> RecordingMeta:
@@ -163,7 +184,7 @@ def _sample_to_raw(target: Target, config: SamplerConfig, opts: RecordOptions, w
             on_status(st)
 
     try:
-        stats = sampler.run(writer.add_all, duration=opts.duration, should_stop=lambda: watch.should_stop(writer.flush),
+        stats = sampler.run(writer.add_all, duration=opts.duration, should_stop=watch.should_stop,
                             on_tick=on_tick)
     except BaseException as e:
         kept = _keep_what_was_sampled(writer)
@@ -197,11 +218,15 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _convert(opts: RecordOptions, result: RecordResult) -> None:
+def _convert(opts: RecordOptions, result: RecordResult, on_warning: Callable[[str], None] | None) -> None:
     """The requested format from the raw recording, which then goes unless --keep-raw."""
     raw_path = result.raw_path
     assert raw_path is not None
     profile = read_recording(raw_path)
+    for note in profile.reading_notes(raw_path):
+        result.warnings.append(note)
+        if on_warning:
+            on_warning(note)
     write_profile(profile, result.fmt, result.output, lines=opts.lines, threads=opts.threads,
                   goroutines=opts.goroutines, inverted=opts.inverted, title=opts.title)
     if not opts.keep_raw:

@@ -106,7 +106,7 @@ ENGINES = ("auto", "perf", "ptrace")
 
 class Sampler:
     def __init__(self, target: Target, config: SamplerConfig = SamplerConfig()):
-        if config.rate <= 0 or config.rate > 10_000:
+        if not 1 <= config.rate <= 10_000:  # NaN too
             raise GoflameError(f"rate {config.rate} Hz is out of range (1..10000)")
         self.t = target
         self.cfg = config

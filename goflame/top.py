@@ -894,7 +894,7 @@ def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: 
         raise BadInput("give either --pid PID or a command after --")
     if not opts.delay > 0:
         raise BadInput("--delay must be positive")
-    if not 0 < opts.rate <= 10_000:
+    if not 1 <= opts.rate <= 10_000:
         raise BadInput(f"rate {opts.rate:g} Hz is out of range (1..10000)")
     if opts.view not in VIEWS:
         raise BadInput(f"unknown view {opts.view!r}: choose functions or goroutines")

@@ -225,6 +225,10 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
         while Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "Tt":
             assert time.monotonic() < deadline, "goflame did not stop on SIGTSTP"
             time.sleep(0.01)
+        # "t" is also the microseconds in which the guard passes the signal on: 0.2 s later
+        # goflame is in the stop itself.
+        time.sleep(0.2)
+        assert Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "Tt"
         cpu_before = process_cpu_ns(hog.pid)
         end = time.monotonic() + 1.0
         while time.monotonic() < end:

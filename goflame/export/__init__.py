@@ -166,13 +166,15 @@ def atomic_output(path: str | os.PathLike[str], *, binary: bool) -> Iterator[IO[
     What is not a regular file (`/dev/stdout`, `/dev/full`, a FIFO) is written in place: there
     is nothing to replace, and a device node must never be renamed over.
     """
-    target = os.path.realpath(path)
     try:
-        st: os.stat_result | None = os.stat(target)
+        st: os.stat_result | None = os.stat(path)  # through links: /dev/stdout -> a pipe
     except FileNotFoundError:
         st = None
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    # A link to a regular file is replaced at the file; a link to a pipe or a device (whose
+    # "real path" under /proc names no file) is written through as given.
+    target = os.path.realpath(path) if st is None or stat.S_ISREG(st.st_mode) else os.fspath(path)
     text = {} if binary else {"encoding": "utf-8", "errors": "surrogateescape", "newline": "\n"}
     mode = "wb" if binary else "w"
     tmp = _temp_beside(target, path) if st is None or stat.S_ISREG(st.st_mode) else None

@@ -232,9 +232,11 @@ class ProcessMemory:
         if self._fd < 0 or self._probe is None:
             return False
         try:
-            return os.pread(self._fd, 1, self._probe) == b""
+            if os.pread(self._fd, 1, self._probe) != b"":
+                return False
         except OSError:
             return False
+        return not self._process_gone()  # an exited process reads empty too
 
     def close(self) -> None:
         if self._fd >= 0:
