@@ -16,7 +16,7 @@ import math
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -117,7 +117,8 @@ class Sampler:
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
         self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
-        self._switched_in: dict[int, int] = {}  # tid -> times switched in, at that read (_where_it_ran)
+        # tid -> (times switched in, ns queued, times slept, when read) when last due (_where_it_ran)
+        self._switched_in: dict[int, tuple[int, int, int, int]] = {}
         self._credit: dict[int, float] = {}  # tid -> CPU time accrued towards its next sample, in intervals
         self._grew: dict[int, float] = {}  # tid -> when its run time was last seen to grow
         mem = target.proc.memory
@@ -155,16 +156,19 @@ class Sampler:
     # -- one tick ---------------------------------------------------------------------------------
     def sample(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
-        running = self._on_cpu(self._threads(now), now)
+        tids = self._threads(now)
         since = now - self._ms_time
-        if since > M_REFRESH_S or (since > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(running)):
-            self._refresh_ms(now)
+        if since > M_REFRESH_S or (self._native is not None and since > M_UNKNOWN_REFRESH_S
+                                   and not self._ms.keys() >= set(tids)):
+            self._refresh_ms(now)  # --native reads an M in the stop: known before
         out: list[Sample] = []
         on_cpu_goids: set[int] = set()
         if self.cfg.nonblocking:
-            out += self._sample_running_nonblocking(ts_ns, running, on_cpu_goids)
-        elif running:
-            out += self._sample_running(ts_ns, running, on_cpu_goids)
+            out += self._sample_running_nonblocking(ts_ns, list(self._on_cpu(tids, now)), on_cpu_goids)
+        else:
+            # Each thread is interrupted the moment it is found due (its state and schedstat
+            # just read): see _where_it_ran.
+            out += self._sample_running(ts_ns, self._on_cpu(tids, now), on_cpu_goids)
         if self.cfg.idle:
             out += self._sample_idle(ts_ns, on_cpu_goids)
         self.stats.samples += len(out)
@@ -179,7 +183,7 @@ class Sampler:
             self._tids_time = now
         return self._tids
 
-    def _on_cpu(self, tids: list[int], now: float) -> list[int]:
+    def _on_cpu(self, tids: list[int], now: float) -> Iterator[int]:
         """The threads to sample this tick: those on a CPU, as many times as their CPU time says.
 
         Each thread accrues as credit the CPU time it actually ran since the last look
@@ -195,11 +199,9 @@ class Sampler:
         """
         proc = self.t.proc
         schedstat = proc.schedstat
-        out = []
         credit = self._credit
         run_ns = self._run_ns
         grew = self._grew
-        switched_in = self._switched_in
         max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
         per_ns = self.cfg.rate / 1e9  # credit per ns of CPU time
         seen = 0
@@ -211,13 +213,13 @@ class Sampler:
             st = schedstat(tid)
             if st is None:
                 continue
-            rt, switched_in[tid] = st
+            rt = st[0]
             seen += 1
             run_ns[tid] = (rt, now)
             if prev is None or now <= prev[1]:
                 grew[tid] = now
-                if proc.thread_state(tid) == "R":
-                    out.append(tid)
+                if self._running_now(tid):
+                    yield tid
                 continue
             # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
             # tick, every few ms), and at a high rate most intervals see none, some several ms.
@@ -230,40 +232,62 @@ class Sampler:
             if c >= 1.0:
                 # Owed a sample but not on a CPU now: taken at a later tick, not lost, so every
                 # thread's count of samples still follows its CPU time.
-                if proc.thread_state(tid) == "R":
-                    out.append(tid)
+                if self._running_now(tid):
                     c -= 1.0
+                    yield tid
                 c = min(c, max_credit)
             credit[tid] = c
         if not seen:  # every thread listed is gone: the process exited (ProcessGone), or list them again
             self._tids_time = float("-inf")
             self._threads(now)
-            return []
+            return
         if len(run_ns) > 4 * len(tids) + 1024:  # forget threads not seen for a while
             self._run_ns = {t: v for t, v in run_ns.items() if now - v[1] < 10}
             self._credit = {t: c for t, c in credit.items() if t in self._run_ns}
             self._grew = {t: g for t, g in grew.items() if t in self._run_ns}
-            self._switched_in = {t: n for t, n in switched_in.items() if t in self._run_ns}
-        return out
+            self._switched_in = {t: n for t, n in self._switched_in.items() if t in self._run_ns}
 
-    def _where_it_ran(self, tid: int, regs: Registers, switched_in: int | None) -> bool:
+    def _running_now(self, tid: int) -> bool:
+        """In state R (on a CPU, or queued for one) now. What `_where_it_ran` compares the stop
+        with is kept: the times it slept and was switched in so far, read right now."""
+        proc = self.t.proc
+        seen = proc.sleeps(tid)
+        if seen is None or seen[0] != "R":
+            return False
+        st = proc.schedstat(tid)
+        if st is None:
+            return False
+        self._switched_in[tid] = (st[2], st[1], seen[1], time.perf_counter_ns())
+        return True
+
+    def _where_it_ran(self, tid: int, regs: Registers, in_stop: tuple[int, int, int, int] | None) -> bool:
         """Whether a stopped thread's registers are where it spent the CPU time it is sampled for.
 
         A thread in state R when the tick looked may have been running, or waiting for a CPU
-        after a wakeup: one woken in futex, epoll_wait or nanosleep enters our stop on its
-        way out of that syscall, and its registers say "runtime.futex", not where its CPU time
-        went (on a busy Go program half the samples were syscall wrappers where perf sees a
-        tenth in the kernel). The stop tells: a thread stopped in user mode (orig_rax -1) was
-        running user code when it last left its CPU (a wakeup is always a return from the
-        kernel); one stopped in a syscall was on its CPU inside that syscall (kernel time,
-        charged to the wrapper as perf's callchains would) only if it was not switched in
-        again since the tick looked (schedstat, read in the stop).
+        after a wakeup; and a running one may go to sleep in a syscall in the tens of
+        microseconds before our interrupt lands. Either way it enters our stop on its way out
+        of futex, epoll_wait or nanosleep, and its registers say "runtime.futex", not where
+        its CPU time went (on busy Go programs a third to a half of the samples were syscall
+        wrappers where perf sees a twentieth to a quarter in the kernel). The stop tells:
+        - stopped in user mode (orig_rax -1): it was running user code when it last left its
+          CPU (a wakeup always returns from the kernel): a sample, wherever it waited since;
+        - stopped in a syscall: kernel time, charged to the wrapper as perf's callchains
+          would, if it did not sleep since the tick looked (status: voluntary switches) and
+          was not queued then (schedstat: not switched in since, or queued for less time
+          than has passed since the tick looked: it was preempted after it).
+        Anything else is owed its sample still, and taken at a later tick.
         """
         if regs.orig_rax == NOT_IN_SYSCALL:
             return True
-        return switched_in is not None and switched_in == self._switched_in.get(tid)
+        before = self._switched_in.get(tid)
+        if in_stop is None or before is None:
+            return False
+        switches, queued, slept, seen_ns = in_stop
+        if slept - before[2] > 1:  # entering our stop is one voluntary switch itself
+            return False
+        return switches == before[0] or queued - before[1] < seen_ns - before[3]
 
-    def _sample_running(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
+    def _sample_running(self, ts_ns: int, due: Iterable[int], on_cpu: set[int]) -> list[Sample]:
         mem = self._mem
         tls = self._g_tls
 
@@ -290,13 +314,24 @@ class Sampler:
 
         schedstat = self.t.proc.schedstat
 
-        def reads(tid: int, regs: Registers) -> tuple[object, int | None]:
-            st = schedstat(tid) if regs.orig_rax != NOT_IN_SYSCALL else None
-            return while_stopped(tid, regs), st[1] if st is not None else None
+        sleeps = self.t.proc.sleeps
+
+        def reads(tid: int, regs: Registers) -> tuple[object, tuple[int, int, int, int] | None]:
+            if regs.orig_rax == NOT_IN_SYSCALL:
+                return while_stopped(tid, regs), None
+            seen = time.perf_counter_ns()
+            st, slept = schedstat(tid), sleeps(tid)
+            return while_stopped(tid, regs), ((st[2], st[1], slept[1], seen) if st and slept else None)
 
         pauser = self.t.proc.pauser
         busy_before = pauser.skipped_busy
-        paused = self.t.proc.pause(tids, reads)
+        tids: list[int] = []
+        paused = self.t.proc.pause(_kept(due, tids), reads)
+        if not tids:
+            return []
+        now = time.monotonic()
+        if now - self._ms_time > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(tids):
+            self._refresh_ms(now)  # a thread to sample is no M we know (a new M, or C's own)
         busy = pauser.skipped_busy - busy_before
         self.stats.busy += busy
         self.stats.errors += len(tids) - len(paused) - busy
@@ -827,6 +862,13 @@ class Sampler:
                 continue
             out.append(Sample(max(0, k.time_ns - start_ns), g.goid if g else 0, k.tid, "running", frames))
         return out
+
+
+def _kept(items: Iterable[int], into: list[int]) -> Iterator[int]:
+    """`items`, each also appended to `into` as it passes."""
+    for x in items:
+        into.append(x)
+        yield x
 
 
 def _switch_to(g: Goroutine) -> Callable[[str], StackSwitch | None]:

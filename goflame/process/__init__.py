@@ -82,9 +82,13 @@ class Process:
         """One thread's state letter (R, S, D, t...), None if it exited."""
         return self._task.state(tid)
 
-    def schedstat(self, tid: int) -> tuple[int, int] | None:
-        """(CPU ns so far, times switched in) of one thread; None if it exited."""
+    def schedstat(self, tid: int) -> tuple[int, int, int] | None:
+        """(CPU ns, run-queue wait ns, times switched in) of one thread so far; None if it exited."""
         return self._task.schedstat(tid)
+
+    def sleeps(self, tid: int) -> tuple[str, int] | None:
+        """(state letter, voluntary context switches so far) of one thread; None if it exited."""
+        return self._task.sleeps(tid)
 
     def tids(self) -> list[int]:
         return self._task.tids()

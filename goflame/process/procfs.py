@@ -224,6 +224,7 @@ class TaskDir:
         self._nspid: dict[int, int] = {}  # tid here -> its id in the target's namespace (see ns_tids)
         self._schedstat: dict[int, int] = {}  # tid -> open fd of its schedstat, read with pread
         self._stat: dict[int, int] = {}  # tid -> open fd of its stat, likewise
+        self._status: dict[int, int] = {}  # tid -> open fd of its status, likewise
         # Both kept under a quarter of the fd limit (a process with thousands of threads)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._max_open = max(16, min(4096, soft // 8)) if soft != resource.RLIM_INFINITY else 4096
@@ -292,24 +293,38 @@ class TaskDir:
         i = data.rfind(b")")  # the name, in parentheses, may hold anything
         return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
 
-    def schedstat(self, tid: int) -> tuple[int, int] | None:
-        """(ns the thread has spent on a CPU, times it was put on a CPU); None if it is gone.
+    def schedstat(self, tid: int) -> tuple[int, int, int] | None:
+        """(ns on a CPU, ns waiting on a run queue, times put on a CPU) of one thread so far;
+        None if it is gone. The three fields of schedstat.
 
-        The first and third fields of schedstat. A thread in state R may be running or only
-        waiting for a CPU; how much its run time grew since the last look tells the two apart.
-        The second count grows each time the thread is switched in: unchanged between two
-        reads, the thread stayed on its CPU all along (a ptrace stop read in between counts
-        only once it is resumed).
+        A thread in state R may be running or only waiting for a CPU; how much its run time
+        grew since the last look tells the two apart. The wait grows (and the count by one)
+        each time the thread is switched in, by how long it was queued: the sampler reads
+        them in a stop to tell where the thread was when the tick looked at it.
         """
         data = self._pread(self._schedstat, tid, "schedstat")
         fields = data.split()
         try:
-            return int(fields[0]), int(fields[2])
+            return int(fields[0]), int(fields[1]), int(fields[2])
         except (ValueError, IndexError):
             self._drop(tid)  # an exited thread's file reads empty
             return None
 
-    def _pread(self, fds: dict[int, int], tid: int, name: str) -> bytes:
+    def sleeps(self, tid: int) -> tuple[str, int] | None:
+        """(state letter, times the thread gave up its CPU of its own accord: slept) of one
+        thread, from its status; None if it is gone. A sampler reads it before and inside a
+        stop to know whether the thread went to sleep in between."""
+        data = self._pread(self._status, tid, "status", 4096)
+        i = data.find(b"\nState:\t")
+        j = data.find(b"\nvoluntary_ctxt_switches:\t")
+        if i < 0 or j < 0:
+            return None
+        try:
+            return chr(data[i + 8]), int(data[j + 26:data.find(b"\n", j + 26)])
+        except ValueError:
+            return None
+
+    def _pread(self, fds: dict[int, int], tid: int, name: str, size: int = 512) -> bytes:
         """A per-thread file read again from offset 0 through an fd kept open; b"" if gone.
 
         The sampler reads these every tick: one syscall instead of open, read, close (the
@@ -321,19 +336,19 @@ class TaskDir:
                 if len(fds) >= self._max_open:
                     self._close_files()
                 fd = fds[tid] = os.open(f"{tid}/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._fd)
-            return os.pread(fd, 512, 0)
+            return os.pread(fd, size, 0)
         except (FileNotFoundError, ProcessLookupError):
             self._drop(tid)
             return b""
 
     def _drop(self, tid: int) -> None:
-        for fds in (self._schedstat, self._stat):
+        for fds in (self._schedstat, self._stat, self._status):
             fd = fds.pop(tid, None)
             if fd is not None:
                 os.close(fd)
 
     def _close_files(self) -> None:
-        for fds in (self._schedstat, self._stat):
+        for fds in (self._schedstat, self._stat, self._status):
             while fds:
                 os.close(fds.popitem()[1])
 

@@ -237,28 +237,34 @@ class Pauser:
         `while_stopped(tid, regs)` runs while that thread is stopped (read its stack top
         there, nothing more); its result lands in `PausedThread.extra`.
         """
-        wanted = list(dict.fromkeys(tids))  # a thread listed twice is paused once
+        asked: set[int] = set()  # a thread listed twice is paused once
         out: dict[int, PausedThread] = {}
         with self._holding():
             try:
                 if overlap:
+                    # `tids` may be a generator that decides each thread just before it is
+                    # interrupted: each one is seized and interrupted as it comes.
                     pending: dict[int, _Tracee] = {}
-                    for tid in wanted:
-                        t = self._seize_and_interrupt(tid)
-                        if t is not None:
-                            pending[tid] = t
+                    for tid in tids:
+                        if tid not in asked:
+                            asked.add(tid)
+                            t = self._seize_and_interrupt(tid)
+                            if t is not None:
+                                pending[tid] = t
                     while pending:
                         t = pending.pop(self._next_stop(pending))
                         if self._wait_stop(t):
                             self._sample(t, while_stopped, out)
                 else:
-                    for tid in wanted:
-                        t = self._seize_and_interrupt(tid)
-                        if t is not None and self._wait_stop(t):
-                            self._sample(t, while_stopped, out)
+                    for tid in tids:
+                        if tid not in asked:
+                            asked.add(tid)
+                            t = self._seize_and_interrupt(tid)
+                            if t is not None and self._wait_stop(t):
+                                self._sample(t, while_stopped, out)
             finally:
                 self._release_all()
-        if wanted and not out and not procfs.alive(self.pid):
+        if asked and not out and not procfs.alive(self.pid):
             raise ProcessGone(gone_message(self.pid))
         return out
 
