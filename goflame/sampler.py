@@ -113,6 +113,7 @@ class Sampler:
         self.stats = SamplerStats()
         self._ms: dict[int, Machine] = {}
         self._g0_bounds: dict[int, tuple[int, int]] = {}  # g0/gsignal address -> stack bounds
+        self._g0_sched_sp: dict[int, int] = {}  # g0 address -> g0.sched.sp: where systemstack switches to
         self._ms_time = 0.0
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
@@ -151,6 +152,7 @@ class Sampler:
                     g = self.t.reader.read_g(a)
                     if g is not None:
                         self._g0_bounds[a] = (g.stack_lo, g.stack_hi)
+                        self._g0_sched_sp[a] = g.sched_sp
         self._ms_time = now
 
     # -- one tick ---------------------------------------------------------------------------------
@@ -297,16 +299,19 @@ class Sampler:
             except InvalidMemory:
                 return b""
 
-        def while_stopped(tid: int, regs: Registers) -> tuple[bytes, int]:
+        def while_stopped(tid: int, regs: Registers) -> tuple[bytes, int, tuple[tuple[int, bytes], ...]]:
             # The stack top, and (amd64) the g the thread runs from its TLS slot, in one read:
             # exact, and it spares reading m.curg after the release.
             if tls is None:
                 try:
-                    return mem.read(regs.rsp, STOPPED_WINDOW), 0
+                    return mem.read(regs.rsp, STOPPED_WINDOW), 0, ()
                 except InvalidMemory:
-                    return window(regs), 0
+                    return window(regs), 0, ()
             stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
-            return stack if stack is not None else window(regs), _U64.unpack(word)[0] if word is not None else 0
+            g = _U64.unpack(word)[0] if word is not None else 0
+            if stack is None:
+                return window(regs), g, ()
+            return stack, g, self._goroutine_window(tid, g, regs.rsp, stack)
 
         if self._native is not None:
             def while_stopped(tid: int, regs: Registers) -> Stopped:
@@ -358,7 +363,8 @@ class Sampler:
                 continue
             p = paused[tid]
             frames = self._walk_live(self._ms[tid], g, p.regs.rip, p.regs.rsp,
-                                     p.extra[0] if self._native is None else p.extra, p.regs, p.regs.r12)
+                                     p.extra[0] if self._native is None else p.extra, p.regs, p.regs.r12,
+                                     windows=p.extra[2] if self._native is None else ())
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -465,8 +471,33 @@ class Sampler:
             out.append(Sample(ts_ns, 0, tid, "running", frames))
         return out
 
+    def _goroutine_window(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[tuple[int, bytes], ...]:
+        """In the stop of a thread on g0: the goroutine's stack where systemstack left it.
+
+        After the release the thread returns to its goroutine within microseconds and that
+        stack changes; the walk needs the frame that called systemstack (see
+        GoUnwinder._systemstack_caller). systemstack switches to g0.sched.sp, so the first
+        frame on g0 saved the goroutine's frame pointer just below it: the goroutine's stack
+        around that address is read now, in the stop."""
+        m = self._ms.get(tid)
+        if m is None or g != m.g0:
+            return ()
+        top = self._g0_sched_sp.get(g, 0)
+        off = top - 2 * 8 - sp
+        if not 0 <= off <= len(stack) - 8:
+            return ()
+        bp = _U64.unpack_from(stack, off)[0]
+        base = (bp - GOROUTINE_WINDOW // 2) & ~0xFFF
+        if base <= 0:
+            return ()
+        try:
+            return ((base, self._mem.read(base, GOROUTINE_WINDOW)),)
+        except InvalidMemory:
+            return ()
+
     def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, data: bytes,
-                   regs: Registers | None = None, r12: int = 0, in_signal: bool = False) -> tuple[Frame, ...]:
+                   regs: Registers | None = None, r12: int = 0, in_signal: bool = False,
+                   windows: tuple[tuple[int, bytes], ...] = (), chain: tuple[int, ...] = ()) -> tuple[Frame, ...]:
         """The logical frames of a thread's stack at (pc, sp); `data`: the stack from sp as it
         was then (read in the stop, or copied by the kernel). --native needs the registers;
         R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py); a signal handler's
@@ -477,6 +508,8 @@ class Sampler:
                                        self._g0_bounds, stopped)
             return self._native.logical(walk, self._sym)
         mem = StackMemory(self._mem.read, sp, data)
+        if windows:
+            mem.preload(windows)
         unwinder = self._unwinder
         walk: Walk | None
         if not self.t.reader.in_text(pc):
@@ -495,7 +528,7 @@ class Sampler:
                 return self._stack_of(key)
             walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
         else:
-            span = self._system_span(m, g, sp)
+            span = self._system_span(m, g, sp, chain)
             if span is None:
                 return ()
             if unwinder.vdso.caller_at(pc) is not None:  # its pcsp says nothing once on g0
@@ -542,7 +575,8 @@ class Sampler:
             spans.append(system)
         return spans
 
-    def _system_span(self, m: Machine, g: Goroutine | None, sp: int) -> StackSpan | None:
+    def _system_span(self, m: Machine, g: Goroutine | None, sp: int, chain: tuple[int, ...] = ()
+                     ) -> StackSpan | None:
         """The system stack (g0 or gsignal) holding sp; a walk on it jumps to the goroutine at
         systemstack/morestack."""
         for a in (m.g0, m.gsignal):
@@ -551,7 +585,9 @@ class Sampler:
                 # A thread started by C (cgo) has g0 bounds that end inside mstart0's frame
                 # (runtime.mstart0 sets stack.hi to a local's address): let the walk reach mstart.
                 hi = b[1] + G0_SLACK if a == m.g0 else b[1]
-                return StackSpan(b[0], hi, _switch_to(g) if g is not None else None)
+                if g is None and not chain:
+                    return StackSpan(b[0], hi)
+                return StackSpan(b[0], hi, _switch_to(g or _NO_G, self._owner_bounds, chain))
         return None
 
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
@@ -818,7 +854,13 @@ class Sampler:
             st.elapsed = time.monotonic() - start
         return st
 
-    def _stack_owner(self, sp: int) -> Goroutine | None:
+    def _owner_bounds(self, addr: int) -> tuple[int, int] | None:
+        """The bounds of the goroutine stack holding `addr`, whatever the goroutine's status
+        (one in systemstack may say it is waiting: GC workers do)."""
+        g = self._stack_owner(addr, any_status=True)
+        return (g.stack_lo, g.stack_hi) if g is not None else None
+
+    def _stack_owner(self, sp: int, any_status: bool = False) -> Goroutine | None:
         """The goroutine whose stack holds sp, from a map of all goroutines' stacks redrawn at
         most every STACK_OWNERS_S (stacks move when they grow: the g is re-read and checked)."""
         now = time.monotonic()
@@ -835,7 +877,7 @@ class Sampler:
         if i < 0 or not owners[i][0] <= sp < owners[i][1]:
             return None
         g = self.t.reader.read_g(owners[i][2])
-        return g if g is not None and g.contains_sp(sp) and g.status == G_RUNNING else None
+        return g if g is not None and g.contains_sp(sp) and (any_status or g.status == G_RUNNING) else None
 
     def _from_kernel(self, raw: list[KernelSample], start_ns: int) -> list[Sample]:
         """Samples from what the kernel recorded: the goroutine from Go's g register (R14 in
@@ -856,7 +898,8 @@ class Sampler:
             if g is False:
                 self.stats.errors += 1
                 continue
-            frames = self._walk_live(ms[k.tid], g, k.pc, k.sp, k.stack, r12=k.r12)  # type: ignore[arg-type]
+            frames = self._walk_live(ms[k.tid], g, k.pc, k.sp, k.stack, r12=k.r12,  # type: ignore[arg-type]
+                                     chain=k.callchain)
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -871,9 +914,15 @@ def _kept(items: Iterable[int], into: list[int]) -> Iterator[int]:
         yield x
 
 
-def _switch_to(g: Goroutine) -> Callable[[str], StackSwitch | None]:
-    """Where a walk on the system stack continues: the goroutine's saved context."""
-    to = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi)
+_NO_G = Goroutine(0, 0, 0, False, "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # no goroutine known
+
+
+def _switch_to(g: Goroutine, stack_of: Callable[[int], tuple[int, int] | None] | None = None,
+               chain: tuple[int, ...] = ()) -> Callable[[str], StackSwitch | None]:
+    """Where a walk on the system stack continues: the goroutine's saved context (checked
+    against the frame pointer on g0 by the unwinder), the stack `stack_of` finds, or the
+    kernel's callchain."""
+    to = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi, g.sched_bp, stack_of, chain)
     return lambda _kind: to
 
 
@@ -881,6 +930,7 @@ def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
+GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
 G0_SLACK = 1024  # bytes past g0's stack.hi a walk may read to reach mstart (see _system_span)
 STACK_OWNERS_S = 1.0  # perf: how often, at most, every goroutine's stack bounds are read again
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again

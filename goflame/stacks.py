@@ -260,7 +260,7 @@ class StackCollector:
             if not system_stacks:
                 return None
             cur = self.reader.read_g(g.addr) or g
-            return StackSwitch(cur.sched_pc, cur.sched_sp, cur.sched_lr, cur.stack_lo, cur.stack_hi)
+            return StackSwitch(cur.sched_pc, cur.sched_sp, cur.sched_lr, cur.stack_lo, cur.stack_hi, cur.sched_bp)
 
         walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
         if sigframe.ends_in_handler(walk) and not in_signal:

@@ -33,6 +33,8 @@ PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_TASK_CLOCK = 1
 PERF_SAMPLE_TID = 1 << 1
 PERF_SAMPLE_TIME = 1 << 2
+PERF_SAMPLE_CALLCHAIN = 1 << 5
+PERF_CONTEXT_MAX = (1 << 64) - 4095  # callchain entries from here up are context markers
 PERF_SAMPLE_REGS_USER = 1 << 12
 PERF_SAMPLE_STACK_USER = 1 << 13
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -46,6 +48,7 @@ PERF_SAMPLE_REGS_ABI_NONE = 0
 _EXCLUDE_KERNEL = 1 << 5
 _EXCLUDE_HV = 1 << 6
 _COMM = 1 << 9
+_EXCLUDE_CALLCHAIN_KERNEL = 1 << 21
 _COMM_EXEC = 1 << 24  # a COMM record says when the thread exec'd (Linux 3.16+)
 _USE_CLOCKID = 1 << 25
 _CLOCK_MONOTONIC = 1
@@ -58,11 +61,14 @@ _ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: every field used here; accepted since L
 _HEAD_OFF, _TAIL_OFF = 1024, 1032
 _Q = struct.Struct("<Q")
 _HDR = struct.Struct("<IHH")  # type, misc, size
-# a sample: pid, tid, time, abi, bp, sp, ip, r12, r14, stack size (then the stack, then dyn_size)
-_SAMPLE = struct.Struct("<IIQQQQQQQQ")
+# a sample: pid, tid, time, callchain length (then the callchain), then abi, bp, sp, ip, r12,
+# r14, stack size (then the stack, then dyn_size)
+_SAMPLE_HEAD = struct.Struct("<IIQQ")
+_SAMPLE = struct.Struct("<QQQQQQQ")
 _LOST = struct.Struct("<QQ")  # id, lost
 PAGE = mmap.PAGESIZE
 FULL_RINGS = 128
+MAX_CHAIN = 127  # the kernel's default kernel.perf_event_max_stack
 SMALL_RING = 64 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -90,13 +96,18 @@ class KernelSample:
     r12: int  # the goroutine's SP in the runtime's vDSO calls
     r14: int  # Go's g register in Go code (ABIInternal, amd64, Go >= 1.17)
     stack: bytes  # the stack from sp up, as it was at the sample
+    # Return addresses the kernel found following the frame-pointer chain at the sample (the
+    # ip first): past a stack switch too (runtime.systemstack keeps the goroutine's BP).
+    callchain: tuple[int, ...] = ()
 
 
 def _attr(period_ns: int, stack_bytes: int, kernel: bool) -> ctypes.Array:
     a = ctypes.create_string_buffer(_ATTR_SIZE)
-    flags = _EXCLUDE_HV | _USE_CLOCKID | _COMM | _COMM_EXEC | (0 if kernel else _EXCLUDE_KERNEL)
+    flags = (_EXCLUDE_HV | _USE_CLOCKID | _COMM | _COMM_EXEC | _EXCLUDE_CALLCHAIN_KERNEL
+             | (0 if kernel else _EXCLUDE_KERNEL))
     struct.pack_into("<IIQQQQQ", a, 0, PERF_TYPE_SOFTWARE, _ATTR_SIZE, PERF_COUNT_SW_TASK_CLOCK, period_ns,
-                     PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER, 0, flags)
+                     PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_CALLCHAIN | PERF_SAMPLE_REGS_USER
+                     | PERF_SAMPLE_STACK_USER, 0, flags)
     struct.pack_into("<QIi", a, 80, _REG_MASK, stack_bytes, _CLOCK_MONOTONIC)
     return a
 
@@ -129,7 +140,7 @@ class PerfSampling:
         self.stack_bytes = stack_bytes & ~7
         # Room for 3 drain intervals of a thread that is always on a CPU, as a power of 2
         # (256 KiB at the default drain interval and stack size).
-        record = self.stack_bytes + _SAMPLE.size + 16
+        record = self.stack_bytes + _SAMPLE_HEAD.size + _SAMPLE.size + 8 * MAX_CHAIN + 16
         want = max(3 * record * rate * drain_interval, 4 * record)
         pages = 1
         while pages * PAGE < want:
@@ -252,26 +263,40 @@ def _parse(tid: int, data: bytes, out: list[KernelSample]) -> tuple[int, bool]:
     off = 0
     n = len(data)
     unpack_hdr = _HDR.unpack_from
-    unpack_sample = _SAMPLE.unpack_from
     hs = _HDR.size
-    ss = _SAMPLE.size
     while off + hs <= n:
         kind, _misc, size = unpack_hdr(data, off)
         if size < hs or off + size > n:
             break  # torn: nothing sane follows
-        if kind == PERF_RECORD_SAMPLE and size >= hs + ss:
-            _pid, stid, t, abi, bp, sp, ip, r12, r14, dump = unpack_sample(data, off + hs)
-            if abi != PERF_SAMPLE_REGS_ABI_NONE:
-                s = off + hs + ss
-                dyn = _Q.unpack_from(data, s + dump)[0] if dump and s + dump + 8 <= off + size else 0
-                out.append(KernelSample(stid or tid, t, ip, sp, bp, r12, r14, data[s:s + min(dyn, dump)]))
-            # abi NONE: a kernel thread or no user context (exiting): nothing to walk
+        if kind == PERF_RECORD_SAMPLE:
+            sample = _sample(data, off + hs, off + size, tid)
+            if sample is not None:
+                out.append(sample)
         elif kind == PERF_RECORD_LOST and size >= hs + _LOST.size:
             lost += _LOST.unpack_from(data, off + hs)[1]
         elif kind == PERF_RECORD_COMM and _misc & PERF_RECORD_MISC_COMM_EXEC:
             return lost, True
         off += size
     return lost, False
+
+
+def _sample(data: bytes, at: int, end: int, tid: int) -> KernelSample | None:
+    """One PERF_RECORD_SAMPLE's body at [at, end); None for one with no user context (a
+    kernel thread, an exiting one) or torn."""
+    if at + _SAMPLE_HEAD.size > end:
+        return None
+    _pid, stid, t, nr = _SAMPLE_HEAD.unpack_from(data, at)
+    at += _SAMPLE_HEAD.size
+    if nr > MAX_CHAIN + 8 or at + 8 * nr + _SAMPLE.size > end:
+        return None
+    chain = tuple(ip for ip in struct.unpack_from(f"<{nr}Q", data, at) if ip < PERF_CONTEXT_MAX)
+    at += 8 * nr
+    abi, bp, sp, ip, r12, r14, dump = _SAMPLE.unpack_from(data, at)
+    if abi == PERF_SAMPLE_REGS_ABI_NONE:
+        return None
+    s = at + _SAMPLE.size
+    dyn = _Q.unpack_from(data, s + dump)[0] if dump and s + dump + 8 <= end else 0
+    return KernelSample(stid or tid, t, ip, sp, bp, r12, r14, data[s:s + min(dyn, dump)], chain)
 
 
 def _why(err: int) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME, Func
-from goflame.errors import InvalidMemory
+from goflame.errors import GoflameError, InvalidMemory
 
 if TYPE_CHECKING:
     from goflame.unwind.vdsocall import VdsoCalls
@@ -34,6 +34,9 @@ TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.deb
 _SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.morestack"})
 _U64 = struct.Struct("<Q")
 _PLAIN, _TOP, _FULL = 0, 1, 2  # kinds of frame for GoUnwinder.live_pcs
+_CALL_REL32 = 0xE8
+_REL32 = struct.Struct("<i")
+MAX_CALLER_SCAN = 64 * 1024  # bytes below a frame pointer searched for the call into systemstack
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen dataclass's __init__ costs ~4x; walks make many
@@ -52,13 +55,20 @@ class PhysicalFrame:
 
 @dataclass(frozen=True, slots=True)
 class StackSwitch:
-    """Where to continue when the walk reaches systemstack/morestack on g0."""
+    """Where to continue when the walk reaches systemstack/morestack on g0: the goroutine's
+    saved context (g.sched) and stack, as last read, and where to find the stack holding any
+    address when that context turns out to be another moment's (`stack_of`)."""
 
     pc: int
     sp: int
     lr: int
     lo: int
     hi: int
+    bp: int = 0  # g.sched.bp: the goroutine's frame pointer when it called systemstack
+    stack_of: Callable[[int], tuple[int, int] | None] | None = None
+    # The return addresses the kernel took along the frame pointers at the sample (perf):
+    # what lies past systemstack when the goroutine's stack has changed since.
+    chain: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -113,6 +123,7 @@ class GoUnwinder:
         self.text_lo, self.text_hi = text_lo + bias, text_hi + bias
         self._spdelta_cache: dict[int, tuple[Func | None, int | None]] = {}
         self._steps: dict[int, tuple[int, int, int]] = {}  # see live_pcs
+        self._call_targets: dict[int, int] = {}  # see call_target
 
     @cached_property
     def vdso(self) -> VdsoCalls:
@@ -149,6 +160,101 @@ class GoUnwinder:
             self._steps.clear()
         self._steps[pc] = step
         return step
+
+    @cached_property
+    def _systemstack_entry(self) -> int:
+        f = self.tab.func_by_name("runtime.systemstack")
+        return f.entry + self.bias if f is not None else -1
+
+    def _systemstack_caller(self, frames: list[PhysicalFrame], switch: StackSwitch, mem: StackMemory,
+                            pc: int) -> tuple[int, int, int] | None:
+        """(sp, lo, hi) of runtime.systemstack's frame on the goroutine's stack, where the walk
+        continues past it.
+
+        systemstack keeps the goroutine's frame pointer in BP across the switch (asm_amd64.s:
+        "useful for stack unwinding"), so the first frame on g0 (the function systemstack
+        called) saved it: read from the g0 stack as it was at the sample, it is the frame
+        pointer of systemstack's own frame on the goroutine's stack (its prologue pushed BP;
+        before Go 1.21 or so, its caller's). The goroutine's saved context (g.sched: sp and bp
+        there) is used when it is of that very call; read later it may be another's (the
+        goroutine ran on, or another one runs on the M now). Else the frame is found from the
+        frame pointer: systemstack's frame (pcsp at `pc`) holds the return address into its
+        caller, which must be the address after a CALL of systemstack, or, where systemstack
+        saves no frame pointer, the caller's frame below it must lead exactly to it.
+        """
+        if not frames:
+            return None
+        try:
+            bp = mem.u64(frames[-1].fp - 2 * PTR)
+        except InvalidMemory:
+            return None
+        if switch.sp and switch.bp == bp and switch.lo <= switch.sp <= bp < switch.hi:
+            return switch.sp, switch.lo, switch.hi
+        if switch.lo <= bp < switch.hi:
+            lo, hi = switch.lo, switch.hi
+        else:
+            bounds = switch.stack_of(bp) if switch.stack_of is not None else None
+            if bounds is None:
+                return None
+            lo, hi = bounds
+        _f, own = self.func_at(pc)
+        try:
+            if own:  # BP was pushed: the frame lies just below the slot BP points at
+                sp = bp - (own - PTR)
+                ra = mem.u64(sp + own)
+                ok = lo <= sp and self.call_target(ra) == self._systemstack_entry
+                return (sp, lo, hi) if ok else None
+            return self._scan_for_call(bp, lo, hi, mem)
+        except InvalidMemory:
+            return None
+
+    def _along_chain(self, frames: list[PhysicalFrame], pc: int, f: Func, chain: tuple[int, ...]) -> Walk:
+        """The walk past systemstack from the kernel's frame-pointer callchain, taken at the
+        sample: every Go function that calls saves BP, so the chain names each caller (a
+        frameless one that calls nothing but a tail of its own is the rare miss)."""
+        i = chain.index(pc)
+        frames.append(PhysicalFrame(pc, 0, 0, f, False))
+        for ra in chain[i + 1:]:
+            g, _ = self.func_at(ra)
+            if g is None:
+                return Walk(frames, "unknown-pc")
+            frames.append(PhysicalFrame(ra, 0, 0, g, False))
+            if g.flag & FLAG_TOPFRAME:
+                return Walk(frames, "top")
+        return Walk(frames, "chain-end")
+
+    def _scan_for_call(self, bp: int, lo: int, hi: int, mem: StackMemory) -> tuple[int, int, int] | None:
+        """A frameless systemstack: BP is its caller's frame pointer. The return address into
+        the caller sits below it, at the slot from which the caller's frame size (pcsp) leads
+        exactly to that frame pointer."""
+        entry = self._systemstack_entry
+        slot = bp - PTR
+        end = max(lo, bp - MAX_CALLER_SCAN)
+        while slot >= end:
+            ra = mem.u64(slot)
+            if self.text_lo <= ra < self.text_hi and self.call_target(ra) == entry:
+                _f, spdelta = self.func_at(ra)
+                if spdelta is not None and slot + spdelta == bp:
+                    return slot, lo, hi
+            slot -= PTR
+        return None
+
+    def call_target(self, ra: int) -> int:
+        """Where the direct CALL ending at return address `ra` goes (0: not a direct call)."""
+        hit = self._call_targets.get(ra)
+        if hit is None:
+            hit = 0
+            if self.text_lo + 5 <= ra < self.text_hi:
+                try:
+                    code = bytes(self._binary.elf.read(ra - self.bias - 5, 5))
+                except (GoflameError, ValueError):
+                    code = b""
+                if len(code) == 5 and code[0] == _CALL_REL32:
+                    hit = ra + _REL32.unpack_from(code, 1)[0]
+            if len(self._call_targets) > 1 << 16:
+                self._call_targets.clear()
+            self._call_targets[ra] = hit
+        return hit
 
     def live_pcs(self, pc: int, sp: int, mem: StackMemory, lo: int, hi: int) -> tuple[int | str, ...] | None:
         """The sampler's common walk, lean: a live pc on its goroutine's own stack.
@@ -254,7 +360,12 @@ class GoUnwinder:
                                 flag = f.flag
                                 trap = False
                             else:
-                                sp = switch.sp
+                                if pc in switch.chain:  # taken at the sample: exact, where memory may be stale
+                                    return self._along_chain(frames, pc, f, switch.chain)
+                                back = self._systemstack_caller(frames, switch, mem, pc)
+                                if back is None:
+                                    return Walk(frames, "systemstack")
+                                sp, lo, hi = back
                                 flag &= ~FLAG_SPWRITE
                             on_system_stack = None
                 if spdelta is None or spdelta < 0:

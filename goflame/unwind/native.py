@@ -1247,7 +1247,7 @@ class NativeStitcher:
     def _switch_to(g: Goroutine | None) -> Callable[[str], StackSwitch | None] | None:
         if g is None:
             return None
-        switch = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi)
+        switch = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi, g.sched_bp)
         return lambda _kind: switch
 
     @staticmethod

@@ -16,7 +16,6 @@ if the instruction before it is a CALL of that very function.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +26,6 @@ from goflame.unwind.gopclntab import PTR, GoUnwinder, PhysicalFrame, StackMemory
 
 # The Go functions that call the vDSO with the goroutine's SP saved in R12 (Go 1.17+).
 VDSO_CALLERS = ("time.now", "runtime.nanotime1", "runtime.walltime", "runtime.vgetrandom1")
-_CALL_REL32 = 0xE8
-_REL32 = struct.Struct("<i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +55,6 @@ class VdsoCalls:
         self._go = unwinder
         self._callers = self._find()
         self._ranges = tuple((c.entry, c.end) for c in self._callers)
-        self._call_targets: dict[int, int] = {}
 
     def _find(self) -> tuple[VdsoCaller, ...]:
         if self._binary.arch != "amd64":
@@ -131,25 +127,7 @@ class VdsoCalls:
             ra = mem.u64(slot)
         except InvalidMemory:
             return None
-        if self._call_target(ra) != c.entry:
+        if self._go.call_target(ra) != c.entry:
             return None
         rest = self._go.unwind(ra, slot + PTR, 0, mem, span.lo, span.hi, on_system_stack=span.on_system_stack)
         return Walk([PhysicalFrame(pc, base, slot + PTR, c.func, exact), *rest.frames], rest.stop)
-
-    def _call_target(self, ra: int) -> int:
-        """Where the direct CALL ending at return address `ra` goes (0: not a direct call)."""
-        hit = self._call_targets.get(ra)
-        if hit is None:
-            hit = 0
-            go = self._go
-            if go.text_lo + 5 <= ra < go.text_hi:
-                try:
-                    code = bytes(self._binary.elf.read(ra - go.bias - 5, 5))
-                except (GoflameError, ValueError):
-                    code = b""
-                if len(code) == 5 and code[0] == _CALL_REL32:
-                    hit = ra + _REL32.unpack_from(code, 1)[0]
-            if len(self._call_targets) > 1 << 16:
-                self._call_targets.clear()
-            self._call_targets[ra] = hit
-        return hit
