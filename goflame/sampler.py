@@ -141,6 +141,7 @@ class Sampler:
         self._kernel: PerfSampling | None = None  # opened by choose_engine, taken by run
         self._engine_chosen = False
         self._owners_time = float("-inf")
+        self._owners_every = STACK_OWNERS_S
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -398,10 +399,16 @@ class Sampler:
         in_text = self.t.reader.in_text
         hints = [vdso.saved_sp(pc, in_text(pc), sp, r12) for _m, _w, pc, sp, r12 in items]
         gs = self._goroutines_of([(m, w, h, False) for (m, w, _pc, _sp, _r12), h in zip(items, hints, strict=True)])
-        for i, (_m, _w, _pc, sp, _r12) in enumerate(items):
+        for i, (m, _w, _pc, sp, _r12) in enumerate(items):
             h = hints[i]
-            if h != sp and not (isinstance(gs[i], Goroutine) and gs[i].contains_sp(h)):
-                gs[i] = self._stack_owner(h) or gs[i]
+            g = gs[i]
+            if h != sp and not (isinstance(g, Goroutine) and g.contains_sp(h)):
+                gs[i] = self._stack_owner(h) or g
+            elif (h == sp and not (isinstance(g, Goroutine) and g.contains_sp(sp))
+                  and self._system_span(m, None, sp) is None):
+                # On a goroutine's stack that the g found does not hold (it moved on, or the g
+                # register held data): the one that does, or none known.
+                gs[i] = self._stack_owner(sp, any_status=True)
         return gs
 
     def _goroutines_of(self, items: list[tuple[Machine, int, int, bool]]) -> list[Goroutine | None | bool]:
@@ -530,7 +537,13 @@ class Sampler:
         else:
             span = self._system_span(m, g, sp, chain)
             if span is None:
-                return ()
+                # A goroutine's stack that the g at hand does not hold (it grew and moved since,
+                # or the g register held data): walk it as it was copied; the walk ends at
+                # goexit, and every return address is checked.
+                owner = self._owner_bounds(sp)
+                lo, hi = owner if owner is not None else (sp, sp + UNKNOWN_STACK_SPAN)
+                walk = unwinder.unwind(pc, sp, 0, mem, lo, hi, exact=True)
+                return self._logical(walk) if walk.frames else ()
             if unwinder.vdso.caller_at(pc) is not None:  # its pcsp says nothing once on g0
                 return self._logical(self._out_of_vdso_call(pc, sp, r12, mem, m, g))
             walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
@@ -866,13 +879,16 @@ class Sampler:
         now = time.monotonic()
         owners = self._owners
         i = bisect.bisect_right(owners, (sp, math.inf)) - 1
-        if (i < 0 or not owners[i][0] <= sp < owners[i][1]) and now - self._owners_time > STACK_OWNERS_S:
-            self._owners_time = now
+        if (i < 0 or not owners[i][0] <= sp < owners[i][1]) and now - self._owners_time > self._owners_every:
             try:
                 gs, _bad = self.t.reader.goroutines()
             except InvalidMemory:
                 gs = []
             owners = self._owners = sorted((g.stack_lo, g.stack_hi, g.addr) for g in gs)
+            self._owners_time = time.monotonic()
+            # New goroutines and moved stacks are looked for again soon, at a cost kept to a
+            # few per cent of goflame's time however many goroutines there are.
+            self._owners_every = max(STACK_OWNERS_S, OWNERS_COST_SHARE * (self._owners_time - now))
             i = bisect.bisect_right(owners, (sp, math.inf)) - 1
         if i < 0 or not owners[i][0] <= sp < owners[i][1]:
             return None
@@ -930,9 +946,11 @@ def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
+UNKNOWN_STACK_SPAN = 1 << 30  # the runtime's largest goroutine stack: the bound of a walk on an unknown one
 GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
 G0_SLACK = 1024  # bytes past g0's stack.hi a walk may read to reach mstart (see _system_span)
-STACK_OWNERS_S = 1.0  # perf: how often, at most, every goroutine's stack bounds are read again
+STACK_OWNERS_S = 0.1  # how often, at most, every goroutine's stack bounds are read again
+OWNERS_COST_SHARE = 30  # ... and at most every 30x as long as that read took
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
 JITTER = 0.1  # perf: within this share of the rate
 
