@@ -310,8 +310,8 @@ class Sampler:
                     return window(regs), 0, ()
             stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
             g = _U64.unpack(word)[0] if word is not None else 0
-            if stack is None:
-                return window(regs), g, ()
+            if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
+                stack = self._to_stack_end(tid, regs.rsp) or window(regs)
             return stack, g, self._goroutine_window(tid, g, regs.rsp, stack)
 
         if self._native is not None:
@@ -477,6 +477,22 @@ class Sampler:
                 continue
             out.append(Sample(ts_ns, 0, tid, "running", frames))
         return out
+
+    def _to_stack_end(self, tid: int, sp: int) -> bytes:
+        """The stack from sp to the end of the system stack (g0, gsignal) holding it, read in
+        the stop: the main thread's g0 is its OS stack, which ends less than a window above."""
+        m = self._ms.get(tid)
+        for a in (m.g0, m.gsignal) if m is not None else ():
+            b = self._g0_bounds.get(a)
+            if b and b[0] <= sp < b[1]:
+                try:
+                    return self._mem.read(sp, min(STOPPED_WINDOW, b[1] + G0_SLACK - sp))
+                except InvalidMemory:
+                    try:
+                        return self._mem.read(sp, min(STOPPED_WINDOW, b[1] - sp))
+                    except InvalidMemory:
+                        return b""
+        return b""
 
     def _goroutine_window(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[tuple[int, bytes], ...]:
         """In the stop of a thread on g0: the goroutine's stack where systemstack left it.
