@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     from goflame.unwind.native import Stopped
 
 NOT_IN_SYSCALL = (1 << 64) - 1  # orig_rax of a thread stopped outside a syscall (-1)
+# x86-64 syscalls in which a thread waits (sleeps, yields its CPU) rather than works: read,
+# poll, pread64, readv, select, sched_yield, pause, nanosleep, connect, accept, recvfrom,
+# recvmsg, wait4, rt_sigtimedwait, rt_sigsuspend, epoll_wait, futex, clock_nanosleep,
+# waitid, pselect6, ppoll, epoll_pwait, accept4, epoll_pwait2, futex_waitv.
+WAITING_SYSCALLS = frozenset({0, 7, 17, 19, 23, 24, 34, 35, 42, 43, 45, 47, 61, 128, 130, 232, 202, 230, 247,
+                              270, 271, 281, 288, 441, 449})
 M_REFRESH_S = 1.0
 M_UNKNOWN_REFRESH_S = 0.05  # sooner when a thread to sample is no M we know (a new M, or C's own)
 _U64 = struct.Struct("<Q")
@@ -118,8 +124,9 @@ class Sampler:
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
         self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
-        # tid -> (times switched in, ns queued, times slept, when read) when last due (_where_it_ran)
-        self._switched_in: dict[int, tuple[int, int, int, int]] = {}
+        self._kernel_credit: dict[int, float] = {}  # tid -> the part of its credit owed to kernel time
+        self._switched_in: dict[int, tuple[int, int, int]] = {}  # see _counts_before
+        self._ticks: dict[int, tuple[int, int]] = {}  # tid -> (user, system) ticks when first seen
         self._credit: dict[int, float] = {}  # tid -> CPU time accrued towards its next sample, in intervals
         self._grew: dict[int, float] = {}  # tid -> when its run time was last seen to grow
         mem = target.proc.memory
@@ -194,11 +201,11 @@ class Sampler:
         if it is in state R then: the samples are an unbiased estimate of CPU time even when
         the machine is overloaded (R also means queued for a CPU), and systematic, without
         coin-flip noise. Only a thread due a sample has its state read; a due thread that is
-        not running now keeps its credit for the next tick, and so does one whose stop shows
-        it was not on its CPU after all (see `_where_it_ran`). A thread whose run time has not
-        grown for QUIET_S (an idle M parked in the kernel: most of a server's threads) is
-        looked at only every QUIET_RECHECK_S; the CPU time it ran in between is credited all
-        the same.
+        not running now keeps its credit for the next tick, and so does one whose stop is not
+        of the kind it is owed (see `_where_it_ran`). A thread whose run time has not grown for
+        QUIET_S (an idle M parked in the kernel: most of a server's threads) is looked at only
+        every QUIET_RECHECK_S; the CPU time it ran in between is credited all the same.
+        Yielded one at a time: each is interrupted right away, before the next is looked at.
         """
         proc = self.t.proc
         schedstat = proc.schedstat
@@ -221,7 +228,8 @@ class Sampler:
             run_ns[tid] = (rt, now)
             if prev is None or now <= prev[1]:
                 grew[tid] = now
-                if self._running_now(tid):
+                self._split(tid, 0.0)
+                if proc.thread_state(tid) == "R":
                     yield tid
                 continue
             # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
@@ -231,13 +239,16 @@ class Sampler:
                 c = self._rng.random()  # random start: no phase lock between threads
             if rt > prev[0]:
                 grew[tid] = now
-                c += (rt - prev[0]) * per_ns
+                earned = (rt - prev[0]) * per_ns
+                c += earned
+                self._split(tid, earned)
             if c >= 1.0:
                 # Owed a sample but not on a CPU now: taken at a later tick, not lost, so every
                 # thread's count of samples still follows its CPU time.
-                if self._running_now(tid):
-                    c -= 1.0
+                if proc.thread_state(tid) == "R":
+                    credit[tid] = c - 1.0
                     yield tid
+                    continue
                 c = min(c, max_credit)
             credit[tid] = c
         if not seen:  # every thread listed is gone: the process exited (ProcessGone), or list them again
@@ -245,50 +256,73 @@ class Sampler:
             self._threads(now)
             return
         if len(run_ns) > 4 * len(tids) + 1024:  # forget threads not seen for a while
-            self._run_ns = {t: v for t, v in run_ns.items() if now - v[1] < 10}
-            self._credit = {t: c for t, c in credit.items() if t in self._run_ns}
-            self._grew = {t: g for t, g in grew.items() if t in self._run_ns}
-            self._switched_in = {t: n for t, n in self._switched_in.items() if t in self._run_ns}
+            keep = {t for t, v in run_ns.items() if now - v[1] < 10}
+            self._run_ns = {t: run_ns[t] for t in keep}
+            self._credit = {t: c for t, c in credit.items() if t in keep}
+            self._grew = {t: g for t, g in grew.items() if t in keep}
+            self._kernel_credit = {t: k for t, k in self._kernel_credit.items() if t in keep}
+            self._ticks = {t: v for t, v in self._ticks.items() if t in keep}
+            self._switched_in = {t: v for t, v in self._switched_in.items() if t in keep}
 
-    def _running_now(self, tid: int) -> bool:
-        """In state R (on a CPU, or queued for one) now. What `_where_it_ran` compares the stop
-        with is kept: the times it slept and was switched in so far, read right now."""
+    def _split(self, tid: int, earned: float) -> None:
+        """The part of a thread's new credit owed to its time in the kernel, by the kernel's own
+        account of its user and system ticks since goflame first looked (a prior of one tick
+        in ten until it has some)."""
+        ticks = self.t.proc.cpu_split(tid)
+        if ticks is None:
+            return
+        first = self._ticks.setdefault(tid, ticks)
+        user, system = ticks[0] - first[0], ticks[1] - first[1]
+        share = (system + KERNEL_PRIOR) / (user + system + 1.0)
+        k = self._kernel_credit.get(tid, 0.0) + earned * share
+        self._kernel_credit[tid] = min(k, MAX_KERNEL_CREDIT)
+
+    def _counts_before(self, tid: int) -> None:
+        """Read right before the interrupt (the thread is seized, not stopped): how often the
+        thread was switched in, slept and was preempted so far (see `_on_its_cpu`)."""
         proc = self.t.proc
-        seen = proc.sleeps(tid)
-        if seen is None or seen[0] != "R":
-            return False
-        st = proc.schedstat(tid)
-        if st is None:
-            return False
-        self._switched_in[tid] = (st[2], st[1], seen[1], time.perf_counter_ns())
-        return True
+        st = proc.schedstat(tid)  # first: a thread switched in between the reads is not taken as running
+        seen = proc.switches(tid)
+        if st is None or seen is None:
+            self._switched_in.pop(tid, None)
+        else:
+            self._switched_in[tid] = (st[2], seen[1], seen[2])
 
-    def _where_it_ran(self, tid: int, regs: Registers, in_stop: tuple[int, int, int, int] | None) -> bool:
-        """Whether a stopped thread's registers are where it spent the CPU time it is sampled for.
+    def _on_its_cpu(self, tid: int, in_stop: tuple[int, int, int] | None) -> bool:
+        """Whether a thread stopped in a syscall was on its CPU from right before our interrupt
+        to our stop: never switched in again (or only after it was preempted), and it slept
+        only to enter our stop (that is one voluntary switch itself)."""
+        before = self._switched_in.get(tid)
+        if in_stop is None or before is None or in_stop[1] - before[1] > 1:
+            return False
+        return in_stop[0] == before[0] or in_stop[2] > before[2]
+
+    def _where_it_ran(self, tid: int, regs: Registers, in_stop: tuple[int, int, int] | None) -> bool:
+        """Whether a stopped thread's registers are a sample of the CPU time it is owed.
 
         A thread in state R when the tick looked may have been running, or waiting for a CPU
-        after a wakeup; and a running one may go to sleep in a syscall in the tens of
-        microseconds before our interrupt lands. Either way it enters our stop on its way out
-        of futex, epoll_wait or nanosleep, and its registers say "runtime.futex", not where
-        its CPU time went (on busy Go programs a third to a half of the samples were syscall
-        wrappers where perf sees a twentieth to a quarter in the kernel). The stop tells:
-        - stopped in user mode (orig_rax -1): it was running user code when it last left its
-          CPU (a wakeup always returns from the kernel): a sample, wherever it waited since;
-        - stopped in a syscall: kernel time, charged to the wrapper as perf's callchains
-          would, if it did not sleep since the tick looked (status: voluntary switches) and
-          was not queued then (schedstat: not switched in since, or queued for less time
-          than has passed since the tick looked: it was preempted after it).
-        Anything else is owed its sample still, and taken at a later tick.
+        after a wakeup, or it went to sleep in a syscall in the tens of microseconds before our
+        interrupt landed: it enters our stop on its way out of futex, epoll_wait or nanosleep.
+        Taken as they come, half the samples of busy Go programs were such syscall wrappers,
+        where perf sees a twentieth to a quarter of the CPU time in the kernel. So a thread's
+        CPU time is split as the kernel itself accounts it, tick by tick, between user mode
+        and kernel mode (/proc/TID/stat), and each sample is taken where the thread is of the
+        kind it is owed: a stop in user mode (orig_rax -1) for user time, a stop in a syscall
+        (kernel time, charged to its wrapper, as perf's callchains would) for system time. A
+        stop of the other kind leaves the credit for a later tick. Kernel time that no syscall
+        stands for (page faults, interrupts) overflows MAX_KERNEL_CREDIT into user samples,
+        where perf charges it too: to the function that faulted.
         """
-        if regs.orig_rax == NOT_IN_SYSCALL:
-            return True
-        before = self._switched_in.get(tid)
-        if in_stop is None or before is None:
+        kernel = self._kernel_credit.get(tid, 0.0)
+        if regs.orig_rax != NOT_IN_SYSCALL:
+            # A syscall it was working in when interrupted, first; one it was waiting in (woken
+            # by our interrupt or before it) only for kernel time no such stop comes for: the
+            # scheduler's own work of sleeping and waking, in futex, nanosleep, epoll_wait.
+            if kernel >= 1.0 and (self._on_its_cpu(tid, in_stop) or kernel >= MAX_KERNEL_CREDIT - 0.5):
+                self._kernel_credit[tid] = kernel - 1.0
+                return True
             return False
-        switches, queued, slept, seen_ns = in_stop
-        if slept - before[2] > 1:  # entering our stop is one voluntary switch itself
-            return False
-        return switches == before[0] or queued - before[1] < seen_ns - before[3]
+        return self._credit.get(tid, 0.0) + 1.0 - kernel >= 1.0 or kernel >= MAX_KERNEL_CREDIT
 
     def _sample_running(self, ts_ns: int, due: Iterable[int], on_cpu: set[int]) -> list[Sample]:
         mem = self._mem
@@ -318,21 +352,20 @@ class Sampler:
             def while_stopped(tid: int, regs: Registers) -> Stopped:
                 return self._native.while_stopped(self._ms.get(tid), regs, STOPPED_WINDOW)
 
-        schedstat = self.t.proc.schedstat
-
-        sleeps = self.t.proc.sleeps
-
-        def reads(tid: int, regs: Registers) -> tuple[object, tuple[int, int, int, int] | None]:
-            if regs.orig_rax == NOT_IN_SYSCALL:
-                return while_stopped(tid, regs), None
-            seen = time.perf_counter_ns()
-            st, slept = schedstat(tid), sleeps(tid)
-            return while_stopped(tid, regs), ((st[2], st[1], slept[1], seen) if st and slept else None)
 
         pauser = self.t.proc.pauser
         busy_before = pauser.skipped_busy
         tids: list[int] = []
-        paused = self.t.proc.pause(_kept(due, tids), reads)
+        switches = self.t.proc.switches
+        schedstat = self.t.proc.schedstat
+
+        def reads(tid: int, regs: Registers) -> tuple[object, tuple[int, int, int] | None]:
+            if regs.orig_rax == NOT_IN_SYSCALL:
+                return while_stopped(tid, regs), None
+            st, sw = schedstat(tid), switches(tid)
+            return while_stopped(tid, regs), ((st[2], sw[1], sw[2]) if st and sw else None)
+
+        paused = self.t.proc.pause(_kept(due, tids), reads, just_before=self._counts_before)
         if not tids:
             return []
         now = time.monotonic()
@@ -343,8 +376,8 @@ class Sampler:
         self.stats.errors += len(tids) - len(paused) - busy
         for tid, p in list(paused.items()):
             self.stats.pause_ns.append(p.held_ns)
-            extra, switched_in = p.extra
-            if not self._where_it_ran(tid, p.regs, switched_in):
+            extra, in_stop = p.extra
+            if not self._where_it_ran(tid, p.regs, in_stop):
                 del paused[tid]
                 self._credit[tid] = self._credit.get(tid, 0.0) + 1.0  # owed still: taken at a later tick
                 self.stats.deferred += 1
@@ -982,6 +1015,10 @@ REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time 
 # the ticks it is due): at least 3, or 20 ms of its CPU time. Bounds the burst that follows.
 MAX_CREDIT = 3.0
 MAX_CREDIT_S = 0.1
+# A thread's kernel time is owed as samples taken in a syscall; what exceeds this many (time
+# in page faults or interrupts, which no syscall stands for) goes to samples in user mode.
+MAX_KERNEL_CREDIT = 3.0
+KERNEL_PRIOR = 0.1  # kernel ticks assumed before any are seen (one in ten)
 # A thread whose CPU time has not grown for QUIET_S (longer than a few scheduler ticks, at
 # which the kernel adds a running thread's time) is read only every QUIET_RECHECK_S.
 QUIET_S = 0.05

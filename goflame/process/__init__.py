@@ -78,6 +78,10 @@ class Process:
     def threads(self) -> list[ThreadInfo]:
         return self._task.threads()
 
+    def cpu_split(self, tid: int) -> tuple[int, int] | None:
+        """(clock ticks in user mode, in kernel mode) of one thread so far; None if it exited."""
+        return self._task.cpu_split(tid)
+
     def thread_state(self, tid: int) -> str | None:
         """One thread's state letter (R, S, D, t...), None if it exited."""
         return self._task.state(tid)
@@ -86,9 +90,10 @@ class Process:
         """(CPU ns, run-queue wait ns, times switched in) of one thread so far; None if it exited."""
         return self._task.schedstat(tid)
 
-    def sleeps(self, tid: int) -> tuple[str, int] | None:
-        """(state letter, voluntary context switches so far) of one thread; None if it exited."""
-        return self._task.sleeps(tid)
+    def switches(self, tid: int) -> tuple[str, int, int] | None:
+        """(state letter, voluntary and involuntary context switches so far) of one thread;
+        None if it exited."""
+        return self._task.switches(tid)
 
     def tids(self) -> list[int]:
         return self._task.tids()
@@ -140,9 +145,9 @@ class Process:
             raise TargetExeced(exec_message(self.pid))
 
     def pause(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], Any] | None = None,
-              *, overlap: bool = True) -> dict[int, PausedThread]:
+              *, overlap: bool = True, just_before: Callable[[int], None] | None = None) -> dict[int, PausedThread]:
         """Stop each thread briefly and return its registers (see Pauser.pause)."""
-        return self._pauser.pause(tids, while_stopped, overlap=overlap)
+        return self._pauser.pause(tids, while_stopped, overlap=overlap, just_before=just_before)
 
     def paused(self, tids: Iterable[int]) -> AbstractContextManager[dict[int, Registers]]:
         """Hold all `tids` stopped inside a `with` block (see Pauser.paused)."""

@@ -293,6 +293,19 @@ class TaskDir:
         i = data.rfind(b")")  # the name, in parentheses, may hold anything
         return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
 
+    def cpu_split(self, tid: int) -> tuple[int, int] | None:
+        """(clock ticks in user mode, in kernel mode) of one thread so far; None if gone. The
+        kernel's own account of where a thread's CPU time went, tick by tick."""
+        data = self._pread(self._stat, tid, "stat")
+        i = data.rfind(b")")
+        if i < 0:
+            return None
+        f = data[i + 2:].split()
+        try:
+            return int(f[11]), int(f[12])
+        except (ValueError, IndexError):
+            return None
+
     def schedstat(self, tid: int) -> tuple[int, int, int] | None:
         """(ns on a CPU, ns waiting on a run queue, times put on a CPU) of one thread so far;
         None if it is gone. The three fields of schedstat.
@@ -310,17 +323,19 @@ class TaskDir:
             self._drop(tid)  # an exited thread's file reads empty
             return None
 
-    def sleeps(self, tid: int) -> tuple[str, int] | None:
-        """(state letter, times the thread gave up its CPU of its own accord: slept) of one
-        thread, from its status; None if it is gone. A sampler reads it before and inside a
-        stop to know whether the thread went to sleep in between."""
+    def switches(self, tid: int) -> tuple[str, int, int] | None:
+        """(state letter, times the thread gave up its CPU of its own accord (slept), times it
+        was preempted) of one thread, from its status; None if it is gone. A sampler reads it
+        before and inside a stop to know what the thread did in between."""
         data = self._pread(self._status, tid, "status", 4096)
         i = data.find(b"\nState:\t")
         j = data.find(b"\nvoluntary_ctxt_switches:\t")
-        if i < 0 or j < 0:
+        k = data.find(b"\nnonvoluntary_ctxt_switches:\t")
+        if i < 0 or j < 0 or k < 0:
             return None
         try:
-            return chr(data[i + 8]), int(data[j + 26:data.find(b"\n", j + 26)])
+            return (chr(data[i + 8]), int(data[j + 26:data.find(b"\n", j + 26)]),
+                    int(data[k + 29:data.find(b"\n", k + 29)]))
         except ValueError:
             return None
 

@@ -227,7 +227,7 @@ class Pauser:
 
     def pause(self, tids: Iterable[int],
               while_stopped: Callable[[int, Registers], Any] | None = None, *,
-              overlap: bool = True) -> dict[int, PausedThread]:
+              overlap: bool = True, just_before: Callable[[int], None] | None = None) -> dict[int, PausedThread]:
         """Stop each thread briefly and read its registers; threads that exit are left out.
 
         Each thread is detached as soon as its registers are read. With `overlap` every
@@ -235,7 +235,8 @@ class Pauser:
         waits of threads queued for a CPU overlap instead of adding up; without it,
         threads are taken strictly one after the other.
         `while_stopped(tid, regs)` runs while that thread is stopped (read its stack top
-        there, nothing more); its result lands in `PausedThread.extra`.
+        there, nothing more); its result lands in `PausedThread.extra`. `just_before(tid)` runs
+        right before each PTRACE_INTERRUPT (the thread is seized, not stopped).
         """
         asked: set[int] = set()  # a thread listed twice is paused once
         out: dict[int, PausedThread] = {}
@@ -248,7 +249,7 @@ class Pauser:
                     for tid in tids:
                         if tid not in asked:
                             asked.add(tid)
-                            t = self._seize_and_interrupt(tid)
+                            t = self._seize_and_interrupt(tid, just_before)
                             if t is not None:
                                 pending[tid] = t
                     while pending:
@@ -259,7 +260,7 @@ class Pauser:
                     for tid in tids:
                         if tid not in asked:
                             asked.add(tid)
-                            t = self._seize_and_interrupt(tid)
+                            t = self._seize_and_interrupt(tid, just_before)
                             if t is not None and self._wait_stop(t):
                                 self._sample(t, while_stopped, out)
             finally:
@@ -284,7 +285,7 @@ class Pauser:
                 if boosted is not None:
                     _unboost(boosted)
 
-    def _seize_and_interrupt(self, tid: int) -> _Tracee | None:
+    def _seize_and_interrupt(self, tid: int, just_before: Callable[[int], None] | None = None) -> _Tracee | None:
         if not self._owns(tid):
             self.not_ours += 1
             return None
@@ -298,6 +299,8 @@ class Pauser:
             self.not_ours += 1
             self._release(t)
             return None
+        if just_before is not None:
+            just_before(tid)
         return t if self._interrupt(t) else None
 
     def _owns(self, tid: int) -> bool:
