@@ -369,10 +369,13 @@ def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: 
 @click.option("--lines", is_flag=True, help="Start with one row per source line instead of per function.")
 @click.option("--filter", "filter_", default="", help="Show only rows containing this text (like the / key).")
 @click.option("--native", is_flag=True, help="Also unwind C frames (cgo, libc, vDSO) into goroutine stacks.")
+@click.option("--engine", type=click.Choice(["auto", "perf", "ptrace"]), default="auto", show_default=True,
+              help="How running threads are sampled: perf (the kernel samples them, nothing is stopped), "
+                   "ptrace (paused for each sample), auto (perf where allowed, for CPU mode).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
 def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: float, once: bool, view: str,
-        lines: bool, filter_: str, native: bool, command: tuple[str, ...]) -> None:
+        lines: bool, filter_: str, native: bool, engine: str, command: tuple[str, ...]) -> None:
     """Live view of the hottest functions and goroutine groups of --pid or COMMAND (after --).
 
     \b
@@ -382,8 +385,9 @@ def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: floa
     from goflame.top import TopOptions, run_top
 
     opts = TopOptions(pid=pid, command=tuple(command), rate=rate, idle=idle, nonblocking=nonblocking,
-                      delay=delay, once=once, view=view, lines=lines, filter=filter_, native=native)
-    res = run_top(opts, on_snapshot=lambda text: _out(text + "\n"))
+                      delay=delay, once=once, view=view, lines=lines, filter=filter_, native=native, engine=engine)
+    res = run_top(opts, on_snapshot=lambda text: _out(text + "\n"),
+                  on_warning=lambda msg: click.echo(f"goflame: warning: {msg}", err=True))
     if res.command_log:
         click.echo(f"goflame: output of {command[0]} is in {res.command_log}", err=True)
     if res.exit_status is not None and res.target_exited:

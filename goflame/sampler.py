@@ -841,16 +841,9 @@ class Sampler:
         """Read what the kernel sampled every few tens of ms until told to stop or the target is
         gone; nothing of the target is ever stopped."""
         st = self.stats
-        st.engine = "perf"
-        start = time.monotonic()
-        start_ns = time.monotonic_ns()
-        st.started = time.time()
+        poller = KernelPoller(self, ps)
         every = _drain_interval(self.cfg.rate)
-        period = 1e9 / self.cfg.rate
-        rng = self._rng
-        cpu: dict[int, int] = {}  # tid -> its task-clock count when last read
-        jitter_at: dict[int, float] = {}  # tid -> when its sampling period is next changed
-        cpu_read = 0.0
+        start = poller.start
         gc.freeze()
         try:
             ended = False
@@ -859,62 +852,22 @@ class Sampler:
                 ended = should_stop() or (duration is not None and now - start >= duration)
                 if not ended:
                     time.sleep(max(0.0, min(every, (start + duration - now) if duration is not None else every)))
-                    now = time.monotonic()
-                gone: set[int] = set()
-                if now - self._tids_time > TIDS_REFRESH_S or ended:
-                    try:
-                        tids = set(self._threads(now))
-                    except ProcessGone as e:
-                        st.target_gone(e, self.t.proc.memory.image_replaced())
-                        tids = set()
-                    if not tids:
-                        ended = True  # what it sampled before is still read
-                    gone = ps.tids - tids
-                    for tid in tids - ps.tids:
-                        if ps.add(tid) and not self.t.proc.owns(tid):
-                            ps.remove(tid)  # its id went to another process since it was listed
-                if ended or gone or now - cpu_read > 0.5:
-                    for tid in ps.tids:
-                        c = ps.cpu_ns(tid)
-                        if c is not None:
-                            cpu[tid] = c
-                    st.cpu_ns = sum(cpu.values())
-                    cpu_read = now
-                raw, lost = ps.drain()  # after reading the counts: every sample counted is here
-                if ps.execed:
-                    st.end, ended = TargetEnd.EXECED, True
-                for tid in gone:
-                    ps.remove(tid)
-                    jitter_at.pop(tid, None)
-                st.missed += lost
-                st.missed_s += lost * period / 1e9
-                st.ticks += 1
-                try:
-                    samples = self._from_kernel(raw, start_ns)
-                except ProcessGone as e:  # exited: its memory went with it, and these samples too
-                    st.target_gone(e, self.t.proc.memory.image_replaced())
-                    samples, ended = [], True
-                st.samples += len(samples)
+                samples, gone = poller.poll(final=ended)
+                ended = ended or gone
                 if samples:
                     on_samples(samples)
-                # Each thread's sampling frequency is drawn again every JITTER_S or so, within
-                # +-JITTER of the rate (mean exactly the rate, so counts stay CPU time): a
-                # loop whose period locks to the sampling period is seen at a new phase each
-                # time. Not more often: a new period starts from zero, so the CPU time since
-                # the thread's last sample goes unsampled (half a period on average: 0.5 %
-                # of the samples of a thread on a CPU half the time, at 100 Hz).
-                for tid in ps.tids:
-                    if now >= jitter_at.get(tid, 0.0):
-                        if tid in jitter_at:
-                            ps.jitter(tid, int(period / (1 + JITTER * (2 * rng.random() - 1))))
-                        jitter_at[tid] = now + JITTER_S * (0.5 + rng.random())
-                st.elapsed = time.monotonic() - start
                 if on_tick is not None:
                     on_tick(st)
         finally:
             gc.unfreeze()
             st.elapsed = time.monotonic() - start
         return st
+
+    def open_poller(self) -> KernelPoller | None:
+        """For a caller with a loop of its own (`top`): the perf engine's poller, if perf was
+        chosen (call `choose_engine` first), else None (sample with `sample` at each tick)."""
+        kernel, self._kernel = self._kernel, None
+        return KernelPoller(self, kernel) if kernel is not None else None
 
     def _owner_bounds(self, addr: int) -> tuple[int, int] | None:
         """The bounds of the goroutine stack holding `addr`, whatever the goroutine's status
@@ -970,6 +923,96 @@ class Sampler:
                 continue
             out.append(Sample(max(0, k.time_ns - start_ns), g.goid if g else 0, k.tid, "running", frames))
         return out
+
+
+class KernelPoller:
+    """One step at a time of the perf engine: read what the kernel sampled, keep the set of
+    sampled threads up to date, jitter their periods. `Sampler.run` calls `poll` every drain
+    interval; `top` from its own loop."""
+
+    def __init__(self, sampler: Sampler, ps: PerfSampling) -> None:
+        self.sampler = sampler
+        self.ps = ps
+        st = sampler.stats
+        st.engine = "perf"
+        self.start = time.monotonic()
+        self.start_ns = time.monotonic_ns()
+        st.started = time.time()
+        self.period = 1e9 / sampler.cfg.rate
+        self.interval = _drain_interval(sampler.cfg.rate)
+        self._cpu: dict[int, int] = {}  # tid -> its task-clock count when last read
+        self._jitter_at: dict[int, float] = {}  # tid -> when its sampling period is next changed
+        self._cpu_read = 0.0
+
+    def poll(self, final: bool = False) -> tuple[list[Sample], bool]:
+        """(the samples the kernel took since the last poll, whether the target is gone)."""
+        s, ps, st = self.sampler, self.ps, self.sampler.stats
+        now = time.monotonic()
+        ended = False
+        gone: set[int] = set()
+        if now - s._tids_time > TIDS_REFRESH_S or final:
+            tids = self._threads(now)
+            ended = not tids  # what it sampled before is still read
+            gone = ps.tids - tids
+        if final or ended or gone or now - self._cpu_read > 0.5:
+            self._read_cpu(now)
+        raw, lost = ps.drain()  # after reading the counts: every sample counted is here
+        if ps.execed:
+            st.end, ended = TargetEnd.EXECED, True
+        for tid in gone:
+            ps.remove(tid)
+            self._jitter_at.pop(tid, None)
+        st.missed += lost
+        st.missed_s += lost * self.period / 1e9
+        st.ticks += 1
+        try:
+            samples = s._from_kernel(raw, self.start_ns)
+        except ProcessGone as e:  # exited: its memory went with it, and these samples too
+            st.target_gone(e, s.t.proc.memory.image_replaced())
+            samples, ended = [], True
+        st.samples += len(samples)
+        self._jitter(now)
+        st.elapsed = time.monotonic() - self.start
+        return samples, ended
+
+    def _threads(self, now: float) -> set[int]:
+        """The target's threads now; new ones get an event (checked to be the target's after
+        the open: an id may have gone to another process since it was listed)."""
+        s, ps = self.sampler, self.ps
+        try:
+            tids = set(s._threads(now))
+        except ProcessGone as e:
+            s.stats.target_gone(e, s.t.proc.memory.image_replaced())
+            return set()
+        for tid in tids - ps.tids:
+            if ps.add(tid) and not s.t.proc.owns(tid):
+                ps.remove(tid)
+        return tids
+
+    def _read_cpu(self, now: float) -> None:
+        for tid in self.ps.tids:
+            c = self.ps.cpu_ns(tid)
+            if c is not None:
+                self._cpu[tid] = c
+        self.sampler.stats.cpu_ns = sum(self._cpu.values())
+        self._cpu_read = now
+
+    def _jitter(self, now: float) -> None:
+        """Each thread's sampling frequency is drawn again every JITTER_S or so, within
+        +-JITTER of the rate (mean exactly the rate, so counts stay CPU time): a loop whose
+        period locks to the sampling period is seen at a new phase each time. Not more often:
+        a new period starts from zero, so the CPU time since the thread's last sample goes
+        unsampled (half a period on average: 0.5 % of the samples of a thread on a CPU half
+        the time, at 100 Hz)."""
+        rng, jitter_at = self.sampler._rng, self._jitter_at
+        for tid in self.ps.tids:
+            if now >= jitter_at.get(tid, 0.0):
+                if tid in jitter_at:
+                    self.ps.jitter(tid, int(self.period / (1 + JITTER * (2 * rng.random() - 1))))
+                jitter_at[tid] = now + JITTER_S * (0.5 + rng.random())
+
+    def close(self) -> None:
+        self.ps.close()
 
 
 def _kept(items: Iterable[int], into: list[int]) -> Iterator[int]:

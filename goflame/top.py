@@ -44,7 +44,7 @@ from goflame.lifecycle import attach_launched, finish_child, launch
 from goflame.process.procfs import CLOCK_TICKS
 from goflame.profile import RUNNING, Sample
 from goflame.runtime import STATUS_TEXT, Goroutine, is_system_goroutine
-from goflame.sampler import Sampler, SamplerConfig, TickClock
+from goflame.sampler import KernelPoller, Sampler, SamplerConfig, TickClock
 from goflame.target import Target
 
 VIEWS = ("functions", "goroutines")
@@ -92,6 +92,7 @@ class TopOptions:
     lines: bool = False
     filter: str = ""  # what `/` would set: rows whose label contains it (case-insensitive)
     native: bool = False  # unwind C frames too (cgo, libc, vDSO)
+    engine: str = "auto"  # how running threads are sampled: see SamplerConfig.engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +477,9 @@ class TopSession:
         self.t = target
         self.opts = opts
         self.child = child
-        self.sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, native=opts.native,
+        self.poller: KernelPoller | None = None  # the perf engine, when it was chosen (start_engine)
+        self._last_poll = 0.0
+        self.sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, native=opts.native, engine=opts.engine,
                                                      nonblocking=opts.nonblocking))
         bias = target.reader.bias
         pcln = target.binary.pclntab
@@ -501,7 +504,45 @@ class TopSession:
         self._rng = random.Random()
 
     # -- sampling ---------------------------------------------------------------------------------
+    def start_engine(self) -> str:
+        """Choose how running threads are sampled, as `record` does: perf where the kernel
+        allows it (nothing of the target is stopped), else ptrace; the reason perf was not
+        used is in `sampler.stats.fallback`."""
+        engine = self.sampler.choose_engine()
+        self.poller = self.sampler.open_poller()
+        self._last_poll = time.monotonic()
+        return engine
+
+    @property
+    def poll_interval(self) -> float:
+        return self.poller.interval if self.poller is not None else 1.0 / self.opts.rate
+
+    def _poll(self) -> list[Sample]:
+        """The perf engine's samples since the last poll; time stands in for ticks (a sample is
+        1/rate s of one thread's CPU time)."""
+        assert self.poller is not None
+        samples, gone = self.poller.poll()
+        if gone:
+            self.exited = True
+        now = time.monotonic()
+        ticks = (now - self._last_poll) * self.opts.rate
+        self._last_poll = now
+        self.ticks += ticks
+        self._window_ticks += ticks
+        if samples:
+            self.functions.add(samples)
+        return samples
+
+    def close(self) -> None:
+        if self.poller is not None:
+            self.poller.close()
+            self.poller = None
+        self.sampler.close()
+
     def sample(self, ts_ns: int) -> None:
+        if self.poller is not None:
+            self._poll()
+            return
         try:
             samples = self.sampler.sample(ts_ns)
         except ProcessGone:
@@ -884,7 +925,7 @@ def _interactive_default(opts: TopOptions) -> bool:
 
 
 def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: None,
-            interactive: bool | None = None) -> TopResult:
+            interactive: bool | None = None, on_warning: Callable[[str], None] = lambda s: None) -> TopResult:
     """Watch a process until q, Ctrl-C, SIGTERM or its exit (or one refresh with --once).
 
     Interactive (a terminal on stdin and stdout): a curses screen. Otherwise each refresh is a
@@ -932,12 +973,22 @@ def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: 
             target = attach_launched(child) if child is not None else Target(pid)
             with target:
                 session = TopSession(target, opts, child)
-                if interactive:
-                    screen = Screen()
-                    with screen:
-                        _loop(session, opts, stop, result, on_snapshot, screen)
-                else:
-                    _loop(session, opts, stop, result, on_snapshot, None)
+                try:
+                    session.start_engine()  # a refused --engine perf fails here, before the screen
+                    fallback = session.sampler.stats.fallback
+                    if fallback:
+                        msg = (f"{fallback}; sampling with ptrace instead, which stops each sampled thread "
+                               f"for tens of µs")
+                        result.warnings.append(msg)
+                        on_warning(msg)
+                    if interactive:
+                        screen = Screen()
+                        with screen:
+                            _loop(session, opts, stop, result, on_snapshot, screen)
+                    else:
+                        _loop(session, opts, stop, result, on_snapshot, None)
+                finally:
+                    session.close()
                 result.target_exited = session.exited
                 if session.exited and screen is not None and session.status is not None:
                     on_snapshot(session.snapshot_text())  # the last picture outlives the screen
@@ -959,13 +1010,29 @@ def _loop(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: 
     _ticks(session, opts, stop, result, on_snapshot, screen)
 
 
+class PollClock:
+    """When the perf engine's buffers are read next: every `interval`, no jitter (the kernel
+    jitters the samples themselves), nothing missed (the kernel keeps them)."""
+
+    def __init__(self, interval: float, start: float) -> None:
+        self.interval = interval
+        self.next = start + interval
+
+    def take(self, now: float) -> None:
+        pass
+
+    def advance(self) -> None:
+        self.next = max(self.next + self.interval, time.monotonic())
+
+
 def _ticks(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: TopResult,
            on_snapshot: Callable[[str], None], screen: Screen | None) -> None:
     start = time.monotonic()
     next_refresh = start + opts.delay
     st = session.sampler.stats
     st.started = time.time()
-    clock = TickClock(opts.rate, st, random.Random(), start)
+    clock = TickClock(opts.rate, st, random.Random(), start) if session.poller is None else PollClock(
+        session.poll_interval, start)
     session.refresh()  # goroutines, threads, uptime now: the header has them even if the target exits
     redraw = screen is not None  # a first picture while the samples come in
     while not stop["flag"]:
@@ -973,7 +1040,7 @@ def _ticks(session: TopSession, opts: TopOptions, stop: dict[str, bool], result:
         if now >= clock.next:
             clock.take(now)
             session.sample(int((now - start) * 1e9))
-            st.ticks += 1
+            st.ticks += session.poller is None
             st.elapsed = time.monotonic() - start
             clock.advance()
             if session.exited:
