@@ -232,12 +232,16 @@ def _pid_option(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Never pause the target: running goroutines show their last parked stack, marked stale.")
 @click.option("--native", is_flag=True,
               help="Also unwind C frames (cgo, libc, vDSO) and stitch them into goroutine stacks.")
+@click.option("--labels", is_flag=True,
+              help="Print each goroutine's pprof labels after its state, as Go 1.26+ does with "
+                   "GODEBUG=tracebacklabels=1 (--json always has them).")
 @reports_errors
-def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool, native: bool) -> None:
+def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool, native: bool, labels: bool) -> None:
     """Print every goroutine's stack in Go's own traceback format."""
     from goflame.dump import dump_goroutines
 
-    _out(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking, native=native))
+    _out(dump_goroutines(pid, all_frames=all_frames, as_json=as_json, nonblocking=nonblocking, native=native,
+                         labels=labels))
 
 
 @main.command()
@@ -245,12 +249,15 @@ def dump(pid: int, all_frames: bool, as_json: bool, nonblocking: bool, native: b
 @click.option("--json", "as_json", is_flag=True, help="Structured output: one JSON object.")
 @click.option("--top", "top_n", type=int, default=10, show_default=True,
               help="How many goroutine groups (by start function) to list.")
+@click.option("--by-label", "label", metavar="KEY", help="Group goroutines by the value of this pprof label.")
+@click.option("--growth", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Look again after SECONDS and list the groups that grew most (a leak grows).")
 @reports_errors
-def summary(pid: int, as_json: bool, top_n: int) -> None:
+def summary(pid: int, as_json: bool, top_n: int, label: str | None, growth: float | None) -> None:
     """Go version, Ps, Ms/threads and goroutines by state, wait reason and start function."""
     from goflame.dump import summarize
 
-    _out(summarize(pid, as_json=as_json, top_n=top_n))
+    _out(summarize(pid, as_json=as_json, top_n=top_n, label=label, growth_s=growth or 0.0))
 
 
 def _format_choice() -> click.Choice:

@@ -8,6 +8,7 @@ Summary is the at-a-glance view: Ps, threads, goroutines by state and by start f
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -18,7 +19,9 @@ from goflame.target import Target
 
 
 def dump_goroutines(pid: int, *, all_frames: bool = False, as_json: bool = False, nonblocking: bool = False,
-                    native: bool = False) -> str:
+                    native: bool = False, labels: bool = False) -> str:
+    """Every goroutine's stack; `labels`: their pprof labels in the text too, the way Go's own
+    traceback prints them (`--json` always has them)."""
     with Target(pid) as t:
         if native:
             t.stacks.enable_native()
@@ -26,17 +29,20 @@ def dump_goroutines(pid: int, *, all_frames: bool = False, as_json: bool = False
         rules = rules_for(t.binary)
         bias = t.reader.bias
         shown = [s for s in stacks if all_frames or not is_system_goroutine(t.binary, s.g, bias)]
+        by_goid = t.labels.of(s.g for s in shown) if as_json or labels else {}
         if as_json:
             doc = {
                 "pid": pid, "binary": t.exe_display, "go_version": snap.go_version,
                 "gomaxprocs": snap.gomaxprocs, "nonblocking": nonblocking,
                 "paused_threads": len(t.stacks.pause_ns),
                 "max_pause_us": round(max(t.stacks.pause_ns, default=0) / 1000, 1),
-                "goroutines": [stack_json(s, rules, t.binary, bias, snap.now, all_frames) for s in shown],
+                "goroutines": [stack_json(s, rules, t.binary, bias, snap.now, all_frames, by_goid.get(s.g.goid))
+                               for s in shown],
                 "errors": snap.errors,
+                "label_errors": sum(t.labels.errors.values()),
             }
             return json.dumps(doc, indent=2) + "\n"
-        blocks = [format_stack(rules, t.binary, s, snap.now, bias, all_frames) for s in shown]
+        blocks = [format_stack(rules, t.binary, s, snap.now, bias, all_frames, by_goid.get(s.g.goid)) for s in shown]
         return "\n\n".join(blocks) + "\n"
 
 
@@ -62,7 +68,35 @@ def goroutine_groups(t: Target, goroutines: Iterable[Goroutine],
     return groups
 
 
-def summary_data(t: Target, top_n: int = 10) -> dict[str, Any]:
+def label_groups(t: Target, goroutines: Iterable[Goroutine], key: str) -> dict[str, Counter[str]]:
+    """Goroutines by the value of one pprof label (NO_LABEL for those without it), per state."""
+    gs = list(goroutines)
+    labels = t.labels.of(gs)
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for g in gs:
+        value = labels.get(g.goid, {}).get(key)
+        groups[NO_LABEL if value is None else f"{key}={value}"][g.state] += 1
+    return groups
+
+
+NO_LABEL = "(no such label)"
+
+
+def _groups(t: Target, user: list[Goroutine], label: str | None) -> dict[str, Counter[str]]:
+    return label_groups(t, user, label) if label else goroutine_groups(t, user)
+
+
+def summary_data(t: Target, top_n: int = 10, label: str | None = None, growth_s: float = 0.0) -> dict[str, Any]:
+    """What `summary` shows. `label`: group goroutines by that pprof label's value instead of
+    by start function. `growth_s`: look again that many seconds later and report how each
+    group grew (a goroutine leak shows as a group that only grows)."""
+    before = None
+    if growth_s > 0:
+        snap0 = t.snapshot()
+        bias0 = t.reader.bias
+        before = {k: sum(c.values()) for k, c in _groups(
+            t, [g for g in snap0.goroutines if not is_system_goroutine(t.binary, g, bias0)], label).items()}
+        time.sleep(growth_s)
     snap = t.snapshot()
     bias = t.reader.bias
     threads = {th.tid: th for th in t.proc.threads()}
@@ -74,8 +108,13 @@ def summary_data(t: Target, top_n: int = 10) -> dict[str, Any]:
     user = [g for g in snap.goroutines if not is_system_goroutine(t.binary, g, bias)]
     by_status = Counter(g.status_text for g in snap.goroutines)
     by_reason = Counter(g.wait_reason for g in snap.goroutines if g.wait_reason)
-    groups = goroutine_groups(t, user)
-    top = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:top_n]
+    groups = _groups(t, user, label)
+    if before is not None:
+        grew = {k: sum(c.values()) - before.get(k, 0) for k, c in groups.items()}
+        top = sorted(groups.items(), key=lambda kv: (-grew[kv[0]], -sum(kv[1].values()), kv[0]))[:top_n]
+    else:
+        grew = {}
+        top = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:top_n]
     procs = []
     for p in sorted(snap.processors, key=lambda p: p.id):
         m = m_by_addr.get(p.m)
@@ -98,15 +137,19 @@ def summary_data(t: Target, top_n: int = 10) -> dict[str, Any]:
         "goroutines": {"total": len(snap.goroutines), "user": len(user),
                        "system": len(snap.goroutines) - len(user), "by_status": dict(by_status.most_common()),
                        "by_wait_reason": dict(by_reason.most_common())},
-        "groups": [{"start_function": name, "count": sum(c.values()), "states": dict(c.most_common())}
+        "grouped_by": f"label {label}" if label else "start function",
+        "growth_seconds": growth_s or None,
+        "groups": [{("label" if label else "start_function"): name, "count": sum(c.values()),
+                    "states": dict(c.most_common()), **({"grew": grew[name]} if before is not None else {})}
                    for name, c in top],
         "errors": snap.errors,
     }
 
 
-def summarize(pid: int, *, as_json: bool = False, top_n: int = 10) -> str:
+def summarize(pid: int, *, as_json: bool = False, top_n: int = 10, label: str | None = None,
+              growth_s: float = 0.0) -> str:
     with Target(pid) as t:
-        d = summary_data(t, top_n)
+        d = summary_data(t, top_n, label, growth_s)
     if as_json:
         return json.dumps(d, indent=2) + "\n"
     out = [
@@ -135,10 +178,15 @@ def summarize(pid: int, *, as_json: bool = False, top_n: int = 10) -> str:
         out.append("  by wait reason")
         for k, v in gd["by_wait_reason"].items():
             out.append(f"    {v:>6}  {k}")
-    out += ["", "largest groups by start function"]
+    if d["growth_seconds"]:
+        out += ["", f"groups by {d['grouped_by']} that grew most in {d['growth_seconds']:g} s"]
+    else:
+        out += ["", f"largest groups by {d['grouped_by']}"]
     for grp in d["groups"]:
         states = ", ".join(f"{v} {k}" for k, v in grp["states"].items())
-        out.append(f"  {grp['count']:>6}  {grp['start_function']}  ({states})")
+        name = grp.get("label", grp.get("start_function"))
+        grew = f" {grp['grew']:>+6}" if "grew" in grp else ""
+        out.append(f"  {grp['count']:>6}{grew}  {name}  ({states})")
     if d["errors"]:
         out.append(f"\n{d['errors']} runtime structures could not be read (memory changed while reading)")
     return "\n".join(out) + "\n"

@@ -6,8 +6,11 @@ another mount namespace (a container) works even when its path does not exist he
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from goflame.binary.gobinary import GoBinary
 from goflame.errors import BadInput, NotGoBinary
+from goflame.labels import LabelReader
 from goflame.process import Process
 from goflame.runtime import RuntimeReader, Snapshot
 from goflame.stacks import GoroutineStack, StackCollector
@@ -29,6 +32,11 @@ class Target:
         except BaseException:
             self.proc.close()
             raise
+
+    @cached_property
+    def labels(self) -> LabelReader:
+        """Every goroutine's pprof labels (goflame/labels.py), read on first use."""
+        return LabelReader.for_runtime(self.reader)
 
     @property
     def exe_display(self) -> str:

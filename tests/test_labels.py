@@ -21,6 +21,7 @@ import re
 import selectors
 import struct
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -726,3 +727,45 @@ def test_reads_are_split_so_that_no_call_asks_for_more_than_16_mib():
     got = reader(mem, caps=LabelCaps(max_string=4 << 20)).read(ps)
     assert all(len(got[p]["k"]) == 3 << 20 for p in ps)
     assert max(sizes) <= 16 << 20 and len(sizes) >= 3
+
+
+# --------------------------------------------------------------------------- goflame dump
+
+
+def test_dump_shows_every_goroutines_labels_as_the_runtimes_own_traceback_does():
+    """`goflame dump --labels` puts each goroutine's labels in its header exactly as Go 1.27's
+    own traceback does (GODEBUG=tracebacklabels=1: the fixture prints runtime.Stack(all));
+    `--json` gives them as an object ({} for none), equal to what the program set."""
+    with running(gt.BuildSpec()) as (fx, _rt, _lr):
+        r = subprocess.run([sys.executable, "-m", "goflame.cli", "dump", "--labels", "--pid", str(fx.pid)],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        theirs = {int(m.group(1)): m.group(2) for m in
+                  re.finditer(rb"^goroutine (\d+) \[[^\]]*\]( \{.*\})?:$", fx.truth.traceback.encode(), re.M)}
+        ours = {int(m.group(1)): m.group(2) for m in
+                re.finditer(rb"^goroutine (\d+) \[[^\]]*\]( \{.*\})?:$", r.stdout, re.M)}
+        labelled = {g for g, text in theirs.items() if text}
+        assert len(labelled) >= 70
+        assert {g: ours.get(g) for g in labelled} == {g: theirs[g] for g in labelled}
+        j = subprocess.run([sys.executable, "-m", "goflame.cli", "dump", "--json", "--pid", str(fx.pid)],
+                           capture_output=True, timeout=120)
+        assert j.returncode == 0, j.stderr
+        doc = json.loads(j.stdout.decode("utf-8", "surrogateescape"))
+        got = {g["goid"]: {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape")
+                           for k, v in g["labels"].items()} for g in doc["goroutines"]}
+        want = {g: lab for g, lab in fx.truth.labels.items() if g in got}
+        assert len(want) >= 70 and {g: got[g] for g in want} == want
+        assert doc["label_errors"] == 0
+
+
+def test_summary_groups_goroutines_by_a_label_as_the_program_set_them():
+    """`summary --by-label a` counts goroutines per value of label "a", equal to the counts
+    from the program's own report of each goroutine's labels."""
+    with running(gt.BuildSpec()) as (fx, _rt, _lr):
+        r = subprocess.run([sys.executable, "-m", "goflame.cli", "summary", "--json", "--by-label", "a", "--top",
+                            "1000", "--pid", str(fx.pid)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        got = {g["label"]: g["count"] for g in doc["groups"] if g["label"].startswith("a=")}
+        want = Counter(f"a={lab[b'a'].decode()}" for lab in fx.truth.labels.values() if b"a" in lab)
+        assert want and got == dict(want)

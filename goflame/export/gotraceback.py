@@ -10,6 +10,7 @@ Argument values are not reproduced: every frame prints `(...)`, which traceback 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from goflame.binary.gobinary import GoBinary
@@ -84,8 +85,43 @@ def rules_for(binary: GoBinary) -> Rules:
     return Rules(int(binary.minor.split(".")[1]), dict(binary.layout.func_ids))
 
 
-def header(g: Goroutine, now_ns: int, status_label: str | None = None) -> str:
-    """`goroutine 7 [chan receive, 3 minutes, locked to thread]:`"""
+def labels_text(labels: Mapping[str, str]) -> str:
+    """A goroutine's labels as Go's own traceback prints them after the state (Go 1.26+ with
+    GODEBUG=tracebacklabels=1, the default from 1.27): ` {key: value, "a key": "a\\tvalue"}`,
+    in the order given (the reader's: by key bytes, as the runtime keeps them), each quoted
+    only when it holds anything but letters, digits, ".", "/", "_"."""
+    if not labels:
+        return ""
+    return " {" + ", ".join(f"{_traceback_quote(k)}: {_traceback_quote(v)}" for k, v in labels.items()) + "}"
+
+
+def _traceback_quote(s: str) -> str:
+    """The runtime's printquoted where tracebackStringNeedsQuoting says so (runtime/print.go)."""
+    if all(c.isascii() and (c.isalnum() or c in "./_") for c in s):
+        return s
+    out = ['"']
+    for c in s:
+        if c in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[c])
+        elif c in '\\"':
+            out.append("\\" + c)
+        elif "\udc80" <= c <= "\udcff":  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif " " <= c <= "~":
+            out.append(c)
+        elif ord(c) < 127:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def header(g: Goroutine, now_ns: int, status_label: str | None = None,
+           labels: Mapping[str, str] | None = None) -> str:
+    """`goroutine 7 [chan receive, 3 minutes, locked to thread]:`, with its labels when given."""
     state = status_label or g.state
     if g.scan:
         state += " (scan)"
@@ -96,7 +132,7 @@ def header(g: Goroutine, now_ns: int, status_label: str | None = None) -> str:
             parts.append(f"{minutes} minutes")
     if g.locked_m:
         parts.append("locked to thread")
-    return f"goroutine {g.goid} [{', '.join(parts)}]:"
+    return f"goroutine {g.goid} [{', '.join(parts)}]{labels_text(labels or {})}:"
 
 
 def _frame_lines(rules: Rules, sf: StackFrame) -> str:
@@ -138,12 +174,12 @@ def visible_frames(rules: Rules, frames: tuple[StackFrame, ...], all_frames: boo
 
 
 def format_stack(rules: Rules, binary: GoBinary, stack: GoroutineStack, now_ns: int, bias: int,
-                 all_frames: bool = False) -> str:
+                 all_frames: bool = False, labels: Mapping[str, str] | None = None) -> str:
     g = stack.g
     label = None
     if stack.start == "stale":
         label = f"{g.state}; stack unavailable without pausing, last parked stack shown"
-    lines = [header(g, now_ns, label)]
+    lines = [header(g, now_ns, label, labels)]
     frames = stack.frames
     if rules.minor < 21 and not all_frames:
         # Before 1.21 the runtime walked at most 100 physical frames.
@@ -201,12 +237,13 @@ def _creator_parts(rules: Rules, binary: GoBinary, pc: int, bias: int, all_frame
 
 
 def stack_json(stack: GoroutineStack, rules: Rules, binary: GoBinary, bias: int, now_ns: int,
-               all_frames: bool) -> dict:
+               all_frames: bool, labels: Mapping[str, str] | None = None) -> dict:
     g = stack.g
     shown = visible_frames(rules, stack.frames, all_frames) or list(stack.frames)
     creator = binary.pclntab.find_func(g.creator_pc - bias) if g.creator_pc else None
     return {
         "goid": g.goid,
+        "labels": dict(labels or {}),
         "status": g.status_text,
         "wait_reason": g.wait_reason or None,
         "wait_minutes": ((now_ns - g.wait_since) // 60_000_000_000) if g.wait_since and now_ns > g.wait_since
