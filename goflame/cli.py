@@ -93,6 +93,28 @@ def _exit_code_for(e: BaseException) -> int:
     return code
 
 
+def _parse_tags(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """--tag KEY=VALUE, repeatable: a sample must carry every one."""
+    out = []
+    for v in values:
+        key, eq, value = v.partition("=")
+        if not eq or not key:
+            raise BadInput(f"--tag wants KEY=VALUE (a pprof label of the goroutines to keep), not {v!r}")
+        out.append((key, value))
+    return tuple(out)
+
+
+def _tag_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+                        help="Keep only samples of goroutines with this pprof label (repeatable: all must match).")(fn)
+
+
+def _label_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--label", "label_root", metavar="KEY",
+                        help="Add a root frame KEY=value per value of this pprof label: one tower per "
+                             "tenant, route or job (folded, SVG, speedscope).")(fn)
+
+
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn any failure of a command into one clear line and an exit code; never a traceback."""
 
@@ -286,18 +308,23 @@ def _format_choice() -> click.Choice:
 @click.option("--engine", type=click.Choice(["auto", "perf", "ptrace"]), default="auto", show_default=True,
               help="How running threads are sampled: perf (the kernel samples them, nothing is stopped), "
                    "ptrace (paused for each sample), auto (perf where allowed, for CPU mode).")
+@_label_option
+@click.option("--samples", "-n", "samples", type=click.IntRange(min=1), metavar="N",
+              help="Stop once N samples were taken (with -d: whichever comes first).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
 def record(pid: int | None, rate: float, duration: float | None, output: str | None, fmt: str | None, idle: bool,
            threads: bool, goroutines: bool, nonblocking: bool, lines: bool, inverted: bool, keep_raw: bool,
-           native: bool, engine: str, command: tuple[str, ...]) -> None:
+           native: bool, engine: str, label_root: str | None, samples: int | None,
+           command: tuple[str, ...]) -> None:
     """Record a flame graph of a running Go process (--pid) or of COMMAND (after --)."""
     from goflame.record import RecordOptions
     from goflame.record import record as run_record
 
     opts = RecordOptions(pid=pid, command=tuple(command), rate=rate, duration=duration, output=output, fmt=fmt,
                          idle=idle, threads=threads, goroutines=goroutines, nonblocking=nonblocking, lines=lines,
-                         inverted=inverted, keep_raw=keep_raw, native=native, engine=engine)
+                         inverted=inverted, keep_raw=keep_raw, native=native, engine=engine, label_root=label_root,
+                         samples=samples)
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -343,10 +370,13 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
 @click.option("--goroutines", is_flag=True, help="Add a root frame per goroutine (raw recordings only).")
 @click.option("--inverted", is_flag=True, help="SVG: icicle graph.")
 @click.option("--title", type=str, help="SVG title.")
+@_tag_option
+@_label_option
 @_max_inflate_option
 @reports_errors
 def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: bool, goroutines: bool,
-           inverted: bool, title: str | None, max_inflate: str | None) -> None:
+           inverted: bool, title: str | None, tags: tuple[str, ...], label_root: str | None,
+           max_inflate: str | None) -> None:
     """Convert a recording (raw, folded or pprof; detected by content) to FORMAT.
 
     INPUT may be a pipe or FIFO, e.g. <(zcat x.folded.gz).
@@ -357,6 +387,9 @@ def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: 
     for note in profile.reading_notes(input_path):
         _warn(note)
     fmt = "goflame" if fmt == "raw" else fmt
+    profile = profile.tagged(_parse_tags(tags))
+    if label_root and fmt not in ("goflame", "pprof"):  # those keep the labels themselves
+        profile = profile.rooted_by_label(label_root)
     write_profile(profile, fmt, output if output else sys.stdout, lines=lines, threads=threads,
                   goroutines=goroutines, inverted=inverted, title=title)
     if not profile.total_weight:
@@ -379,10 +412,14 @@ def report(fmt: str, input_path: str, output: str | None, lines: bool, threads: 
 @click.option("--engine", type=click.Choice(["auto", "perf", "ptrace"]), default="auto", show_default=True,
               help="How running threads are sampled: perf (the kernel samples them, nothing is stopped), "
                    "ptrace (paused for each sample), auto (perf where allowed, for CPU mode).")
+@click.option("--by-label", "group_label", metavar="KEY",
+              help="Goroutines view: group goroutines by the value of this pprof label.")
+@_tag_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
 def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: float, once: bool, view: str,
-        lines: bool, filter_: str, native: bool, engine: str, command: tuple[str, ...]) -> None:
+        lines: bool, filter_: str, native: bool, engine: str, group_label: str | None, tags: tuple[str, ...],
+        command: tuple[str, ...]) -> None:
     """Live view of the hottest functions and goroutine groups of --pid or COMMAND (after --).
 
     \b
@@ -392,7 +429,8 @@ def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: floa
     from goflame.top import TopOptions, run_top
 
     opts = TopOptions(pid=pid, command=tuple(command), rate=rate, idle=idle, nonblocking=nonblocking,
-                      delay=delay, once=once, view=view, lines=lines, filter=filter_, native=native, engine=engine)
+                      delay=delay, once=once, view=view, lines=lines, filter=filter_, native=native, engine=engine,
+                      group_label=group_label, tags=_parse_tags(tags))
     res = run_top(opts, on_snapshot=lambda text: _out(text + "\n"),
                   on_warning=lambda msg: click.echo(f"goflame: warning: {msg}", err=True))
     if res.command_log:
@@ -422,10 +460,11 @@ def top(pid: int | None, rate: float, idle: bool, nonblocking: bool, delay: floa
 @click.option("--run-noise", type=float, default=None,
               help="Run-to-run spread of a function's relative cost, e.g. 0.05 for 5 % (default 0.05; 0: none).")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the text and markdown tables.")
+@_tag_option
 @_max_inflate_option
 @reports_errors
 def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_on_self: str, confidence: float,
-         min_samples: int, dispersion: float | None, run_noise: float | None, top: int,
+         min_samples: int, dispersion: float | None, run_noise: float | None, top: int, tags: tuple[str, ...],
          max_inflate: str | None) -> None:
     """Compare two profiles (raw, folded or pprof) and fail on a significant regression.
 
@@ -440,7 +479,7 @@ def diff(base: str, new: str, output: str | None, fmt: str, fail_on: str, fail_o
                        fail_on_self=parse_threshold(fail_on_self, "--fail-on-self"),
                        confidence=confidence, min_samples=min_samples, dispersion=dispersion,
                        **({} if run_noise is None else {"run_noise": run_noise}))
-    result, _, new_profile = diff_files(base, new, opts, limits=_limits(max_inflate))
+    result, _, new_profile = diff_files(base, new, opts, limits=_limits(max_inflate), tags=_parse_tags(tags))
     for w in result.warnings:
         _warn(w)
     if output:

@@ -430,13 +430,14 @@ def _kind_text(kind: str) -> str:
 
 
 def diff_files(base: str | os.PathLike[str], new: str | os.PathLike[str],
-               options: DiffOptions = DiffOptions(), *,
-               limits: Limits = DEFAULT_LIMITS) -> tuple[DiffResult, Profile, Profile]:
-    """Read both files (recording, folded or pprof, by content, within `limits`) and diff them."""
+               options: DiffOptions = DiffOptions(), *, limits: Limits = DEFAULT_LIMITS,
+               tags: tuple[tuple[str, str], ...] = ()) -> tuple[DiffResult, Profile, Profile]:
+    """Read both files (recording, folded or pprof, by content, within `limits`) and diff them,
+    only the samples of goroutines carrying every pprof label in `tags` when given."""
     from goflame.export import read_profile
 
-    pb = read_profile(base, limits=limits)
-    pn = read_profile(new, limits=limits)
+    pb = read_profile(base, limits=limits).tagged(tags)
+    pn = read_profile(new, limits=limits).tagged(tags)
     return diff_profiles(pb, pn, options, base_name=str(base), new_name=str(new)), pb, pn
 
 

@@ -17,6 +17,7 @@ class FrameKind(str, Enum):  # noqa: UP042 - str() of members is relied on as "F
     STATE = "state"      # synthetic leaf: "[chan receive]", "[runnable]", ...
     THREAD = "thread"    # synthetic root with --threads
     GOROUTINE = "goroutine"  # synthetic root with --goroutines
+    LABEL = "label"  # synthetic root with --label KEY: "KEY=value" of the sample's goroutine
     UNKNOWN = "unknown"  # a pc nothing could symbolize
 
 

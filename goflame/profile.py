@@ -33,7 +33,7 @@ from goflame.inputs import (
 )
 
 MAGIC = b"\x89goflame\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: label sets and labelled samples (records 5 and 6); 1 still reads
 
 # Chunk tags and the record types inside a sample chunk (docs/recording-format.md).
 TAG_SAMPLES = 0x53  # "S"
@@ -42,6 +42,8 @@ REC_STRING = 1
 REC_FRAME = 2
 REC_STACK = 3
 REC_SAMPLE = 4
+REC_LABELS = 5
+REC_LABELLED_SAMPLE = 6
 
 # FrameKind <-> the byte stored in a frame record; codes are part of the format, never renumber.
 KIND_CODES: dict[FrameKind, int] = {
@@ -51,6 +53,7 @@ KIND_CODES: dict[FrameKind, int] = {
     FrameKind.THREAD: 3,
     FrameKind.GOROUTINE: 4,
     FrameKind.UNKNOWN: 5,
+    FrameKind.LABEL: 6,
 }
 KINDS_BY_CODE: dict[int, FrameKind] = {v: k for k, v in KIND_CODES.items()}
 
@@ -79,6 +82,8 @@ class Sample:
     state: str  # "running", "runnable", "chan receive", "IO wait", "syscall", ...
     frames: tuple[Frame, ...]
     weight: int = 1
+    # The goroutine's pprof labels when it was sampled, sorted by key ((): none, or unknown).
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +377,39 @@ class Profile:
         """Aggregated stacks as root-first Frame tuples (see `aggregate` for the options)."""
         return self.aggregate(**opts).by_frames()
 
+    def tagged(self, tags: Sequence[tuple[str, str]]) -> Profile:
+        """Only the samples whose goroutine carried every label `key=value` in `tags`
+        (`report --tag`, `diff --tag`); a profile without labels keeps no sample."""
+        if not tags:
+            return self
+        want = set(tags)
+        kept = tuple(s for s in self.samples if want <= set(s.labels))
+        return replace(self, samples=kept)
+
+    def rooted_by_label(self, key: str) -> Profile:
+        """Each sample under a synthetic outermost frame `key=value` of its goroutine's label
+        (`key=` with no value when it had none): one tower per tenant, per route, per job."""
+        roots: dict[str, Frame] = {}
+
+        def root(s: Sample) -> Frame:
+            value = next((v for k, v in s.labels if k == key), None)
+            name = f"{key}={value}" if value is not None else f"{key}=(none)"
+            f = roots.get(name)
+            if f is None:
+                f = roots[name] = Frame(name, kind=FrameKind.LABEL)
+            return f
+
+        stacks: dict[tuple[int, str], tuple[Frame, ...]] = {}  # frames tuples stay shared
+        out = []
+        for s in self.samples:
+            r = root(s)
+            k = (id(s.frames), r.function)
+            fr = stacks.get(k)
+            if fr is None:
+                fr = stacks[k] = (*s.frames, r)
+            out.append(replace(s, frames=fr))
+        return replace(self, samples=tuple(out))
+
     def reading_notes(self, name: str) -> list[str]:
         """What a user must be told about how this profile was read (one line each): a recording
         cut short, stacks cut to the depth limit. Empty for a profile read whole."""
@@ -453,6 +491,7 @@ class RecordingWriter:
         self._stacks: dict[tuple[int, ...], int] = {}
         self._stacks_by_id: dict[int, tuple[tuple[Frame, ...], int]] = {}
         self._pending = bytearray()
+        self._label_sets: dict[tuple[tuple[str, str], ...], int] = {}
         self._last_ts = 0
         self._last_flush = time.monotonic()
         self._closed = False
@@ -520,18 +559,34 @@ class RecordingWriter:
         self._stacks_by_id[id(frames)] = (frames, i)
         return i
 
+    def _labels(self, labels: tuple[tuple[str, str], ...]) -> int:
+        """The id of a label set (1 and up), defined on first use."""
+        i = self._label_sets.get(labels)
+        if i is None:
+            ids = [self._string(x) for kv in labels for x in kv]
+            i = self._label_sets[labels] = len(self._label_sets) + 1
+            buf = self._pending
+            buf.append(REC_LABELS)
+            _uvarints(buf, len(labels), *ids)
+        return i
+
     def add(self, sample: Sample) -> None:
         if self._closed:
             raise OutputError(f"{self._name}: recording already closed")
         state = self._string(sample.state)
         stack = self._stack(sample.frames)
+        labels = self._labels(sample.labels) if sample.labels else 0
         buf = self._pending
-        buf.append(REC_SAMPLE)
+        buf.append(REC_LABELLED_SAMPLE if labels else REC_SAMPLE)
         dt = sample.timestamp_ns - self._last_ts
         try:
-            # One call for the six fields (a sampler writes thousands of samples a second).
-            _uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
-                      stack, sample.weight)
+            # One call for the fields (a sampler writes thousands of samples a second).
+            if labels:
+                _uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
+                          stack, sample.weight, labels)
+            else:
+                _uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
+                          stack, sample.weight)
         except ValueError as e:
             raise OutputError(f"{self._name}: cannot record sample: {e}") from None
         self._last_ts = sample.timestamp_ns
@@ -778,6 +833,7 @@ class _ChunkDecoder:
         self.frames: list[Frame] = []
         self.stacks: list[tuple[Frame, ...]] = []
         self.samples: list[Sample] = []
+        self.label_sets: list[tuple[tuple[str, str], ...]] = [()]  # id 0: no labels
         self.ts = 0
         self.max_depth = max_depth
         self.deep = 0
@@ -787,6 +843,7 @@ class _ChunkDecoder:
         n = len(buf)
         pos = 0
         strings, frames, stacks, samples = self.strings, self.frames, self.stacks, self.samples
+        label_sets = self.label_sets
 
         def uv() -> int:
             nonlocal pos
@@ -817,6 +874,16 @@ class _ChunkDecoder:
                 v = uv()
                 ts += (v >> 1) ^ -(v & 1)
                 samples.append(Sample(ts, uv(), uv(), ref(strings, "string"), ref(stacks, "stack"), uv()))
+            elif rec == REC_LABELLED_SAMPLE:
+                v = uv()
+                ts += (v >> 1) ^ -(v & 1)
+                samples.append(Sample(ts, uv(), uv(), ref(strings, "string"), ref(stacks, "stack"), uv(),
+                                      ref(label_sets, "label set")))
+            elif rec == REC_LABELS:
+                k = uv()
+                if 2 * k > n - pos:
+                    raise _Corrupt(f"label set longer than its chunk at byte {at}")
+                label_sets.append(tuple((ref(strings, "string"), ref(strings, "string")) for _ in range(k)))
             elif rec == REC_STACK:
                 k = uv()
                 if k > n - pos:

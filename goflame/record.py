@@ -48,6 +48,8 @@ class RecordOptions:
     title: str | None = None
     native: bool = False  # C frames too (cgo, libc, vDSO), stitched into goroutine stacks
     engine: str = "auto"  # how running threads are sampled: see SamplerConfig.engine
+    label_root: str | None = None  # a root frame KEY=value per value of this pprof label
+    samples: int | None = None  # stop once this many samples were taken
 
 
 @dataclass(slots=True)
@@ -97,6 +99,8 @@ def record(opts: RecordOptions, *, on_status: Callable[[SamplerStats], None] | N
         raise BadInput("give either --pid PID or a command after --")
     if opts.duration is not None and not (math.isfinite(opts.duration) and opts.duration > 0):
         raise BadInput("--duration must be a positive number of seconds")
+    if opts.samples is not None and opts.samples <= 0:
+        raise BadInput("--samples must be a positive number")
     config = SamplerConfig(rate=opts.rate, idle=opts.idle, nonblocking=opts.nonblocking, native=opts.native,
                            engine=opts.engine)  # bad options fail before anything is launched
     watch = Watch()
@@ -184,7 +188,12 @@ def _sample_to_raw(target: Target, config: SamplerConfig, opts: RecordOptions, w
             on_status(st)
 
     try:
-        stats = sampler.run(writer.add_all, duration=opts.duration, should_stop=watch.should_stop,
+        enough = opts.samples
+
+        def should_stop() -> bool:
+            return watch.should_stop() or (enough is not None and sampler.stats.samples >= enough)
+
+        stats = sampler.run(writer.add_all, duration=opts.duration, should_stop=should_stop,
                             on_tick=on_tick)
     except BaseException as e:
         kept = _keep_what_was_sampled(writer)
@@ -223,6 +232,8 @@ def _convert(opts: RecordOptions, result: RecordResult, on_warning: Callable[[st
     raw_path = result.raw_path
     assert raw_path is not None
     profile = read_recording(raw_path)
+    if opts.label_root and result.fmt != "pprof":  # pprof keeps the labels themselves (-tagroot)
+        profile = profile.rooted_by_label(opts.label_root)
     for note in profile.reading_notes(raw_path):
         result.warnings.append(note)
         if on_warning:

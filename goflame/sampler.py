@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone, TargetExeced
 from goflame.frame import Frame, FrameKind
+from goflame.labels import LabelReader
 from goflame.process import Registers
 from goflame.process.perf import KernelSample, PerfSampling, PerfUnavailable
 from goflame.profile import Sample
@@ -98,6 +99,7 @@ class SamplerConfig:
     # nothing is stopped; see process/perf.py), "ptrace" (pause the threads on a CPU at each
     # tick), "auto" (perf where the kernel allows it and the mode is plain CPU sampling).
     engine: str = "auto"
+    labels: bool = True  # each sample carries its goroutine's pprof labels (goflame/labels.py)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -146,6 +148,8 @@ class Sampler:
         self._plain_frames: dict[int, tuple[tuple[Frame, ...], int] | tuple[()]] = {}
         self._owners: list[tuple[int, int, int]] = []  # (stack lo, hi, g address): see _stack_owner
         self._kernel: PerfSampling | None = None  # opened by choose_engine, taken by run
+        self._unlabelled: list[tuple[Sample, int]] = []  # see _labelled
+        self._label_reader = _label_reader(target) if config.labels else None
         self._engine_chosen = False
         self._owners_time = float("-inf")
         self._owners_every = STACK_OWNERS_S
@@ -162,6 +166,27 @@ class Sampler:
                         self._g0_bounds[a] = (g.stack_lo, g.stack_hi)
                         self._g0_sched_sp[a] = g.sched_sp
         self._ms_time = now
+
+    # -- labels -----------------------------------------------------------------------------------
+    def _labelled(self, sample: Sample, g: Goroutine | None) -> Sample:
+        """The sample, to be given its goroutine's pprof labels by `_resolve_labels` (all of a
+        tick's at once: one batch of reads, and a published label set is decoded only once)."""
+        if g is not None and g.labels and self._label_reader is not None:
+            self._unlabelled.append((sample, g.labels))
+        return sample
+
+    def _resolve_labels(self) -> None:
+        pending, self._unlabelled = self._unlabelled, []
+        if not pending:
+            return
+        try:
+            by_ptr = self._label_reader.read(p for _, p in pending)  # type: ignore[union-attr]
+        except InvalidMemory:
+            return
+        for sample, ptr in pending:
+            labels = by_ptr.get(ptr)
+            if labels:
+                sample.labels = tuple(labels.items())
 
     # -- one tick ---------------------------------------------------------------------------------
     def sample(self, ts_ns: int) -> list[Sample]:
@@ -181,6 +206,7 @@ class Sampler:
             out += self._sample_running(ts_ns, self._on_cpu(tids, now), on_cpu_goids)
         if self.cfg.idle:
             out += self._sample_idle(ts_ns, on_cpu_goids)
+        self._resolve_labels()
         self.stats.samples += len(out)
         return out
 
@@ -404,7 +430,7 @@ class Sampler:
                 continue
             if g is not None:
                 on_cpu.add(g.goid)
-            out.append(Sample(ts_ns, g.goid if g else 0, tid, "running", frames))
+            out.append(self._labelled(Sample(ts_ns, g.goid if g else 0, tid, "running", frames), g))
         if self._native is not None:
             out += self._sample_foreign(ts_ns, foreign, paused)
         return out
@@ -704,7 +730,7 @@ class Sampler:
                 continue
             stack = self._collector.collect_one(g)
             on_cpu.add(g.goid)
-            out.append(Sample(ts_ns, g.goid, tid, "running", self._frames_of(stack)))
+            out.append(self._labelled(Sample(ts_ns, g.goid, tid, "running", self._frames_of(stack)), g))
         return out
 
     def _frames_of(self, stack: GoroutineStack) -> tuple[Frame, ...]:
@@ -745,7 +771,7 @@ class Sampler:
             frames = self._parked.get(key)
             if frames is None:
                 continue
-            out.append(Sample(ts_ns, g.goid, 0, g.state, frames))
+            out.append(self._labelled(Sample(ts_ns, g.goid, 0, g.state, frames), g))
         return out
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -921,7 +947,9 @@ class Sampler:
             if not frames:
                 self.stats.errors += 1
                 continue
-            out.append(Sample(max(0, k.time_ns - start_ns), g.goid if g else 0, k.tid, "running", frames))
+            out.append(self._labelled(Sample(max(0, k.time_ns - start_ns), g.goid if g else 0, k.tid, "running",
+                                             frames), g))
+        self._resolve_labels()
         return out
 
 
@@ -1013,6 +1041,14 @@ class KernelPoller:
 
     def close(self) -> None:
         self.ps.close()
+
+
+def _label_reader(target: Target) -> LabelReader | None:
+    """The target's label reader, or None where this Go release's labels cannot be read."""
+    try:
+        return target.labels
+    except GoflameError:
+        return None
 
 
 def _kept(items: Iterable[int], into: list[int]) -> Iterator[int]:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from goflame.dump import goroutine_groups
+from goflame.dump import goroutine_groups, label_groups
 from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone
 from goflame.frame import Frame
 from goflame.lifecycle import attach_launched, finish_child, launch
@@ -93,6 +93,8 @@ class TopOptions:
     filter: str = ""  # what `/` would set: rows whose label contains it (case-insensitive)
     native: bool = False  # unwind C frames too (cgo, libc, vDSO)
     engine: str = "auto"  # how running threads are sampled: see SamplerConfig.engine
+    group_label: str | None = None  # goroutines view: group by this pprof label's value
+    tags: tuple[tuple[str, str], ...] = ()  # functions view: only samples with these pprof labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,8 +532,14 @@ class TopSession:
         self.ticks += ticks
         self._window_ticks += ticks
         if samples:
-            self.functions.add(samples)
+            self.functions.add(self._tagged(samples))
         return samples
+
+    def _tagged(self, samples: list[Sample]) -> list[Sample]:
+        if not self.opts.tags:
+            return samples
+        want = set(self.opts.tags)
+        return [s for s in samples if want <= set(s.labels)]
 
     def close(self) -> None:
         if self.poller is not None:
@@ -555,7 +563,7 @@ class TopSession:
         self.ticks += 1
         self._window_ticks += 1
         if samples:
-            self.functions.add(samples)
+            self.functions.add(self._tagged(samples))
 
     def target_gone(self) -> bool:
         if self.child is not None and self.child.poll() is not None:
@@ -593,7 +601,10 @@ class TopSession:
                     user.append(g)
                 by_state[_category_of_status(g.status)] += 1
             unresolved = self._name_wrapped_starts(user)
-            self.groups.update(goroutine_groups(self.t, user, self._start_names))
+            if self.opts.group_label:
+                self.groups.update(label_groups(self.t, user, self.opts.group_label))
+            else:
+                self.groups.update(goroutine_groups(self.t, user, self._start_names))
             for pc in unresolved:
                 self._start_names.pop(pc, None)  # try again at the next refresh
             goroutines, runtime_gs, gomaxprocs = len(snap.goroutines), len(snap.goroutines) - len(user), \

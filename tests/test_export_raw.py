@@ -56,6 +56,9 @@ def test_every_sample_field_and_the_meta_survive_a_round_trip(tmp_path):
     ), 1000)
     samples.append(odd)
     samples.append(Sample(3, 0, 0, "", (), 1))  # timestamps may step back (threads sampled out of order)
+    labelled = (("tenant", "ünï"), ("\udcffkey", ""), ("route", "/a b"))
+    samples += [Sample(9, 4, 5, "running", odd.frames, 1, labelled), Sample(10, 4, 5, "running", (), 2, labelled),
+                Sample(11, 6, 5, "running", (), 1, (("only", "one"),))]
     meta = export_data.meta(samples=len(samples), extra={"lagged": 5, "note": "ünïcode"})
     path = tmp_path / "r.goflame"
     write(path, samples, meta, chunk_every=37)
@@ -391,3 +394,19 @@ def test_stack_records_deeper_than_the_limit_keep_their_innermost_frames(tmp_pat
     assert note == "deep.goflame: 1 stack deeper than 4,096 frames was cut to 4,096 (innermost frames kept)"
     small = read_recording(path, limits=Limits(max_depth=8))
     assert [len(s.frames) for s in small.samples] == [8, 8] and small.depth_cut.stacks == 2
+
+
+def test_label_filter_keeps_the_labelled_samples_and_label_roots_split_them(tmp_path):
+    """`report --tag` keeps the samples of goroutines with a label; `--label` gives each value a
+    root of its own (one tower per tenant)."""
+    frames = (Frame("main.work", "/w.go", 3),)
+    samples = [Sample(i, 1, 1, "running", frames, 1, (("tenant", "a"),) if i % 3 else (("tenant", "b"),))
+               for i in range(30)] + [Sample(40, 2, 1, "running", frames, 1)]
+    path = tmp_path / "r.goflame"
+    write(path, samples, export_data.meta(samples=len(samples)))
+    p = read_recording(path)
+    assert len(p.tagged((("tenant", "a"),)).samples) == 20
+    assert len(p.tagged((("tenant", "b"),)).samples) == 10
+    assert len(p.tagged((("tenant", "c"),)).samples) == 0
+    rooted = p.rooted_by_label("tenant").stacks()
+    assert {k[0].function: v for k, v in rooted.items()} == {"tenant=a": 20, "tenant=b": 10, "tenant=(none)": 1}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import re
 import selectors
@@ -769,3 +770,50 @@ def test_summary_groups_goroutines_by_a_label_as_the_program_set_them():
         got = {g["label"]: g["count"] for g in doc["groups"] if g["label"].startswith("a=")}
         want = Counter(f"a={lab[b'a'].decode()}" for lab in fx.truth.labels.values() if b"a" in lab)
         assert want and got == dict(want)
+
+
+# --------------------------------------------------------------------------- CPU by label
+
+
+def pprof_tag_shares(go_minor: str, profile: Path, key: str) -> dict[str, float]:
+    """`go tool pprof -tags`: the share of each value of label `key` (Go's reader, not ours)."""
+    out = gt.go_tool(go_minor, "tool", "pprof", "-tags", str(profile))
+    block = out.split(f"{key}:", 1)[1].split("\n\n", 1)[0]
+    got = {m.group(2): float(m.group(1)) for m in re.finditer(r"\(\s*([\d.]+)%\):\s*(\S+)", block)}
+    assert got, out
+    return got
+
+
+@pytest.mark.parametrize("engine", ["perf", "ptrace"])
+def test_cpu_by_label_in_goflames_pprof_equals_the_workers_own_clocks_and_the_runtimes_profile(engine, tmp_path):
+    """Two labelled workers burn CPU at a 2:1 duty cycle, each clocking its own thread: the split
+    `go tool pprof -tags` reads from goflame's pprof is theirs within 2 points, and within the
+    binomial noise of the runtime's own labelled CPU profile of the same span."""
+    theirs = tmp_path / "runtime.pb.gz"
+    ours = tmp_path / "goflame.pb.gz"
+    fx = subprocess.Popen([str(gt.build(FIXTURES / "labelcpu")), "-cpuprofile", str(theirs)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert fx.stdout is not None and fx.stdout.readline().startswith("ready")
+        r = subprocess.run([sys.executable, "-m", "goflame.cli", "record", "--engine", engine, "-r", "400",
+                            "--samples", "2000", "-d", "60", "--pid", str(fx.pid), "-o", str(ours)],
+                           capture_output=True, text=True, timeout=120)
+        fx.stdin.write("stop\n")
+        fx.stdin.flush()
+        lines = [fx.stdout.readline().strip() for _ in range(3)]
+    finally:
+        fx.kill()
+        fx.wait()
+    assert r.returncode == 0, r.stderr
+    assert lines[2] == "done", lines
+    clock = {m.group(1): int(m.group(2)) for m in (re.match(r"cpu worker=(\w) (\d+)", x) for x in lines[:2]) if m}
+    own = {k: 100 * v / sum(clock.values()) for k, v in clock.items()}
+    got = pprof_tag_shares("1.27", ours, "worker")
+    n = int(re.search(r"([\d,]+) samples", r.stderr).group(1).replace(",", ""))
+    assert n >= 2000, r.stderr
+    for w in ("a", "b"):
+        assert abs(got[w] - own[w]) <= 2.0, (got, own)
+    runtime_view = pprof_tag_shares("1.27", theirs, "worker")
+    for w in ("a", "b"):
+        # The runtime's profiler samples at 100 Hz: its own binomial noise over the span.
+        assert abs(got[w] - runtime_view[w]) <= 2.0 + 3 * 100 * math.sqrt(0.25 / 300), (got, runtime_view)

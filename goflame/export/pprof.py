@@ -380,18 +380,21 @@ def _encode(profile: Profile, binary: str | os.PathLike[str] | None) -> bytes:
         return ids
 
     # Samples that share a stack, goroutine, thread and state merge into one pprof sample.
-    merged: dict[tuple[tuple[int, ...], int, int, str], int] = {}
+    merged: dict[tuple[tuple[int, ...], int, int, str, tuple[tuple[str, str], ...]], int] = {}
     get = merged.get
     detailed = profile.detailed
     for s in profile.samples:
-        key = (locs_for(s.frames), s.goroutine, s.thread, s.state) if detailed else (locs_for(s.frames), 0, 0, "")
+        key = ((locs_for(s.frames), s.goroutine, s.thread, s.state, s.labels) if detailed
+               else (locs_for(s.frames), 0, 0, "", s.labels))
         merged[key] = get(key, 0) + s.weight
     k_goroutine, k_thread, k_state = strings(LABEL_GOROUTINE), strings(LABEL_THREAD), strings(LABEL_STATE)
     period = types.period_ns
     _check_counts(merged.values(), period, timed)
     add = p.sample.add
-    for (locs, goroutine, thread, state), count in merged.items():
+    for (locs, goroutine, thread, state, labels), count in merged.items():
         s = add(location_id=locs, value=(count, count * period) if timed else (count,))
+        for k, v in labels:  # the goroutine's pprof labels: `go tool pprof -tags`, -tagfocus, -tagroot
+            s.label.add(key=strings(k), str=strings(v))
         if detailed:
             if goroutine:
                 s.label.add(key=k_goroutine, num=goroutine)
@@ -797,7 +800,7 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
     # Most locations hold one frame: a stack of them is one map over a dict, no chaining.
     single = {i: fr[0] for i, fr in locations.items() if len(fr) == 1}.__getitem__
     by_bytes: dict[bytes, tuple[Frame, ...]] = {}
-    label_cache: dict[bytes, tuple[int, int | str]] = {}
+    label_cache: dict[bytes, tuple[int, Any]] = {}
     labelled = False
     deep = 0
 
@@ -816,8 +819,9 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
             fr = cut_deep(fr, max_depth)
         return fr
 
-    def label(raw: bytes) -> tuple[int, int | str]:
-        """(0 goroutine | 1 thread | 2 state | 3 another label, value): decoded once per distinct label."""
+    def label(raw: bytes) -> tuple[int, Any]:
+        """(0 goroutine | 1 thread | 2 state | 3 a string label (key, value) | 4 another, value):
+        decoded once per distinct label."""
         nonlocal labelled
         lb = label_cls.FromString(raw)
         k = s_(lb.key, "label")
@@ -827,8 +831,10 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
             out = (1, lb.num)
         elif k == LABEL_STATE:
             out = (2, s_(lb.str, "label"))
+        elif lb.str:  # a pprof label of the goroutine's (Go's own profiles carry them too)
+            out = (3, (k, s_(lb.str, "label")))
         else:
-            out = (3, 0)
+            out = (4, 0)  # a numeric label of another kind: not kept
         labelled = labelled or out[0] < 3
         label_cache[raw] = out
         return out
@@ -874,11 +880,14 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
             total += w
             labels = s.label
             if labels:
-                got: list[int | str] = [0, 0, "", 0]
+                got: list[Any] = [0, 0, "", [], 0]
                 for raw in labels:
                     t = label_of(raw) or label(raw)
-                    got[t[0]] = t[1]
-                append(Sample(0, got[0], got[1], got[2], fr, w))  # type: ignore[arg-type]
+                    if t[0] == 3:
+                        got[3].append(t[1])
+                    else:
+                        got[t[0]] = t[1]
+                append(Sample(0, got[0], got[1], got[2], fr, w, tuple(sorted(got[3]))))
             else:
                 append(Sample(0, 0, 0, "", fr, w))
     except Exception as e:  # noqa: BLE001 - upb's DecodeError for a corrupt nested message

@@ -84,7 +84,7 @@ def category(frame: Frame) -> str:
         return "native"
     if k is FrameKind.STATE:
         return "state"
-    if k is FrameKind.THREAD or k is FrameKind.GOROUTINE:
+    if k is FrameKind.THREAD or k is FrameKind.GOROUTINE or k is FrameKind.LABEL:
         return "root"
     if k is FrameKind.UNKNOWN:
         return "unknown"
