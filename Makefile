@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_OUT ?= out
 
-.PHONY: venv sysdeps demo test matrix lint bench clean toolchains
+.PHONY: venv sysdeps demo test matrix lint bench clean toolchains flake
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -24,6 +24,12 @@ demo: venv
 test: venv sysdeps
 	$(BIN)/ruff check goflame tests bench scripts
 	$(BIN)/python -m pytest -q -x
+
+# The fast tier's health: run it RUNS times, print each test's failure count (FLAKE_ARGS=--load
+# keeps one CPU busy meanwhile).
+RUNS ?= 10
+flake: venv sysdeps
+	$(BIN)/python scripts/flake.py --runs $(RUNS) $(FLAKE_ARGS)
 
 # The Go-version matrix: every toolchain 1.19, 1.21 ... 1.27, every build flavour.
 matrix: venv sysdeps

@@ -26,7 +26,10 @@ SETTINGS = {e: po.Settings(engine=e, min_samples=MIN_SAMPLES, max_seconds=20.0) 
 ISSUE_14 = pytest.mark.xfail(strict=False, raises=po.VerdictFailed, reason="issue 14: engines being fixed")
 
 CASES = [pytest.param(w, e, id=f"{w.value}-{e.value}") for w in wl.Workload for e in po.Engine]
-MATRIX_SPECS = [gt.BuildSpec(go="1.19"), gt.BuildSpec(go="1.27", cgo=True), gt.BuildSpec(go="1.19", cgo=True)]
+# The default build (Go 1.27, static) is in the matrix too: ~2 minutes of measurement that
+# would double the fast tier's time; the fast tier keeps the instrument's own checks.
+MATRIX_SPECS = [gt.BuildSpec(), gt.BuildSpec(go="1.19"), gt.BuildSpec(go="1.27", cgo=True),
+                gt.BuildSpec(go="1.19", cgo=True)]
 
 
 def measure_and_judge(workload: wl.Workload, engine: po.Engine, spec: gt.BuildSpec, tmp_path: Path) -> None:
@@ -38,13 +41,6 @@ def measure_and_judge(workload: wl.Workload, engine: po.Engine, spec: gt.BuildSp
         running.close()
     po.check_instrument(m)
     po.judge(m, MIN_SAMPLES)
-
-
-@ISSUE_14
-@pytest.mark.slow
-@pytest.mark.parametrize(("workload", "engine"), CASES)
-def test_goflame_agrees_with_perf_on_a_realistic_workload(workload, engine, tmp_path):
-    measure_and_judge(workload, engine, gt.BuildSpec(), tmp_path)
 
 
 @ISSUE_14

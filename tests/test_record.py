@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable
@@ -18,9 +17,20 @@ from pathlib import Path
 import pytest
 
 import gotoolchain as gt
-from conftest import FIXTURES
+from conftest import (
+    FIXTURES,
+    binomial_upper_ok,
+    cpu_ns,
+    hog_shares,
+    read_ready_line,
+    record_until,
+    share_tolerance,
+    start_cpuhog,
+    stopped_for_good,
+    streamed_samples,
+    wait_until,
+)
 from test_dump import Fixture, parse_dump
-from workloads import process_cpu_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
@@ -82,47 +92,53 @@ def perf_stacks(data: Path) -> Counter[str]:
     return c
 
 
+def hot_samples(stacks: Counter[str] | dict[str, int]) -> int:
+    return sum(n for st, n in stacks.items() if any(h in st.split(";") for h in HOT))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["perf", "ptrace"])
 def test_cpu_shares_match_the_workloads_own_clock_and_perf(engine, tmp_path):
-    # Sampling error is binomial: 2 busy goroutines on 2 CPUs give ~2,000 goflame samples in 10 s
-    # at 100 Hz (σ ~1.1 points for a 50 % share); perf at 499 Hz gives ~5x more. One goroutine per
-    # P: with more goroutines than Ps the workload's own clock also counts the time a goroutine
-    # waits for a P, in 10 ms lumps (Go's preemption slice) — noise in the oracle itself.
+    # goflame records (in rounds) until it has 3,000 samples in the hot functions: a 50 % share
+    # then has a binomial sigma of 0.9 points; perf at 499 Hz has ~2x as many. One goroutine
+    # per P: with more goroutines than Ps the workload's own clock also counts the time a
+    # goroutine waits for a P, in 10 ms lumps (Go's preemption slice) — noise in the oracle itself.
     workers = os.cpu_count() or 2
-    hog = subprocess.Popen([str(cpuhog()), "-d", "12s", "-workers", str(workers)],
-                           env={**os.environ, "GOMAXPROCS": str(workers)}, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
+    hog = start_cpuhog(workers=workers, gomaxprocs=workers)  # until SIGINT
     try:
-        time.sleep(0.5)
         perf_data = tmp_path / "perf.data"
         perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(hog.pid),
-                                 "-o", str(perf_data), "--", "sleep", "10"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out = tmp_path / "hog.folded"
-        r = run("record", "--pid", str(hog.pid), "-d", "10", "-r", "100", "--engine", engine, "-o", str(out))
-        assert r.returncode == 0, r.stderr
-        perf.wait(timeout=60)
+                                 "-o", str(perf_data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: perf_data.exists() and perf_data.stat().st_size > 0, "perf record to start")
+            ours_stacks = Counter(record_until(hog.pid, tmp_path, ["-r", "300", "--engine", engine],
+                                               lambda st: hot_samples(st) >= 3000, "3,000 hot samples"))
+        finally:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=120)
+        hog.send_signal(signal.SIGINT)  # cpuhog prints its own clock's shares as it exits
         own_text, _ = hog.communicate(timeout=30)
     finally:
         hog.kill()
-    own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
-    ours_stacks, perf = folded_counts(out), perf_stacks(perf_data)
+        hog.wait()
+    own = hog_shares(own_text)
+    perf = perf_stacks(perf_data)
     ours, theirs = shares(ours_stacks), shares(perf)
-    n_ours = sum(n for st, n in ours_stacks.items() if any(h in st for h in HOT))
-    n_perf = sum(n for st, n in perf.items() if any(h in st for h in HOT))
-    assert n_ours >= 1000, f"only {n_ours} samples in the hot functions"
+    n_ours, n_perf = hot_samples(ours_stacks), hot_samples(perf)
+    assert n_perf >= 1000, f"perf took only {n_perf} samples in the hot functions"
     for h in HOT:
-        # 2 points, or 3 sigma of the binomial error of the sample counts when a loaded
-        # machine left fewer samples than 2 points can be judged on (~1 point at 2,500).
-        p = own[h] / 100
-        sigma_ours = 100 * math.sqrt(p * (1 - p) / n_ours)
-        sigma_diff = math.hypot(sigma_ours, 100 * math.sqrt(p * (1 - p) / max(n_perf, 1)))
-        assert abs(ours[h] - own[h]) <= max(2.0, 3 * sigma_ours), (h, ours, own, n_ours)
-        assert abs(ours[h] - theirs[h]) <= max(2.0, 3 * sigma_diff), (h, ours, theirs, n_ours, n_perf)
+        # 2 points, or Z binomial standard errors of the sample counts when that is more.
+        assert abs(ours[h] - own[h]) <= share_tolerance(own[h], n_ours, floor=2.0), (h, ours, own, n_ours)
+        assert abs(ours[h] - theirs[h]) <= share_tolerance(own[h], n_ours, n_perf, floor=2.0), (
+            h, ours, theirs, n_ours, n_perf)
 
 
 def test_idle_mode_leaf_states_match_the_runtimes_dump(tmp_path):
+    """--idle: every tick is a snapshot of every goroutine. Each snapshot (the samples of one
+    tick share its time) holds every goroutine the runtime's own dump shows parked, in the
+    state the dump gives it; the report's state leaves count exactly those, tick by tick."""
+    from goflame.profile import read_recording
+
     fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=0)
     try:
         out = tmp_path / "idle.goflame"
@@ -133,35 +149,47 @@ def test_idle_mode_leaf_states_match_the_runtimes_dump(tmp_path):
         assert run("report", "folded", str(out), "-o", str(folded)).returncode == 0
     finally:
         fx.close()
-    want = Counter(b.state for b in theirs.values() if b.state not in ("running", "runnable"))
+    parked = {g: b.state for g, b in theirs.items() if b.state.split(",")[0] not in ("running", "runnable")}
+    assert len(parked) >= 200, theirs.keys()
+    ticks: dict[int, dict[int, str]] = {}
+    for smp in read_recording(out).samples:
+        ticks.setdefault(smp.timestamp_ns, {})[smp.goroutine] = smp.state
+    assert ticks, "no snapshot recorded"
+    for when, seen in ticks.items():
+        wrong = {g: (seen.get(g), state) for g, state in parked.items() if seen.get(g) != state}
+        assert not wrong, f"snapshot at {when / 1e9:.3f} s: goroutine: (goflame, runtime) {wrong}"
+    want = Counter(parked.values())
     leaves = Counter()
     for stack, n in folded_counts(folded).items():
         leaf = stack.rsplit(";", 1)[-1]
         if leaf.startswith("[") and leaf.endswith("]"):
-            leaves[leaf[1:-1].split(",")[0]] += n
-    ticks = leaves["sleep"] / want["sleep"]  # every tick sees all 10 sleepers
-    assert ticks >= 10
+            leaves[leaf[1:-1]] += n
     for state, n in want.items():
         if state in ("chan receive", "select"):
-            continue  # also where the runtime's own (system/signal) goroutines park: counted below
-        assert leaves[state] == pytest.approx(n * ticks, rel=0.02), (state, leaves[state], n, ticks)
+            continue  # also where the runtime's own (system/signal) goroutines park
+        assert leaves[state] == n * len(ticks), (state, leaves[state], n, len(ticks))
 
 
 def test_record_writes_every_format_and_report_round_trips(tmp_path):
-    hog = subprocess.Popen([str(cpuhog()), "-d", "20s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hog = start_cpuhog("-d", "120s")
+    raw = tmp_path / "rec.goflame"
     try:
-        raw = tmp_path / "rec.goflame"
-        r = run("record", "--pid", str(hog.pid), "-d", "2", "-f", "raw", "-o", str(raw))
-        assert r.returncode == 0, r.stderr
-        assert re.search(r"Wrote .*rec.goflame: [\d,]+ samples, \d+ errors", r.stderr)
+        g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "-f", "raw", "-o", str(raw)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: streamed_samples(raw) >= 100 or g.poll() is not None, "100 samples streamed")
+        g.send_signal(signal.SIGINT)
+        _, err = g.communicate(timeout=60)
+        assert g.returncode == 0, err
+        assert re.search(r"Wrote .*rec.goflame: [\d,]+ samples, \d+ errors", err)
         assert no_thread_stopped(hog.pid)
     finally:
         hog.kill()
+        hog.wait()
     f1 = tmp_path / "a.folded"
     assert run("report", "folded", str(raw), "-o", str(f1)).returncode == 0
     f2 = tmp_path / "b.folded"
     assert run("report", "folded", str(f1), "-o", str(f2)).returncode == 0
-    assert folded_counts(f1) == folded_counts(f2) and sum(folded_counts(f1).values()) > 50
+    assert folded_counts(f1) == folded_counts(f2) and sum(folded_counts(f1).values()) >= 100
     svg = tmp_path / "a.svg"
     assert run("report", "svg", str(raw), "-o", str(svg)).returncode == 0
     ET.parse(svg)
@@ -172,66 +200,54 @@ def test_record_writes_every_format_and_report_round_trips(tmp_path):
 
 @pytest.mark.parametrize("how", ["sigint", "sigterm", "target-exit", "duration"])
 def test_every_stop_path_writes_the_output_and_leaves_the_target_running(tmp_path, how):
-    hog = subprocess.Popen([str(cpuhog()), "-d", "60s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hog = start_cpuhog("-d", "120s")
     out = tmp_path / "out.folded"
     try:
         args = [*GOFLAME, "record", "--pid", str(hog.pid), "-o", str(out)]
         if how == "duration":
             args += ["-d", "1.5"]
         g = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_samples(Path(str(out) + ".goflame"))
+        if how != "duration":  # stopped once 20 samples are in the streamed recording
+            raw = Path(str(out) + ".goflame")
+            wait_until(lambda: streamed_samples(raw) >= 20 or g.poll() is not None, "20 samples streamed")
         if how in ("sigint", "sigterm"):
             g.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
         elif how == "target-exit":
             hog.send_signal(signal.SIGINT)  # the workload exits cleanly on SIGINT
         _, err = g.communicate(timeout=60)
         assert g.returncode == 0, err
-        assert sum(folded_counts(out).values()) > 20, err
+        assert sum(folded_counts(out).values()) >= (1 if how == "duration" else 20), err
         if how == "target-exit":
             assert "exited" in err
         else:
             assert hog.poll() is None and no_thread_stopped(hog.pid)
     finally:
         hog.kill()
-
-
-def wait_for_samples(raw: Path, seconds: float = 1.5, limit: float = 60.0) -> None:
-    """Wait until goflame has streamed samples for about `seconds` (startup time varies)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if raw.exists() and raw.stat().st_size > 200:
-            time.sleep(seconds)
-            return
-        time.sleep(0.05)
-    raise AssertionError("goflame did not start recording")
+        hog.wait()
 
 
 def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
     """goflame stopped by Ctrl-Z (SIGTSTP) stops between ticks, holding nothing, after it
     flushed its recording. While goflame is stopped the target runs free; after `fg`
     (SIGCONT) goflame records on and writes its output. (Its stop guard traces goflame's
-    sampling thread, so a stopped goflame shows as "t", tracing stop, rather than "T".)"""
+    sampling thread, so a stopped goflame shows as "t", tracing stop, rather than "T"; "t" is
+    also the microseconds in which the guard passes the signal on, so "stopped" is "t" or "T"
+    with no CPU time added for a while.)"""
     workers = 2 * (os.cpu_count() or 1)
-    hog = subprocess.Popen([str(cpuhog()), "-d", "60s", "-workers", str(workers)],
-                           env={**os.environ, "GOMAXPROCS": str(workers)},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hog = start_cpuhog("-d", "120s", workers=workers, gomaxprocs=workers)
     out = tmp_path / "out.folded"
+    raw = Path(str(out) + ".goflame")
     g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "--engine", "ptrace", "-r", "500",
                           "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_samples(Path(str(out) + ".goflame"), seconds=0.5)
+        wait_until(lambda: streamed_samples(raw) >= 20, "goflame to stream samples")
         g.send_signal(signal.SIGTSTP)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "Tt":
-            assert time.monotonic() < deadline, "goflame did not stop on SIGTSTP"
-            time.sleep(0.01)
-        # "t" is also the microseconds in which the guard passes the signal on: 0.2 s later
-        # goflame is in the stop itself.
-        time.sleep(0.2)
-        assert Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "Tt"
-        cpu_before = process_cpu_ns(hog.pid)
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
+        wait_until(lambda: stopped_for_good(g.pid), "goflame to stop on SIGTSTP")
+        # While goflame is stopped the target gets half a CPU-second of work done, and no
+        # thread of it is ever traced or stopped meanwhile.
+        cpu_before = cpu_ns(hog.pid)
+
+        def untraced_while_it_runs() -> bool:
             for task in Path(f"/proc/{hog.pid}/task").iterdir():
                 try:
                     status = (task / "status").read_text()
@@ -239,13 +255,17 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
                     continue
                 assert re.search(r"^TracerPid:\s+0$", status, re.M), status
                 assert not re.search(r"^State:\s+t", status, re.M), status
-        assert process_cpu_ns(hog.pid) - cpu_before > 0.5e9  # it ran (on the CPUs it had)
+            return cpu_ns(hog.pid) - cpu_before > 0.5e9
+
+        wait_until(untraced_while_it_runs, "the target to run half a CPU-second while goflame is stopped", every=0)
+        assert stopped_for_good(g.pid)  # still stopped all along
+        after_stop = streamed_samples(raw)
         g.send_signal(signal.SIGCONT)
-        time.sleep(1.0)
+        wait_until(lambda: streamed_samples(raw) >= after_stop + 100, "100 more samples after SIGCONT")
         g.send_signal(signal.SIGINT)
         _, err = g.communicate(timeout=60)
         assert g.returncode == 0, err
-        assert sum(folded_counts(out).values()) > 100, err
+        assert sum(folded_counts(out).values()) >= after_stop + 100, err
         assert hog.poll() is None and no_thread_stopped(hog.pid)
     finally:
         g.kill()
@@ -253,46 +273,59 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
         hog.wait()
 
 
-def test_kill_9_of_goflame_keeps_the_raw_recording_up_to_the_last_second(tmp_path):
+def test_kill_9_of_goflame_keeps_every_sample_it_had_flushed(tmp_path):
+    """goflame streams its recording in chunks while it samples (every 0.5 s); SIGKILL loses
+    only what was not flushed yet. Watched from outside: once the file has grown three times
+    (three flushes seen, so flushing goes on while it records), goflame is killed; the
+    recording then reads as a whole, holding every sample the last look saw and more.
+    (How much the last flush lags the kill, at most a second, is timed in
+    bench/bench_flush.py: a budget, not a verdict.)"""
     from goflame.profile import read_recording
 
-    hog = subprocess.Popen([str(cpuhog()), "-d", "60s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hog = start_cpuhog("-d", "120s")
     out = tmp_path / "out.svg"
+    raw = Path(str(out) + ".goflame")
+    seen: list[tuple[int, int]] = []  # (size, samples) each time the file was seen to grow
+
+    def grew_three_times() -> bool:
+        size = raw.stat().st_size if raw.exists() else 0
+        if size and (not seen or size > seen[-1][0]):
+            # what a reader gets from the file as it is now (0 until the first chunk is whole)
+            seen.append((size, streamed_samples(raw)))
+        return len(seen) >= 4 and seen[-1][1] > seen[0][1]
+
     try:
         g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "-o", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_samples(Path(str(out) + ".goflame"), seconds=3.0)
-        killed_at = time.time()
+        wait_until(grew_three_times, "goflame's recording to grow three times", every=0.01)
         g.kill()
         g.wait()
-        time.sleep(0.3)
         assert hog.poll() is None and no_thread_stopped(hog.pid)
     finally:
         hog.kill()
-    raw = Path(str(out) + ".goflame")
+        hog.wait()
+    rec = read_recording(raw)
+    assert not rec.complete  # no end record: it was killed
+    assert len(rec.samples) >= seen[-1][1] > 0, (len(rec.samples), seen)
     folded = tmp_path / "after.folded"
     r = run("report", "folded", str(raw), "-o", str(folded))
     assert r.returncode == 0, r.stderr
-    assert sum(folded_counts(folded).values()) > 0
-    # What was lost is at most the last second before the kill (the wall clock is the judge).
-    rec = read_recording(raw)
-    last = max(smp.timestamp_ns for smp in rec.samples) / 1e9 + rec.meta.start_time
-    assert killed_at - last <= 1.0 + 0.2, (killed_at - last)
+    assert sum(folded_counts(folded).values()) == sum(smp.weight for smp in rec.samples)
 
 
 def test_launched_command_is_profiled_and_its_exit_status_reported(tmp_path):
     out = tmp_path / "launch.folded"
-    r = run("record", "-o", str(out), "--", str(cpuhog()), "-d", "3s")
+    # 3 s of CPU, not of the wall clock: ~300 samples at 100 Hz however busy the machine is.
+    r = run("record", "-o", str(out), "--", str(cpuhog()), "-cpu", "3s")
     assert r.returncode == 0, r.stderr
     assert "exited with status 0" in r.stderr
     # The launched program's own clock says how its CPU split (hot1 ~50 %); goflame's share
-    # must agree within what its sample count allows (4 sigma of a binomial, at least 10 points).
-    truth = float(re.search(r"share main\.hot1 ([\d.]+)%", r.stdout).group(1))
+    # must agree within what its sample count allows (Z sigma of a binomial, at least 10 points).
+    truth = hog_shares(r.stdout)["main.hot1"]
     counts = folded_counts(out)
-    n = sum(n for stack, n in counts.items() if any(h in stack.split(";") for h in HOT))
-    assert n >= 20, f"only {n} samples in the hot functions"
-    p = truth / 100
-    tolerance = max(10.0, 400 * math.sqrt(p * (1 - p) / n))
+    n = hot_samples(counts)
+    assert n >= 100, f"only {n} samples in the hot functions"
+    tolerance = share_tolerance(truth, n, floor=10.0)
     assert abs(shares(counts)["main.hot1"] - truth) <= tolerance, (shares(counts), truth, n)
 
 
@@ -330,9 +363,8 @@ def test_sampler_runs_at_its_normal_priority_between_pauses():
     import goflame
     from goflame.sampler import Sampler, SamplerConfig
 
-    hog = subprocess.Popen([str(cpuhog()), "-d", "5s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hog = start_cpuhog("-d", "60s")
     try:
-        time.sleep(0.3)
         before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
         seen: list[tuple[int, int]] = []
         with goflame.attach(hog.pid) as t:
@@ -347,22 +379,19 @@ def test_sampler_runs_at_its_normal_priority_between_pauses():
         hog.wait()
 
 
-def sample_busy_hog(engine: str, rate: float, seconds: float, *, before: Callable[[int], None] | None = None,
-                    after: Callable[[int], None] | None = None):
-    """Sample twice as many busy goroutines as CPUs (a thread each) for `seconds`; check that the
-    count of samples is the CPU time the kernel gave the target (a sample stands for 1/rate s
-    of CPU) and the hot functions' shares are the workload's own clock's. `before(pid)` runs
-    before sampling starts, `after(pid)` when it ended, goflame still attached. Returns the
-    sampler's stats."""
+def sample_busy_hog(engine: str, rate: float, samples: int, *, before: Callable[[int], None] | None = None,
+                    after: Callable[[int], None] | None = None, also_until: Callable[[], bool] = lambda: True):
+    """Sample twice as many busy goroutines as CPUs (a thread each) until `samples` samples are
+    in (and `also_until()`); check that the count of samples is the CPU time the kernel gave
+    the target (a sample stands for 1/rate s of CPU) and the hot functions' shares are the
+    workload's own clock's. `before(pid)` runs before sampling starts, `after(pid)` when it
+    ended, goflame still attached. Returns the sampler's stats."""
     import goflame
     from goflame.sampler import Sampler, SamplerConfig
 
     workers = 2 * (os.cpu_count() or 1)
-    hog = subprocess.Popen([str(cpuhog()), "-d", "20s", "-workers", str(workers)],
-                           env={**os.environ, "GOMAXPROCS": str(workers)},  # a thread per goroutine
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    hog = start_cpuhog("-d", "300s", workers=workers, gomaxprocs=workers)  # a thread per goroutine
     try:
-        time.sleep(0.5)
         got: Counter[str] = Counter()
 
         def add(samples) -> None:
@@ -374,9 +403,10 @@ def sample_busy_hog(engine: str, rate: float, seconds: float, *, before: Callabl
         if before is not None:
             before(hog.pid)
         with goflame.attach(hog.pid) as t:
-            cpu_before = process_cpu_ns(hog.pid)
-            st = Sampler(t, SamplerConfig(rate=rate, engine=engine)).run(add, duration=seconds)
-            cpu_s = (process_cpu_ns(hog.pid) - cpu_before) / 1e9
+            cpu_before = cpu_ns(hog.pid)
+            st = Sampler(t, SamplerConfig(rate=rate, engine=engine)).run(
+                add, duration=240, should_stop=lambda: got["(all)"] >= samples and also_until())
+            cpu_s = (cpu_ns(hog.pid) - cpu_before) / 1e9
             if after is not None:
                 after(hog.pid)
         hog.send_signal(signal.SIGINT)
@@ -385,16 +415,15 @@ def sample_busy_hog(engine: str, rate: float, seconds: float, *, before: Callabl
         hog.kill()
         hog.wait()
     assert st.engine == engine
+    assert got["(all)"] >= samples, (got, st)
     assert abs(got["(all)"] / (rate * cpu_s) - 1) <= 0.05, (got["(all)"], cpu_s, st.errors, st.missed)
-    own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
+    own = hog_shares(own_text)
     n = sum(v for k, v in got.items() if k in HOT)
-    assert n >= 500, got
     for h in HOT:
         # Samples of a queued thread are taken where it was preempted, and a thread owed
-        # samples is taken on consecutive ticks: neighbours correlate, so the bound is wider
-        # than the binomial 3 sigma of independent samples.
-        p = own[h] / 100
-        assert abs(100 * got[h] / n - own[h]) <= max(5.0, 4 * 100 * math.sqrt(p * (1 - p) / n)), (h, got, own)
+        # samples is taken on consecutive ticks: neighbours correlate, so the floor is wider
+        # than the binomial bound of independent samples.
+        assert abs(100 * got[h] / n - own[h]) <= share_tolerance(own[h], n, floor=5.0), (h, got, own)
     return st
 
 
@@ -403,7 +432,12 @@ def test_more_busy_threads_than_cpus_are_sampled_for_their_cpu_time_and_left_unt
     CPU, and an interrupted waiting thread stops only when the scheduler runs it again (where
     it was preempted: a sample as good as any). The count of samples is the CPU time the
     kernel gave the target, the shares are the workload's own, and no thread is left traced
-    or stopped."""
+    or stopped.
+
+    At 100 Hz: a pause waits for a queued thread to be run (a scheduler slice or two) and no
+    interrupt outlives its tick (a stopped goflame must not hold a stopped thread), so with
+    twice as many busy threads as CPUs the ptrace engine keeps ~150-220 ticks a second, and
+    at higher rates gives up (and counts) the rest. bench/bench_sampler.py measures that."""
 
     def untraced(pid: int) -> None:
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -411,7 +445,7 @@ def test_more_busy_threads_than_cpus_are_sampled_for_their_cpu_time_and_left_unt
             assert re.search(r"^TracerPid:\s+0$", status, re.M), status
             assert not re.search(r"^State:\s+t", status, re.M), status
 
-    sample_busy_hog("ptrace", 500, 4, after=untraced)
+    sample_busy_hog("ptrace", 100, 2000, after=untraced)
 
 
 def deny_perf_event_open() -> None:
@@ -445,10 +479,8 @@ def test_where_perf_is_refused_record_falls_back_to_ptrace_and_says_why(tmp_path
     """In a container whose seccomp profile refuses perf_event_open, `record` (engine auto)
     samples with ptrace instead, says why in one warning, and its shares are still the
     workload's own; `--engine perf` there is one line and exit code 4, before any output."""
-    hog = subprocess.Popen([str(cpuhog()), "-d", "20s"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True)
+    hog = start_cpuhog("-d", "120s")
     try:
-        time.sleep(0.3)
         out = tmp_path / "jail.folded"
         r = subprocess.run([*GOFLAME, "record", "--pid", str(hog.pid), "-d", "3", "-o", str(out)],
                            capture_output=True, text=True, timeout=120, preexec_fn=deny_perf_event_open)
@@ -465,10 +497,11 @@ def test_where_perf_is_refused_record_falls_back_to_ptrace_and_says_why(tmp_path
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("goflame: warning:")]
     assert len(warnings) == 1 and "perf_event_open was refused" in warnings[0] and "ptrace" in warnings[0], r.stderr
     assert "(ptrace)" in r.stderr.splitlines()[-1], r.stderr
-    ours = shares(folded_counts(out))
-    own = {m.group(1): float(m.group(2)) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
-    for h in HOT:  # 3 s at 100 Hz: ~300 samples, a binomial 3 sigma of at most ~8.7 points
-        assert abs(ours[h] - own[h]) <= 9, (h, ours, own)
+    counts = folded_counts(out)
+    ours, n = shares(counts), hot_samples(counts)
+    own = hog_shares(own_text)
+    for h in HOT:  # 3 s at 100 Hz: ~300 samples with a CPU to spare; the bound is the count's
+        assert abs(ours[h] - own[h]) <= share_tolerance(own[h], n, floor=5.0), (h, ours, own, n)
     assert forced.returncode == 4, forced.stderr
     assert forced.stderr.count("\n") == 1 and "perf_event_open was refused" in forced.stderr, forced.stderr
     assert "Traceback" not in forced.stderr and not (tmp_path / "forced.svg").exists()
@@ -477,45 +510,50 @@ def test_where_perf_is_refused_record_falls_back_to_ptrace_and_says_why(tmp_path
 SIGNAL_FRAMES = {"runtime.sigtramp", "runtime.cgoSigtramp", "runtime.sigreturn__sigaction", "runtime.sigreturn"}
 
 
+# Sends SIGURG to a process as fast as it can, until killed: Go's preemption signal, so Go's
+# handler runs all the time on every thread of it.
+_FLOOD = """
+import os, sys
+pid = int(sys.argv[1])
+while True:
+    os.kill(pid, 23)
+"""
+
+
 def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: list[str], tmp_path: Path,
                                            max_cut: float = 0.1) -> None:
-    import threading
-
-    target = subprocess.Popen([str(binary), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stop = threading.Event()
-
-    def flood() -> None:
-        while not stop.is_set():
-            try:
-                os.kill(target.pid, signal.SIGURG)
-            except ProcessLookupError:
-                return
-
+    """Under a flood of SIGURG, goflame records (in rounds) until 200 of its samples are in the
+    signal handler. None of them may be a stack rooted in the handler; a walk that cannot get
+    from the handler to what the signal interrupted is marked cut, and at most `max_cut` of
+    them are (binomially: the rate, not the count, is the bar)."""
+    target = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    flood = None
     try:
-        time.sleep(0.5)
-        sender = threading.Thread(target=flood)
-        sender.start()
-        out = tmp_path / "flood.folded"
-        try:
-            r = run("record", "--pid", str(target.pid), *opts, "-r", "400", "-d", "4", "-o", str(out))
-        finally:
-            stop.set()
-            sender.join()
-        assert r.returncode == 0, r.stderr
+        read_ready_line(target, binary.name)
+        flood = subprocess.Popen([sys.executable, "-c", _FLOOD, str(target.pid)])
+
+        def handler_samples(stacks: dict[str, int]) -> int:
+            return sum(n for st, n in stacks.items() if SIGNAL_FRAMES & set(st.split(";")))
+
+        folded = record_until(target.pid, tmp_path, [*opts, "-r", "1000"], lambda st: handler_samples(st) >= 200,
+                              "200 samples in the signal handler")
         assert no_thread_stopped(target.pid)
     finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
         target.kill()
         target.wait()
-    stacks = {tuple(st.split(";")): n for st, n in folded_counts(out).items()}
+    stacks = {tuple(st.split(";")): n for st, n in folded.items()}
     in_handler = {s: n for s, n in stacks.items() if SIGNAL_FRAMES & set(s)}
-    assert sum(in_handler.values()) >= 8, Counter(stacks).most_common(5)
     rooted_in_handler = {s: n for s, n in in_handler.items() if s[0] in SIGNAL_FRAMES}
     assert not rooted_in_handler, rooted_in_handler
     # Below the handler: the interrupted thread's own stack, from its first frame (or marked cut).
     # The interrupted stack (not the signal stack read in the stop or copied by the kernel) is
     # read live after the thread went on (perf: up to 50 ms later): some walks are cut, marked.
     cut = sum(n for s, n in in_handler.items() if s[0].startswith("[truncated"))
-    assert cut <= max(max_cut, 0.25 if "perf" in opts else 0) * sum(in_handler.values()), in_handler
+    bar = max(max_cut, 0.25 if "perf" in opts else 0)
+    assert binomial_upper_ok(cut, sum(in_handler.values()), bar), (cut, sum(in_handler.values()), bar, in_handler)
 
 
 @pytest.mark.parametrize("how", ["perf", "ptrace", "native"])
@@ -526,7 +564,7 @@ def test_samples_in_the_signal_handler_lead_back_to_what_the_signal_interrupted(
     rooted at runtime.sigtramp, the interrupted code lost (~2.5 % of samples here, 15 % with
     --native)."""
     opts = ["--native"] if how == "native" else ["--engine", how]
-    check_signal_handler_samples_lead_back(cpuhog(), ["-d", "30s", "-workers", "2"], opts, tmp_path)
+    check_signal_handler_samples_lead_back(cpuhog(), ["-d", "300s", "-workers", "2"], opts, tmp_path)
 
 
 def test_in_a_cgo_binary_samples_in_the_signal_handler_lead_back_too(tmp_path):
@@ -546,7 +584,7 @@ MATRIX_STATIC_STRIPPED = [s for v in gt.MATRIX for s in gt.matrix_specs(v) if s.
 def test_matrix_samples_in_the_signal_handler_lead_back(spec, tmp_path):
     """The handler's trampoline and restorer by each release's names (runtime.sigreturn before
     1.20), its frame sizes by each release's pcsp."""
-    check_signal_handler_samples_lead_back(cpuhog(spec), ["-d", "30s", "-workers", "2"], ["--engine", "ptrace"],
+    check_signal_handler_samples_lead_back(cpuhog(spec), ["-d", "300s", "-workers", "2"], ["--engine", "ptrace"],
                                            tmp_path)
 
 
@@ -580,12 +618,15 @@ def test_perf_engine_counts_the_kernels_cpu_time_and_never_stops_the_target():
         watcher[0].start()
 
     try:
-        st = sample_busy_hog("perf", 500, 4, before=start_watching)
+        st = sample_busy_hog("perf", 500, 4000, before=start_watching,
+                             also_until=lambda: seen_states["untraced"] > 100)
     finally:
         done.set()
         for w in watcher:
             w.join()
-    assert st.missed == 0 and st.errors <= 0.005 * st.samples + 2, st
+    # Samples the kernel lost (its ring full while goflame was slow to read it: `missed`) are
+    # a budget of bench/bench_sampler.py; here they only make the count fall short above.
+    assert binomial_upper_ok(st.errors, st.samples + st.errors, 0.005), st
     assert seen_states["untraced"] > 100 and not seen_states["traced"] and not seen_states["t"], seen_states
 
 
@@ -647,8 +688,12 @@ def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt
                 else:
                     other[(s.goroutine, s.frames[-1].function if s.frames else "")] += 1
 
+        # Until each spinner has been seen 20 times and 1,500 samples are in (a cap of 120 s:
+        # a spinner never seen is a failure below, not a wait forever).
         with goflame.attach(fx.pid) as t:
-            st = Sampler(t, SamplerConfig(rate=300, engine=engine)).run(add, duration=2)
+            sampler = Sampler(t, SamplerConfig(rate=300, engine=engine))
+            st = sampler.run(add, duration=120, should_stop=lambda: (
+                len(seen) >= spin and min(seen.values()) >= 20 and sampler.stats.samples >= 1500))
         assert st.engine == engine
         dump = parse_dump(fx.runtime_dump())
     finally:
@@ -657,8 +702,9 @@ def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt
     assert len(spinning) == spin, dump.keys()
     assert set(seen) == spinning, (seen, spinning, other)
     # A sample is dropped (an error) when the goroutine found for its thread is not the one
-    # whose stack the thread was on: ~1.5 % when it came from m.curg after the release.
-    assert st.errors <= 0.005 * st.samples + 2, (st.errors, st.samples)
+    # whose stack the thread was on: ~1.5 % when it came from m.curg after the release; the
+    # bar is 0.5 %.
+    assert binomial_upper_ok(st.errors, st.samples + st.errors, 0.005), (st.errors, st.samples)
 
 
 @pytest.mark.parametrize("engine", ["perf", "ptrace"])

@@ -2,6 +2,12 @@
 // each with a monotonic clock, so a profiler's shares can be checked against the truth.
 //
 //	go run ./examples/cpuhog -d 10s          # prints "share main.hot1 50.1%" ... at exit
+//	go run ./examples/cpuhog -cpu 3s         # ends once the process has used 3 s of CPU
+//
+// Once every worker has run each hot function, it prints "ready <pid> <workers>" on stdout
+// (tests wait for that line). -cpu sizes a run by the CPU time it burns rather than by the
+// wall clock: a profiler that samples CPU time then gets the same number of samples however
+// busy the machine is.
 package main
 
 import (
@@ -10,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -50,6 +57,7 @@ func hot3() { // one
 func main() {
 	dur := flag.Duration("d", 0, "run for this long (0: until SIGINT/SIGTERM)")
 	workers := flag.Int("workers", 1, "goroutines running the loop")
+	cpu := flag.Duration("cpu", 0, "run until the process has used this much CPU time (0: no limit)")
 	flag.Parse()
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
@@ -57,11 +65,17 @@ func main() {
 	if *dur > 0 {
 		deadline = time.After(*dur)
 	}
+	if *cpu > 0 {
+		deadline = cpuSpent(*cpu)
+	}
 	type result struct{ spent map[string]time.Duration }
 	done := make(chan struct{})
 	results := make(chan result, *workers)
+	var warm sync.WaitGroup
+	warm.Add(*workers)
 	for w := 0; w < *workers; w++ {
 		go func() {
+			first := true
 			spent := map[string]time.Duration{}
 			fns := []struct {
 				name string
@@ -79,9 +93,15 @@ func main() {
 					fn.f()
 					spent[fn.name] += time.Since(t)
 				}
+				if first {
+					first = false
+					warm.Done()
+				}
 			}
 		}()
 	}
+	warm.Wait()
+	fmt.Printf("ready %d %d\n", os.Getpid(), *workers)
 	fmt.Fprintf(os.Stderr, "cpuhog: pid %d, %d workers\n", os.Getpid(), *workers)
 	select {
 	case <-stop:
@@ -105,4 +125,23 @@ func main() {
 	for _, k := range names {
 		fmt.Printf("share %s %.2f%%\n", k, 100*float64(total[k])/float64(all))
 	}
+}
+
+// cpuSpent fires once the process (all its threads) has used `limit` of CPU time.
+func cpuSpent(limit time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	go func() {
+		for {
+			var ru syscall.Rusage
+			if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+				used := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+				if used >= limit {
+					ch <- time.Now()
+					return
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return ch
 }
