@@ -352,7 +352,8 @@ def record(pid: int | None, rate: float, duration: float | None, output: str | N
         median += f", {st.missed:,} samples lost by the kernel ({100 * st.missed / (st.samples + st.missed):.1f} %)"
     elif st.missed:
         median += f", {st.missed:,} ticks missed ({100 * st.missed / (st.ticks + st.missed):.1f} %)"
-    click.echo(f"Wrote {res.output}: {st.samples:,} samples, {st.errors:,} errors, {st.elapsed:.1f} s at "
+    cut = f", {res.truncated:,} truncated" if res.truncated else ""
+    click.echo(f"Wrote {res.output}: {st.samples:,} samples, {st.errors:,} errors{cut}, {st.elapsed:.1f} s at "
                f"{st.rate:.0f} Hz ({st.engine}){median}" + (f"; raw recording kept in {res.raw_path}" if res.raw_path and
                                               res.raw_path != res.output else ""), err=True)
     if res.exit_status is not None:

@@ -23,7 +23,7 @@ from goflame import __version__
 from goflame.errors import BadInput, GoflameError, OutputError
 from goflame.export import FORMATS, format_from_extension, write_profile
 from goflame.lifecycle import Watch, attach_launched, finish_child, launch
-from goflame.profile import RecordingMeta, RecordingWriter, read_recording
+from goflame.profile import RecordingMeta, RecordingWriter, Sample, read_recording
 from goflame.sampler import Sampler, SamplerConfig, SamplerStats, TargetEnd
 from goflame.target import Target
 
@@ -62,6 +62,7 @@ class RecordResult:
     exit_status: int | None = None  # the launched command's exit status
     target_exited: bool = False
     warnings: list[str] = field(default_factory=list)
+    truncated: int = 0  # samples whose walk stopped short: in the profile, under a [truncated: ...] root
 
     @property
     def target_end(self) -> str:
@@ -193,8 +194,11 @@ def _sample_to_raw(target: Target, config: SamplerConfig, opts: RecordOptions, w
         def should_stop() -> bool:
             return watch.should_stop() or (enough is not None and sampler.stats.samples >= enough)
 
-        stats = sampler.run(writer.add_all, duration=opts.duration, should_stop=should_stop,
-                            on_tick=on_tick)
+        def add(samples: list[Sample]) -> None:
+            result.truncated += sum(1 for s in samples if s.frames and s.frames[-1].function.startswith("[truncated"))
+            writer.add_all(samples)
+
+        stats = sampler.run(add, duration=opts.duration, should_stop=should_stop, on_tick=on_tick)
     except BaseException as e:
         kept = _keep_what_was_sampled(writer)
         if kept and isinstance(e, GoflameError):

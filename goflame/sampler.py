@@ -807,7 +807,7 @@ class Sampler:
                 try:
                     samples = self.sample(int((now - start) * 1e9))
                 except ProcessGone as e:
-                    st.target_gone(e, self.t.proc.memory.image_replaced())
+                    st.target_gone(e, self.t.proc.memory.ended_by_exec())
                     break
                 st.ticks += 1
                 if samples:
@@ -996,7 +996,7 @@ class KernelPoller:
         try:
             samples = s._from_kernel(raw, self.start_ns)
         except ProcessGone as e:  # exited: its memory went with it, and these samples too
-            st.target_gone(e, s.t.proc.memory.image_replaced())
+            st.target_gone(e, s.t.proc.memory.ended_by_exec())
             samples, ended = [], True
         st.samples += len(samples)
         self._jitter(now)
@@ -1010,7 +1010,7 @@ class KernelPoller:
         try:
             tids = set(s._threads(now))
         except ProcessGone as e:
-            s.stats.target_gone(e, s.t.proc.memory.image_replaced())
+            s.stats.target_gone(e, s.t.proc.memory.ended_by_exec())
             return set()
         for tid in tids - ps.tids:
             if ps.add(tid) and not s.t.proc.owns(tid):

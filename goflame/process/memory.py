@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import struct
+import time
 from collections.abc import Sequence
 from itertools import accumulate, chain
 from typing import Literal
@@ -237,6 +238,20 @@ class ProcessMemory:
         except OSError:
             return False
         return not self._process_gone()  # an exited process reads empty too
+
+    def ended_by_exec(self, timeout: float = 1.0) -> bool:
+        """After the target's threads went away: whether it exec'd (True) or exited.
+
+        An execve first ends every other thread (the kernel's de_thread) and only then
+        replaces the address space, so a sampler can find its threads gone while the old image
+        still reads: wait, as long as the process lives, for one or the other."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.image_replaced():
+                return True
+            if self._process_gone() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def close(self) -> None:
         if self._fd >= 0:
