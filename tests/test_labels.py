@@ -784,7 +784,7 @@ def pprof_tag_shares(go_minor: str, profile: Path, key: str) -> dict[str, float]
     return got
 
 
-@pytest.mark.parametrize("engine", ["perf", "ptrace"])
+@pytest.mark.parametrize("engine", ["perf", pytest.param("ptrace", marks=pytest.mark.matrix)])
 def test_cpu_by_label_in_goflames_pprof_equals_the_workers_own_clocks_and_the_runtimes_profile(engine, tmp_path):
     """Two labelled workers burn CPU at a 2:1 duty cycle, each clocking its own thread: the split
     `go tool pprof -tags` reads from goflame's pprof is theirs within 2 points, and within the

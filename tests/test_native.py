@@ -361,7 +361,7 @@ def check_cpu_samples_through_cgo_as_perf_sees_them(tmp_path: Path, frame_pointe
         assert abs(ours_shares[name] - p) <= against_truth, (name, ours_shares, OWN_SHARES, n_ours)
 
 
-@pytest.mark.slow
+@pytest.mark.matrix  # ~30 s: the slow tier (CI runs it after the fast one)
 def test_cpu_samples_show_the_go_chain_the_cgo_boundary_and_the_c_chain_as_perf_does(tmp_path):
     """C built -O2 without frame pointers: the C chain is unwound by its CFI alone."""
     check_cpu_samples_through_cgo_as_perf_sees_them(tmp_path, frame_pointers=False)

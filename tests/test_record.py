@@ -97,7 +97,7 @@ def hot_samples(stacks: Counter[str] | dict[str, int]) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["perf", "ptrace"])
+@pytest.mark.parametrize("engine", ["perf", pytest.param("ptrace", marks=pytest.mark.matrix)])
 def test_cpu_shares_match_the_workloads_own_clock_and_perf(engine, tmp_path):
     # goflame records (in rounds) until it has 3,000 samples in the hot functions: a 50 % share
     # then has a binomial sigma of 0.9 points; perf at 499 Hz has ~2x as many. One goroutine
@@ -427,6 +427,7 @@ def sample_busy_hog(engine: str, rate: float, samples: int, *, before: Callable[
     return st
 
 
+@pytest.mark.matrix  # ~15 s: the slow tier
 def test_more_busy_threads_than_cpus_are_sampled_for_their_cpu_time_and_left_untraced():
     """Twice as many busy goroutines as CPUs: at any instant some threads in state R wait for a
     CPU, and an interrupted waiting thread stops only when the scheduler runs it again (where
@@ -556,7 +557,7 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
     assert binomial_upper_ok(cut, sum(in_handler.values()), bar), (cut, sum(in_handler.values()), bar, in_handler)
 
 
-@pytest.mark.parametrize("how", ["perf", "ptrace", "native"])
+@pytest.mark.parametrize("how", ["perf", "ptrace", pytest.param("native", marks=pytest.mark.matrix)])
 def test_samples_in_the_signal_handler_lead_back_to_what_the_signal_interrupted(how, tmp_path):
     """A thread running Go's signal handler (here under a flood of SIGURG, Go's preemption
     signal) is sampled on its signal stack; the walk goes on from the registers the kernel saved
@@ -567,6 +568,7 @@ def test_samples_in_the_signal_handler_lead_back_to_what_the_signal_interrupted(
     check_signal_handler_samples_lead_back(cpuhog(), ["-d", "300s", "-workers", "2"], opts, tmp_path)
 
 
+@pytest.mark.matrix  # ~15 s: the slow tier
 def test_in_a_cgo_binary_samples_in_the_signal_handler_lead_back_too(tmp_path):
     """With cgo the handler is entered through runtime.cgoSigtramp (and the restorer is libc's).
     Signals that interrupt the scheduler on g0 or C code are cut more often (~20 % here): that

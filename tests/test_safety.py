@@ -226,7 +226,9 @@ STOP_MODES = {
 }
 
 
-@pytest.mark.parametrize("mode", list(STOP_MODES))
+# One mode in the fast tier, the others (~15 s each) in the slow tier that CI runs after it.
+@pytest.mark.parametrize("mode", [m if m == "ptrace-1000" else pytest.param(m, marks=pytest.mark.matrix)
+                                  for m in STOP_MODES])
 def test_goflame_stopped_at_random_moments_never_leaves_a_thread_of_the_target_stopped(mode, tmp_path):
     """20 SIGSTOPs of goflame at random moments while it pauses threads a thousand times a
     second: 0.5 s later no thread of the target is stopped, every time (goflame's stop

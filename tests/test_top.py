@@ -346,7 +346,7 @@ def test_every_key_changes_the_view_and_q_leaves_the_terminal_usable():
         t.close()
 
 
-@pytest.mark.slow
+@pytest.mark.matrix  # ~13 s: the slow tier
 def test_ctrl_c_and_a_launched_command_ending_both_restore_the_terminal(tmp_path):
     hog = start_hog("120s")
     t = Tmux()
