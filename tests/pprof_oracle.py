@@ -5,6 +5,7 @@ Everything here runs Go's own tools; parsing their text is the only code of ours
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from collections import Counter
@@ -127,3 +128,72 @@ def go_test_profile(out: Path, *, iterations: int, slow: bool = False, switch: s
     assert r.returncode == 0, f"go test -bench failed:\n{r.stdout}\n{r.stderr}"
     assert out.exists()
     return out
+
+
+def total_samples(path: Path) -> int:
+    """The profile's sample count as `go tool pprof -top -sample_index=samples` totals it."""
+    out = go_pprof("-top", "-nodecount=1", "-sample_index=samples", path)
+    m = re.search(r"^Showing nodes accounting for \S+, \S+% of (\S+) total$", out, re.M)
+    assert m, f"no total in go tool pprof -top:\n{out}"
+    return value(m.group(1))
+
+
+def go_test_profiles_interleaved(sides: dict[str, bool], directory: Path, *, min_samples: int, rounds: int = 6,
+                                 switch: str = "env", first_iterations: int = 3000,
+                                 timeout: float = 900) -> dict[str, Path]:
+    """CPU profiles of examples/regress's benchmark, `directory/<side>.pprof` for each side of
+    `sides` (its value: the slow switch on), each made of chunks run in turn with the other
+    sides' chunks, so that all sides see the same machine: a busy neighbour, a slow patch of
+    memory or a change of CPU clock then changes every side alike, not one.
+
+    Round after round, each side runs one chunk (the same iterations for every side; the order
+    rotates each round) until every side has `min_samples` samples: sized by samples, not by
+    iterations. After the first round the chunk size is set from the samples per iteration seen
+    so far, so that about `rounds` rounds get there whatever the CPU's speed. Each side's chunks
+    are merged by `go tool pprof -proto` (Go's own tool), and the merge is checked to hold
+    exactly the chunks' samples.
+
+    `go test -c` builds the test binary once; each chunk is that binary run the way `go test
+    -bench -cpuprofile` runs it (in the package directory, -test.bench, -test.benchtime Nx,
+    -test.cpuprofile), so every sample is written by the Go runtime's own profiler.
+    """
+    root = gt.goroot(gt.FAST)
+    env = gt.go_env(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    exe = directory / "regress.test"
+    r = subprocess.run([str(root / "bin" / "go"), "test", "-c", "-o", str(exe)], cwd=REGRESS, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"go test -c failed:\n{r.stdout}\n{r.stderr}"
+    names = list(sides)
+    chunks: dict[str, list[Path]] = {n: [] for n in names}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
+    iterations = first_iterations
+    for rnd in range(4 * rounds):
+        if rnd and min(counts.values()) >= min_samples:
+            break
+        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+            out = directory / f"{name}.{rnd}.pprof"
+            args = [str(exe), "-test.run", "^$", "-test.bench", ".", "-test.count", "1",
+                    "-test.benchtime", f"{iterations}x", "-test.cpuprofile", str(out)]
+            cenv = dict(env)
+            if sides[name] and switch == "env":
+                cenv["REGRESS_SLOW"] = "1"
+            elif sides[name]:
+                args.append("-slow")
+            r = subprocess.run(args, cwd=REGRESS, env=cenv, capture_output=True, text=True, timeout=timeout)
+            assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+            chunks[name].append(out)
+            counts[name] += total_samples(out)
+        if rnd == 0:
+            # the sparsest side's samples per iteration sizes the chunks of the rounds to come
+            per_iteration = min(counts.values()) / iterations
+            iterations = max(first_iterations, math.ceil(min_samples / (rounds - 1) / max(per_iteration, 1e-9)))
+    else:
+        raise AssertionError(f"{4 * rounds} rounds gave only {counts} samples, want {min_samples} a side")
+    merged = {}
+    for name in names:
+        out = directory / f"{name}.pprof"
+        go_pprof("-proto", "-output", out, *chunks[name])
+        assert total_samples(out) == counts[name], f"{out}: the merge lost samples"
+        merged[name] = out
+    return merged

@@ -1,6 +1,12 @@
 """`goflame diff` on real profiles made by `go test -bench -cpuprofile`: a function made 2x
 slower by a switch is flagged, alone, with exit 1; two runs of unchanged code pass; the numbers
-equal what `go tool pprof` says of the same files; bad input is one line and exit 2."""
+equal what `go tool pprof` says of the same files; bad input is one line and exit 2.
+
+The real runs are made interleaved (chunks of base, slow and base2 in turn, each side merged by
+`go tool pprof -proto`) and sized by samples: run one after the other, a noisy machine once made
+the slow run's other functions 42 % dearer while checksum only doubled, and the 2x growth looked
+like noise (+8.5 pp of share, z 2.65). Side by side, the machine's drift falls on every side alike.
+"""
 
 from __future__ import annotations
 
@@ -32,16 +38,27 @@ from goflame.errors import BadInput
 from goflame.export import write_profile
 from goflame.frame import Frame
 from goflame.profile import Profile, RecordingMeta, Sample
-from pprof_oracle import REGRESS, go_pprof, go_test_profile, top_table, traces_folded
+from pprof_oracle import (
+    REGRESS,
+    go_pprof,
+    go_test_profile,
+    go_test_profiles_interleaved,
+    top_table,
+    total_samples,
+    traces_folded,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 CHECKSUM = "example.com/regress.checksum"
-# Enough iterations for ~1,000 CPU samples per run (Go samples CPU time, so the count does not
-# depend on how busy the machine is, but it does on how fast its CPU is): a 2x slower checksum
-# moves its share by ~17 percentage points (10 to 24 on a loaded machine), which needs ~1000
-# samples a side to tell from noise at 99 % every time. 45000 gave 1,050-1,400 samples on the
-# VM the defaults were tuned on and ~540 on a faster one, where 4 of 9 slow pairs were caught.
+# Samples per side of the `runs` fixture (the slow side gets ~1.5x as many: the same iterations
+# per chunk, checksum's twice the work). A 2x slower checksum moves its share by ~17 percentage
+# points; with 2,000 samples a side and diff's 5 % run-to-run term that is z ~6-7.5, twice the
+# ~3.3 that Holm's correction over the report asks at 99 %, and base vs base2 stays near z 1.
+SAMPLES = 2000
+# Iterations for the tests that run `go test` whole, one run after the other (the CI gate script,
+# the matrix): ~1,100-1,700 CPU samples here (Go samples CPU time, so the count does not depend
+# on how busy the machine is, but it does on how fast its CPU is). 45000 gave ~540 on a faster VM.
 ITERATIONS = 90000
 NS = {"s": "http://www.w3.org/2000/svg"}
 
@@ -52,12 +69,10 @@ def goflame(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("regress")
-    return {
-        "base": go_test_profile(d / "base.pprof", iterations=ITERATIONS),
-        "base2": go_test_profile(d / "base2.pprof", iterations=ITERATIONS),
-        "slow": go_test_profile(d / "slow.pprof", iterations=ITERATIONS, slow=True, switch="flag"),
-    }
+    """base, slow (checksum 2x, by the -slow flag) and base2, interleaved chunk by chunk so the
+    three see the same machine, each at least SAMPLES samples."""
+    return go_test_profiles_interleaved({"base": False, "slow": True, "base2": False},
+                                        tmp_path_factory.mktemp("regress"), min_samples=SAMPLES, switch="flag")
 
 
 def shares_from_traces(path: Path) -> tuple[dict[str, float], dict[str, float]]:
@@ -171,12 +186,18 @@ def test_differential_flame_graph_has_news_shape_and_colours_by_change(runs, tmp
     assert root.find(".//s:script", NS) is not None and root.find(".//s:text[@id='gf-search']", NS) is not None
 
 
-def test_too_few_samples_gives_a_warning(tmp_path):
+def test_too_few_samples_gives_a_warning_and_still_a_verdict(tmp_path):
+    # a real but tiny profile (fewer samples than 10 x --min-samples, by go tool pprof's count),
+    # against a byte-for-byte copy of itself: nothing changed, so the verdict is exit 0 for sure
     a = go_test_profile(tmp_path / "a.pprof", iterations=300)
-    b = go_test_profile(tmp_path / "b.pprof", iterations=300)
-    r = goflame("diff", a, b)
-    assert r.returncode in (0, 1)
-    assert "warning:" in r.stderr and "too few to judge" in r.stderr
+    assert 0 < total_samples(a) < 100
+    same = tmp_path / "same.pprof"
+    shutil.copyfile(a, same)
+    r = goflame("diff", a, same)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no significant regression" in r.stdout
+    warned = [ln for ln in r.stderr.splitlines() if "too few to judge" in ln]
+    assert len(warned) == 2 and all(ln.startswith("goflame: warning:") for ln in warned), r.stderr
 
 
 def test_goflame_recordings_measure_their_own_dispersion(tmp_path):
@@ -194,7 +215,6 @@ def test_goflame_recordings_measure_their_own_dispersion(tmp_path):
     assert r.returncode == 0, r.stdout
     assert report["dispersion_source"] == "measured from sample times"
     assert report["base"]["dispersion"] is not None and report["new"]["dispersion"] is not None
-    assert report["dispersion"] == max(1.0, report["base"]["dispersion"], report["new"]["dispersion"])
 
 
 @pytest.mark.matrix
