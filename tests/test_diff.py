@@ -392,6 +392,11 @@ def test_diff_svg_renders_without_a_base_function_in_new():
 # examples/ci: the gate script on a real repository with a real slow-down
 
 
+# Iterations of one round of the gate script (4 rounds a side, alternated): ~2,000 samples a
+# side here, which the 2x checksum's share change needs to be told from noise every time.
+GATE_ROUND = 40000
+
+
 def test_ci_gate_script_fails_a_change_that_slows_checksum(tmp_path):
     repo = tmp_path / "repo"
     pkg = repo / "bench"
@@ -416,7 +421,7 @@ def test_ci_gate_script_fails_a_change_that_slows_checksum(tmp_path):
 
     root = gt.goroot(gt.FAST)
     genv = {**gt.go_env(root), **{k: v for k, v in env.items() if k.startswith("GIT_")},
-            "OUT": str(tmp_path / "out"), "BENCHTIME": f"{ITERATIONS}x",
+            "OUT": str(tmp_path / "out"), "BENCHTIME": f"{GATE_ROUND}x", "ROUNDS": "4",
             "GOFLAME": f"{sys.executable} -m goflame.cli", "PYTHONPATH": str(ROOT)}
     r = subprocess.run(["bash", str(ROOT / "examples" / "ci" / "gate.sh"), base, head, "bench"], cwd=repo,
                        env=genv, capture_output=True, text=True, timeout=1800)
