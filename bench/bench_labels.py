@@ -20,7 +20,8 @@ read_many calls and of requests in them; then a CPU profile of one cold decode.
 
     .venv/bin/python bench/bench_labels.py [--goroutines 10000] [--reps 5] [--go 1.27 1.23 1.19]
 
-No budget is stated for labels (issue 16); the ratios are the figures.
+Budget (issue 16): `goflame dump` of the labelled goroutines with their labels within 1.5x
+of the same dump without them (`dump_budget`).
 """
 
 from __future__ import annotations
@@ -135,8 +136,27 @@ def bench_release(go: str, n: int, reps: int) -> None:
         finally:
             proc.close()
             binary.close()
+        dump_budget(p.pid, n, reps)
     finally:
         bl.stop(p)
+
+
+def dump_budget(pid: int, n: int, reps: int) -> None:
+    """Issue 16's budget: `goflame dump` of goroutines that all carry labels, with their labels
+    (`--labels`: read, decoded and printed), within 1.5x of the same dump without them. Each
+    a fresh attach, as a user runs it; the two alternate, medians compared."""
+    from goflame.dump import dump_goroutines
+
+    plain: list[Timed] = []
+    labelled: list[Timed] = []
+    for _ in range(reps):
+        plain.append(timed(lambda: dump_goroutines(pid)))
+        labelled.append(timed(lambda: dump_goroutines(pid, labels=True)))
+    base = statistics.median(t.wall for t in plain)
+    with_labels = statistics.median(t.wall for t in labelled)
+    print(f"  dump without labels {base * 1e3:.0f} ms, with --labels {with_labels * 1e3:.0f} ms (medians of {reps})")
+    bl.budget(f"dump of {n:,} labelled goroutines with their labels / without (median wall)", with_labels / base,
+              1.5, unit="x", cpu=statistics.median(t.cpu for t in labelled) / statistics.median(t.cpu for t in plain))
 
 
 def main() -> None:

@@ -196,9 +196,10 @@ class Pauser:
     second goflame) is skipped and counted in `busy`, never an error.
 
     With `boost` the calling thread runs SCHED_FIFO (priority 1, reset on fork) for the
-    duration of a pause only, when the kernel allows it: while it holds a thread of the
-    target it must not lose its CPU to an ordinary thread for a scheduler slice; between
-    pauses it runs at its normal priority and cannot starve anything. With `guard`, a
+    duration of a pause only, at most BOOST_NS of it, when the kernel allows it: while it
+    holds a thread of the target it must not lose its CPU to an ordinary thread for a
+    scheduler slice; between pauses (and after the first millisecond of a long one) it runs
+    at its normal priority and cannot starve anything. With `guard`, a
     `StopGuard` (guard.py) makes sure goflame cannot be stopped while it holds a thread.
     """
 
@@ -206,6 +207,9 @@ class Pauser:
                  guard: bool = False) -> None:
         self.pid = pid
         self.boost = boost
+        self._boosted: tuple[int, os.sched_param] | None = None
+        self._boost_due = False
+        self._boost_until = 0
         self._task = task
         self._want_guard = guard
         self._guard: StopGuard | None = None
@@ -247,17 +251,20 @@ class Pauser:
                     # interrupted: each one is seized and interrupted as it comes.
                     pending: dict[int, _Tracee] = {}
                     for tid in tids:
+                        self._boost_spent()
                         if tid not in asked:
                             asked.add(tid)
                             t = self._seize_and_interrupt(tid, just_before)
                             if t is not None:
                                 pending[tid] = t
                     while pending:
+                        self._boost_spent()
                         t = pending.pop(self._next_stop(pending))
                         if self._wait_stop(t):
                             self._sample(t, while_stopped, out)
                 else:
                     for tid in tids:
+                        self._boost_spent()
                         if tid not in asked:
                             asked.add(tid)
                             t = self._seize_and_interrupt(tid, just_before)
@@ -278,17 +285,39 @@ class Pauser:
             self._guard = StopGuard.start()
         guard = self._guard.holding() if self._guard is not None else contextlib.nullcontext()
         with guard:
-            boosted = self._boost() if self.boost else None
+            self._boost_due = self.boost  # from the first seize on: see _boost_spent
             try:
                 yield
             finally:
-                if boosted is not None:
-                    _unboost(boosted)
+                self._end_boost()
+
+    def _start_boost(self) -> None:
+        """Real-time from the moment a thread of the target is first seized: what the caller
+        does before (deciding which threads are due, over 2,000 of them) is no reason to
+        keep the target from the CPU."""
+        if self._boost_due:
+            self._boost_due = False
+            self._boosted = self._boost() if self.boost else None
+            self._boost_until = time.perf_counter_ns() + BOOST_NS
+
+    def _boost_spent(self) -> None:
+        """Called between the steps of a pause: a pause that outlasts BOOST_NS (many due
+        threads: 2,000 threads at a tick) goes on at normal priority. Real-time for that long
+        would keep the target's own threads from the CPU longer than a preemption would cost
+        the threads held (bench/bench_gap.py, threads-2000)."""
+        if self._boosted is not None and time.perf_counter_ns() > self._boost_until:
+            self._end_boost()
+
+    def _end_boost(self) -> None:
+        boosted, self._boosted = self._boosted, None
+        if boosted is not None:
+            _unboost(boosted)
 
     def _seize_and_interrupt(self, tid: int, just_before: Callable[[int], None] | None = None) -> _Tracee | None:
         if not self._owns(tid):
             self.not_ours += 1
             return None
+        self._start_boost()
         t = self._seize(tid)
         if t is None:
             return None
@@ -357,11 +386,13 @@ class Pauser:
             try:
                 tracees = []
                 for tid in dict.fromkeys(tids):
+                    self._boost_spent()
                     asked = True
                     t = self._seize_and_interrupt(tid)
                     if t is not None:
                         tracees.append(t)
                 for t in tracees:
+                    self._boost_spent()
                     if self._wait_stop(t):
                         raw = self._getregs(t)
                         if raw is not None:
@@ -541,6 +572,9 @@ class Pauser:
                     return
             if not self._on_status(t, status):
                 return  # it exited and waitpid reaped it
+
+
+BOOST_NS = 1_000_000  # the longest stretch of a pause run SCHED_FIFO
 
 
 def _unboost(saved: tuple[int, os.sched_param]) -> None:
