@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import math
 import os
 import re
 import selectors
@@ -34,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gotoolchain as gt
-from conftest import FIXTURES
+from conftest import FIXTURES, share_tolerance
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.layout import layout_from_table
 from goflame.labels import EMPTY, LabelCaps, LabelError, LabelReader, Labels, LabelStore
@@ -786,17 +785,21 @@ def pprof_tag_shares(go_minor: str, profile: Path, key: str) -> dict[str, float]
 
 @pytest.mark.parametrize("engine", ["perf", pytest.param("ptrace", marks=pytest.mark.matrix)])
 def test_cpu_by_label_in_goflames_pprof_equals_the_workers_own_clocks_and_the_runtimes_profile(engine, tmp_path):
-    """Two labelled workers burn CPU at a 2:1 duty cycle, each clocking its own thread: the split
-    `go tool pprof -tags` reads from goflame's pprof is theirs within 2 points, and within the
-    binomial noise of the runtime's own labelled CPU profile of the same span."""
+    """Two labelled workers burn CPU 2:1 (by work, in lockstep rounds), each clocking its own
+    thread: the split of their samples that `go tool pprof -tags` reads from goflame's pprof
+    is theirs within 2 points (or the binomial bound of the samples taken, if wider), and within
+    the binomial noise of the runtime's own labelled CPU profile."""
     theirs = tmp_path / "runtime.pb.gz"
     ours = tmp_path / "goflame.pb.gz"
+    # ptrace at 100 Hz: beyond the ticks it can keep on a loaded machine (missed, and counted),
+    # a thread that sleeps between bursts loses owed samples that one running on takes later.
+    rate, samples = (1000, 10000) if engine == "perf" else (100, 3000)
     fx = subprocess.Popen([str(gt.build(FIXTURES / "labelcpu")), "-cpuprofile", str(theirs)], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
     try:
         assert fx.stdout is not None and fx.stdout.readline().startswith("ready")
-        r = subprocess.run([sys.executable, "-m", "goflame.cli", "record", "--engine", engine, "-r", "400",
-                            "--samples", "2000", "-d", "60", "--pid", str(fx.pid), "-o", str(ours)],
+        r = subprocess.run([sys.executable, "-m", "goflame.cli", "record", "--engine", engine, "-r", str(rate),
+                            "--samples", str(samples), "-d", "60", "--pid", str(fx.pid), "-o", str(ours)],
                            capture_output=True, text=True, timeout=120)
         fx.stdin.write("stop\n")
         fx.stdin.flush()
@@ -808,12 +811,19 @@ def test_cpu_by_label_in_goflames_pprof_equals_the_workers_own_clocks_and_the_ru
     assert lines[2] == "done", lines
     clock = {m.group(1): int(m.group(2)) for m in (re.match(r"cpu worker=(\w) (\d+)", x) for x in lines[:2]) if m}
     own = {k: 100 * v / sum(clock.values()) for k, v in clock.items()}
-    got = pprof_tag_shares("1.27", ours, "worker")
+    got = workers_only(pprof_tag_shares("1.27", ours, "worker"))
     n = int(re.search(r"([\d,]+) samples", r.stderr).group(1).replace(",", ""))
-    assert n >= 2000, r.stderr
+    assert n >= samples, r.stderr
     for w in ("a", "b"):
-        assert abs(got[w] - own[w]) <= 2.0, (got, own)
-    runtime_view = pprof_tag_shares("1.27", theirs, "worker")
+        assert abs(got[w] - own[w]) <= share_tolerance(own[w], n, floor=2.0), (got, own, n)
+    runtime_view = workers_only(pprof_tag_shares("1.27", theirs, "worker"))
+    n_runtime = int(sum(clock.values()) / 1e7)  # the runtime's profiler: a sample per 10 ms of CPU
     for w in ("a", "b"):
-        # The runtime's profiler samples at 100 Hz: its own binomial noise over the span.
-        assert abs(got[w] - runtime_view[w]) <= 2.0 + 3 * 100 * math.sqrt(0.25 / 300), (got, runtime_view)
+        assert abs(got[w] - runtime_view[w]) <= share_tolerance(own[w], n, max(n_runtime, 1), floor=2.0), (
+            got, runtime_view, n_runtime)
+
+
+def workers_only(shares: dict[str, float]) -> dict[str, float]:
+    """Shares of the two workers among their own samples (the runtime's few, unlabelled, left out)."""
+    both = shares["a"] + shares["b"]
+    return {w: 100 * shares[w] / both for w in ("a", "b")}
