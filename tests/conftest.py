@@ -80,15 +80,17 @@ def read_ready_line(proc: subprocess.Popen, what: str, timeout: float = READY_TI
     return line
 
 
-def wait_until(cond: Callable[[], T], what: str, timeout: float = 60.0, every: float = 0.02) -> T:
-    """Poll `cond` until it returns something true (returned), or fail naming `what`."""
+def wait_until(cond: Callable[[], T], what: str | Callable[[], str], timeout: float = 60.0,
+               every: float = 0.02) -> T:
+    """Poll `cond` until it returns something true (returned), or fail naming `what` (a
+    callable: made at the failure, to describe the state then)."""
     deadline = time.monotonic() + timeout
     while True:
         got = cond()
         if got:
             return got
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
         time.sleep(every)
 
 

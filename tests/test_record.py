@@ -226,6 +226,27 @@ def test_every_stop_path_writes_the_output_and_leaves_the_target_running(tmp_pat
         hog.wait()
 
 
+def job_control_defaults() -> None:
+    """preexec_fn: SIGTSTP, SIGCONT and SIGCHLD at their default actions, nothing blocked."""
+    for sig in (signal.SIGTSTP, signal.SIGCONT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def signal_status(pid: int) -> str:
+    """State and signal masks of each thread of `pid`, for a failure message."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        keep = [ln for ln in lines if ln.split(":")[0] in ("State", "TracerPid", "SigPnd", "ShdPnd", "SigBlk",
+                                                          "SigIgn")]
+        out.append(f"{task.name}: " + ", ".join(" ".join(ln.split()) for ln in keep))
+    return "; ".join(out)
+
+
 def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
     """goflame stopped by Ctrl-Z (SIGTSTP) stops between ticks, holding nothing, after it
     flushed its recording. While goflame is stopped the target runs free; after `fg`
@@ -237,12 +258,17 @@ def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
     hog = start_cpuhog("-d", "120s", workers=workers, gomaxprocs=workers)
     out = tmp_path / "out.folded"
     raw = Path(str(out) + ".goflame")
+    # As a shell starts a job: a process group of its own (the kernel discards SIGTSTP sent to
+    # an orphaned one, as a detached CI runner's may be) and job-control signals at their
+    # defaults (ignored or blocked ones are inherited from whatever ran the tests).
     g = subprocess.Popen([*GOFLAME, "record", "--pid", str(hog.pid), "--engine", "ptrace", "-r", "500",
-                          "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         process_group=0, preexec_fn=job_control_defaults)
     try:
         wait_until(lambda: streamed_samples(raw) >= 20, "goflame to stream samples")
         g.send_signal(signal.SIGTSTP)
-        wait_until(lambda: stopped_for_good(g.pid), "goflame to stop on SIGTSTP")
+        wait_until(lambda: stopped_for_good(g.pid),
+                   lambda: f"goflame to stop on SIGTSTP; its threads: {signal_status(g.pid)}")
         # While goflame is stopped the target gets half a CPU-second of work done, and no
         # thread of it is ever traced or stopped meanwhile.
         cpu_before = cpu_ns(hog.pid)
