@@ -154,6 +154,7 @@ class StackCollector:
             movers = [i for i, g in enumerate(gs) if g.status == G_RUNNING and g.goid not in regs]
             if not movers:
                 break
+            self.proc.relist_threads()  # the M running it now may be a thread started since
             try:
                 ms, _bad = self.reader.machines()
             except InvalidMemory:

@@ -116,6 +116,12 @@ class Process:
                 tid = self._host_tids.get(ns_tid)
         return tid or 0
 
+    def relist_threads(self) -> None:
+        """Let the next unknown thread id read the task list again at once (not after
+        NS_REFRESH_S): for a one-shot look, such as a dump's second try at a goroutine the
+        scheduler moved to a thread started since the list was read."""
+        self._host_tids_time = float("-inf")
+
     def maps(self) -> list[MemoryMap]:
         return procfs.maps(self.pid)
 
