@@ -246,10 +246,14 @@ class ProcessMemory:
         replaces the address space, so a sampler can find its threads gone while the old image
         still reads: wait, as long as the process lives, for one or the other."""
         deadline = time.monotonic() + timeout
+        gone_looks = 0
         while True:
             if self.image_replaced():
                 return True
-            if self._process_gone() or time.monotonic() >= deadline:
+            # While the exec'ing thread takes over the leader's pid, the process can look like
+            # a zombie for a moment: an exit is a process that stays gone for 100 ms.
+            gone_looks = gone_looks + 1 if self._process_gone() else 0
+            if gone_looks >= 20 or time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
 
