@@ -25,6 +25,7 @@ import pytest
 
 import gotoolchain as gt
 from conftest import FIXTURES
+from conftest import task_states as thread_states
 
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 STRACE = shutil.which("strace")
@@ -32,17 +33,6 @@ STRACE = shutil.which("strace")
 
 def spinner() -> Path:
     return gt.build(FIXTURES / "spinner")
-
-
-def thread_states(pid: int) -> dict[int, str]:
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        out[int(tid)] = stat.rsplit(")", 1)[1].split()[0]
-    return out
 
 
 def process_state(pid: int) -> str:
