@@ -375,6 +375,10 @@ class GoUnwinder:
                     return Walk(frames, "bounds")
                 append(PhysicalFrame(pc, sp, fp, f, trap or (pc - bias) == f.entry))
                 if flag & (FLAG_TOPFRAME | FLAG_SPWRITE):
+                    if name == "runtime.morestack" and not innermost and on_system_stack is not None:
+                        # newstack's caller on g0 with no goroutine to jump to: Go's traceback
+                        # would have gone on into curg, so this stack is cut, not whole.
+                        return Walk(frames, "morestack")
                     return Walk(frames, "top" if flag & FLAG_TOPFRAME else "spwrite")
                 if lr == 0:
                     ra = fp - PTR
