@@ -217,7 +217,20 @@ class StackCollector:
             walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, stack), g0_bounds, stopped)
             return self._stack(g, walk, "registers", tid, pause_ns)
         walk, start = self._registers_walk(snap, g, m, r, data, system_stacks)  # type: ignore[arg-type]
+        if start == "registers" and walk.stop == "bounds" and not walk.frames:
+            moved = self._moved_off(g)
+            if moved is not None:
+                return moved
         return self._stack(g, walk, start, tid, pause_ns)
+
+    def _moved_off(self, g: Goroutine) -> GoroutineStack | None:
+        """A goroutine whose thread, once paused, was on none of its stacks: the scheduler took
+        it off that thread in between (a stop-the-world preempts every running goroutine). Read
+        again, parked now, its saved context is its stack and its state is the current one."""
+        fresh = self.reader.read_g(g.addr)
+        if fresh is None or fresh.goid != g.goid or fresh.status == G_RUNNING:
+            return None
+        return self.collect_parked([fresh])[0]
 
     def _registers_walk(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes,
                         system_stacks: bool, in_signal: bool = False) -> tuple[Walk, str]:

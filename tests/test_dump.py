@@ -49,6 +49,9 @@ def parse_dump(text: str) -> dict[int, Block]:
                 created = (line, lines[i + 1] if i + 1 < len(lines) else "")
                 i += 2
                 continue
+            if line.strip() == "goroutine running on other thread; stack unavailable":
+                i += 1  # the runtime's words for a running goroutine it could not walk: no frames
+                continue
             if line.startswith("..."):
                 frames.append((line, ""))
                 i += 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import Func
 from goflame.frame import FrameKind
-from goflame.runtime import G_SYSCALL, G_WAITING, Goroutine
+from goflame.runtime import G_RUNNING, G_SYSCALL, G_WAITING, Goroutine
 from goflame.stacks import GoroutineStack, StackFrame
 from goflame.symbolize import func_name_for_print
 
@@ -200,6 +200,9 @@ def format_stack(rules: Rules, binary: GoBinary, stack: GoroutineStack, now_ns: 
             lines += [_frame_lines(rules, sf) for sf in shown[:INNER_FRAMES]]
             lines.append(f"...{len(shown) - INNER_FRAMES - OUTER_FRAMES} frames elided...")
             lines += [_frame_lines(rules, sf) for sf in shown[-OUTER_FRAMES:]]
+    if not frames and g.status == G_RUNNING:
+        # The runtime's own words (tracebackothers) for a goroutine it cannot walk.
+        lines.append("\tgoroutine running on other thread; stack unavailable")
     created = created_by(rules, binary, g, bias, all_frames)
     if created:
         lines.append(created)
