@@ -405,6 +405,11 @@ def test_goroutines_view_matches_the_runtimes_own_dump(tmp_path):
         got = ours.get(start)
         assert got is not None, (start, sorted(ours))
         waiting = {k: v for k, v in states.items() if k not in ("running", "runnable", "syscall")}
+        if start == "os/signal.loop":
+            # The goroutine that carries the SIGUSR1 asking for the runtime's dump: at that dump
+            # it is back in signal_recv (syscall) or on its way there (runnable, running).
+            assert got.count == sum(states.values()) and not waiting, (start, got, states)
+            continue
         assert (got.count, got.running, got.runnable, got.syscall, got.waiting) == (
             sum(states.values()), states["running"], states["runnable"], states["syscall"], sum(waiting.values())
         ), (start, got, states)
