@@ -32,6 +32,7 @@ from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
 from goflame.unwind import sigframe
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ M_REFRESH_S = 1.0
 M_UNKNOWN_REFRESH_S = 0.05  # sooner when a thread to sample is no M we know (a new M, or C's own)
 _U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
+# The frames that end stacks the sampler cuts itself: where a thread left Go is not known, or
+# a signal context leads nowhere (unwind/stop.py names them; neither is ever complete).
+_NATIVE_MARKER = str(Stop.NATIVE.marker)
+_SIGNAL_MARKER = str(Stop.SIGNAL.marker)
 
 
 class TargetEnd(Enum):
@@ -602,11 +607,11 @@ class Sampler:
                 walk = unwinder.unwind(g.syscall_pc, g.syscall_sp, 0, StackMemory(self._mem.read),
                                        g.stack_lo, g.stack_hi, from_syscall=True)
             if walk is None:  # where this thread left Go is not known: never shown as complete
-                return (native, Frame("[truncated: native]", kind=FrameKind.UNKNOWN))
+                return (native, Frame(_NATIVE_MARKER, kind=FrameKind.UNKNOWN))
             return (native, *self._logical(walk))
         if g is not None and g.contains_sp(sp):
             key = unwinder.live_pcs(pc, sp, mem, g.stack_lo, g.stack_hi)
-            if key is not None and not (key[-1] == "spwrite" and len(key) == 2):
+            if key is not None and not (key[-1] == Stop.SPWRITE and len(key) == 2):
                 return self._stack_of(key)
             walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
         else:
@@ -623,7 +628,7 @@ class Sampler:
                 return self._logical(self._out_of_vdso_call(pc, sp, r12, mem, m, g))
             walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
                                    on_system_stack=span.on_system_stack)
-        if walk.stop == "spwrite" and len(walk.frames) == 1 and unwinder.vdso.caller_at(pc) is not None:
+        if walk.stop == Stop.SPWRITE and len(walk.frames) == 1 and unwinder.vdso.caller_at(pc) is not None:
             walk = self._out_of_vdso_call(pc, sp, r12, mem, m, g)
         if sigframe.ends_in_handler(walk) and not in_signal:
             return self._out_of_signal_handler(walk, mem, m, g)
@@ -643,7 +648,7 @@ class Sampler:
             except InvalidMemory:
                 inner = ()
         handler = self._logical(sigframe.handler_part(walk))
-        return (*handler, *(inner or (Frame("[truncated: signal]", kind=FrameKind.UNKNOWN),)))
+        return (*handler, *(inner or (Frame(_SIGNAL_MARKER, kind=FrameKind.UNKNOWN),)))
 
     def _out_of_vdso_call(self, pc: int, sp: int, r12: int, mem: StackMemory, m: Machine,
                           g: Goroutine | None) -> Walk:
@@ -653,7 +658,7 @@ class Sampler:
         if out is not None:
             return out
         f, _ = self._unwinder.func_at(pc)
-        return Walk([PhysicalFrame(pc, sp, sp, f, True)] if f is not None else [], "vdso-call")
+        return Walk([PhysicalFrame(pc, sp, sp, f, True)] if f is not None else [], Stop.VDSO_CALL)
 
     def _spans(self, m: Machine, g: Goroutine | None, sp: int) -> list[StackSpan]:
         """The stacks `sp` may be on: the goroutine's, and the system stack holding it."""
@@ -681,7 +686,7 @@ class Sampler:
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
         return self._stack_of((*[pf.sym_pc for pf in walk.frames], walk.stop))
 
-    def _stack_of(self, key: tuple[int | str, ...]) -> tuple[Frame, ...]:
+    def _stack_of(self, key: tuple[int | Stop, ...]) -> tuple[Frame, ...]:
         """The logical frames of a walk given as its sym_pcs and stop reason (`key`).
 
         A busy loop is sampled in the same few stacks over and over: each distinct one is
@@ -694,7 +699,7 @@ class Sampler:
             hit = self._stacks[key] = self._symbolize(key)
         return hit
 
-    def _symbolize(self, key: tuple[int | str, ...]) -> tuple[Frame, ...]:
+    def _symbolize(self, key: tuple[int | Stop, ...]) -> tuple[Frame, ...]:
         sym = self._sym
         plain = self._plain_frames
         out: list[Frame] = []
@@ -712,9 +717,9 @@ class Sampler:
             else:
                 kept, callee = sym.elide(sym.expand(pc), callee)  # type: ignore[arg-type]
                 out += kept
-        stop = key[-1]
-        if stop not in ("top", "zero-pc", "spwrite"):
-            out.append(Frame(f"[truncated: {stop}]", kind=FrameKind.UNKNOWN))
+        marker = key[-1].marker  # type: ignore[union-attr]
+        if marker is not None:
+            out.append(Frame(marker, kind=FrameKind.UNKNOWN))
         return tuple(out)
 
     def _sample_running_nonblocking(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:

@@ -20,6 +20,7 @@ from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeRea
 from goflame.symbolize import Symbolizer
 from goflame.unwind import sigframe
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class GoroutineStack:
     g: Goroutine
     frames: tuple[StackFrame, ...]  # innermost first, nothing elided
     start: str  # "sched", "syscall", "registers", "vdso", "signal", "stale" (running, not paused)
-    stop: str  # why the walk ended (see unwind.gopclntab.Walk)
+    stop: Stop  # why the walk ended; `stop.complete`: the stack is whole
     thread: int = 0  # tid of the thread running it, if any
     pause_ns: int = 0  # how long that thread was stopped for this stack
 
@@ -217,7 +218,7 @@ class StackCollector:
             walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, stack), g0_bounds, stopped)
             return self._stack(g, walk, "registers", tid, pause_ns)
         walk, start = self._registers_walk(snap, g, m, r, data, system_stacks)  # type: ignore[arg-type]
-        if start == "registers" and walk.stop == "bounds" and not walk.frames:
+        if start == "registers" and walk.stop == Stop.BOUNDS and not walk.frames:
             moved = self._moved_off(g)
             if moved is not None:
                 return moved
@@ -239,7 +240,8 @@ class StackCollector:
         pc, sp = r.rip, r.rsp
         vdso = self.unwinder.vdso
         in_go = self.reader.in_text(pc)
-        if not in_go or vdso.caller_at(pc) is not None:
+        in_caller = in_go and vdso.caller_at(pc) is not None
+        if not in_go or in_caller:
             # In a vDSO call (time.now, nanotime1 or the vDSO under them): R12 holds the
             # goroutine's SP, which leads back to the call (unwind/vdsocall.py).
             walk = vdso.walk(pc if in_go else None, sp, r.r12, StackMemory(read, sp, data),  # type: ignore[arg-type]
@@ -264,10 +266,10 @@ class StackCollector:
         mem = StackMemory(read, sp, data)
         if g.contains_sp(sp):
             walk = self.unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-            return walk, "registers"
+            return (_not_out_of_call(walk) if in_caller else walk), "registers"
         bounds = self._stack_bounds_of(m, g, snap, sp) if m else None
         if bounds is None:
-            walk = Walk([], "bounds")
+            walk = Walk([], Stop.BOUNDS)
             return walk, "registers"
 
         def switch(kind: str) -> StackSwitch | None:
@@ -277,13 +279,15 @@ class StackCollector:
             return StackSwitch(cur.sched_pc, cur.sched_sp, cur.sched_lr, cur.stack_lo, cur.stack_hi, cur.sched_bp)
 
         walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
+        if in_caller:
+            walk = _not_out_of_call(walk)
         if sigframe.ends_in_handler(walk) and not in_signal:
             # In the signal handler: on to what the signal interrupted (unwind/sigframe.py).
             ctx = sigframe.interrupted(walk, mem)
             if ctx is None:
-                return Walk(walk.frames, "signal"), "signal"
+                return Walk(walk.frames, Stop.SIGNAL), "signal"
             inner, _ = self._registers_walk(snap, g, m, ctx.registers(r), b"", system_stacks, in_signal=True)
-            return Walk(walk.frames + inner.frames, inner.stop if inner.frames else "signal"), "signal"
+            return Walk(walk.frames + inner.frames, inner.stop if inner.frames else Stop.SIGNAL), "signal"
         return walk, "registers"
 
     def _stack(self, g: Goroutine, walk: Walk | MixedWalk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
@@ -304,6 +308,15 @@ class StackCollector:
                 cache[key] = hit
             frames.extend(hit)
         return GoroutineStack(g, tuple(frames), start, walk.stop, tid, pause_ns)
+
+
+def _not_out_of_call(walk: Walk) -> Walk:
+    """The walk of a thread in a vDSO caller (time.now, nanotime1) that R12 did not lead out
+    of stops at once in that SPWRITE function. Its callers are there (Go's own profiler goes on
+    from m.vdsoSP), only out of reach: a cut, as in the sampler and --native, never complete."""
+    if walk.stop == Stop.SPWRITE and len(walk.frames) == 1:
+        return Walk(walk.frames, Stop.VDSO_CALL)
+    return walk
 
 
 def physical(walk: Walk) -> list[PhysicalFrame]:

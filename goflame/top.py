@@ -46,6 +46,7 @@ from goflame.profile import RUNNING, Sample
 from goflame.runtime import STATUS_TEXT, Goroutine, is_system_goroutine
 from goflame.sampler import KernelPoller, Sampler, SamplerConfig, TickClock
 from goflame.target import Target
+from goflame.unwind.stop import Stop
 
 VIEWS = ("functions", "goroutines")
 FUNCTION_SORTS = ("%Own", "%Total", "OwnTime", "TotalTime")
@@ -660,7 +661,7 @@ class TopSession:
             except GoflameError:
                 stack = None
             outer = None
-            if stack is not None and stack.stop == "top":
+            if stack is not None and stack.stop == Stop.TOP:
                 for sf in reversed(stack.frames):
                     if not sym.is_wrapper(sf.func_id) and sf.frame.function != "runtime.goexit":
                         outer = sf.frame.function

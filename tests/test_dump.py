@@ -197,6 +197,16 @@ def test_dump_json_has_structured_goroutines(tmp_path):
     g = sleeping[0]
     assert g["frames"][0]["function"] == "time.Sleep" and g["created_by"]["function"] == "main.spawn"
     assert all({"function", "file", "line", "pc", "inlined"} <= set(f) for f in g["frames"])
+    # "complete" by the one rule (unwind/stop.py), against the runtime's own dump: a goroutine
+    # parked through the scheduler is walked from its saved context to goexit, where Go's own
+    # traceback ends it too, so it is whole and its outermost frame is the runtime's.
+    parked = [(g, theirs[g["goid"]]) for g in doc["goroutines"] if g["goid"] in theirs
+              and g["status"] not in ("running", "runnable")
+              and theirs[g["goid"]].state.split(",")[0] not in ("running", "runnable")]
+    assert len(parked) >= 200, len(parked)
+    assert all(g["complete"] for g, _ in parked), [g for g, _ in parked if not g["complete"]][:2]
+    outermost = [(g["frames"][-1]["function"], want.frames[-1][0]) for g, want in parked]
+    assert all(mine == go for mine, go in outermost), [o for o in outermost if o[0] != o[1]][:3]
 
 
 def test_summary_counts_goroutines_by_state_and_start_function(tmp_path):

@@ -166,3 +166,34 @@ MATRIX_SPECS = [s for v in gt.MATRIX for s in gt.matrix_specs(v) + gt.matrix_spe
 @pytest.mark.parametrize("spec", MATRIX_SPECS, ids=[s.tag for s in MATRIX_SPECS])
 def test_matrix_functions_lines_and_inlining_match_go_tools(spec):
     check_against_go(spec.go, spec)
+
+
+def test_a_walk_into_the_scheduler_ends_whole_at_runtime_mcall():
+    """A thread on g0 in the scheduler (park_m, called by mcall) is walked up to runtime.mcall
+    and ends there whole, unmarked, as Go's own traceback ends it: the Go linker flags mcall
+    SPWRITE, and traceback.go stops at an SPWRITE function (frame.lr = 0) just as at a
+    TOPFRAME one. Every other reason a walk ends is a cut, named by its marker frame."""
+    from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME
+    from goflame.errors import InvalidMemory
+    from goflame.unwind.gopclntab import GoUnwinder, StackMemory
+    from goflame.unwind.stop import Stop
+
+    b = GoBinary(gt.build(PROBE, gt.BuildSpec(go=gt.FAST)))
+    park, mcall = b.pclntab.func_by_name("runtime.park_m"), b.pclntab.func_by_name("runtime.mcall")
+    goexit = b.pclntab.func_by_name("runtime.goexit")
+    assert park and mcall and goexit and mcall.flag & FLAG_SPWRITE and goexit.flag & FLAG_TOPFRAME
+    u = GoUnwinder(b)
+    # A pc inside park_m's body (its frame is open), and the return address into mcall.
+    pc, size = next((p, d) for p in range(park.entry + 1, park.end) if (d := u.func_at(p)[1]) and d > 0)
+    ra = next(p for p in range(mcall.end - 1, mcall.entry, -1) if u.func_at(p)[1] is not None)
+    sp, stack = 0x7F00_0000_0000, bytearray(4096)
+    stack[size:size + 8] = ra.to_bytes(8, "little")
+
+    def unreadable(addr: int, n: int) -> bytes:
+        raise InvalidMemory(f"no memory at {addr:#x}")
+
+    walk = u.unwind(pc, sp, 0, StackMemory(unreadable, sp, bytes(stack)), sp, sp + len(stack), exact=True)
+    assert [f.func.name for f in walk.frames] == ["runtime.park_m", "runtime.mcall"], walk
+    assert walk.stop is Stop.SPWRITE and walk.complete and walk.stop.marker is None
+    assert {s for s in Stop if s.complete} == {Stop.TOP, Stop.ZERO_PC, Stop.SPWRITE}
+    assert all(s.marker == f"[truncated: {s}]" for s in Stop if not s.complete)

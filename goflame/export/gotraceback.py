@@ -258,7 +258,7 @@ def stack_json(stack: GoroutineStack, rules: Rules, binary: GoBinary, bias: int,
         "thread": stack.thread or None,
         "locked_to_thread": bool(g.locked_m),
         "stack_from": stack.start,
-        "complete": stack.stop in ("top", "zero-pc"),
+        "complete": stack.stop.complete,
         "frames": [{"function": sf.frame.function, "file": sf.frame.file, "line": sf.frame.line,
                     "pc": f"{sf.pc:#x}", "inlined": sf.frame.inlined,
                     **({"kind": sf.frame.kind.value} if sf.frame.kind is not FrameKind.GO else {})}

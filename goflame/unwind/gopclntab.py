@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME, Func
 from goflame.errors import GoflameError, InvalidMemory
+from goflame.unwind.stop import Stop
 
 if TYPE_CHECKING:
     from goflame.unwind.vdsocall import VdsoCalls
@@ -74,11 +75,11 @@ class StackSwitch:
 @dataclass(slots=True)
 class Walk:
     frames: list[PhysicalFrame]
-    stop: str  # why the walk ended: "top", "spwrite", "zero-pc", "unknown-pc", "bounds", "memory", ...
+    stop: Stop  # why the walk ended
 
     @property
     def complete(self) -> bool:
-        return self.stop in ("top", "zero-pc")
+        return self.stop.complete
 
 
 class StackMemory:
@@ -217,11 +218,11 @@ class GoUnwinder:
         for ra in chain[i + 1:]:
             g, _ = self.func_at(ra)
             if g is None:
-                return Walk(frames, "unknown-pc")
+                return Walk(frames, Stop.UNKNOWN_PC)
             frames.append(PhysicalFrame(ra, 0, 0, g, False))
             if g.flag & FLAG_TOPFRAME:
-                return Walk(frames, "top")
-        return Walk(frames, "chain-end")
+                return Walk(frames, Stop.TOP)
+        return Walk(frames, Stop.CHAIN_END)
 
     def _scan_for_call(self, bp: int, lo: int, hi: int, mem: StackMemory) -> tuple[int, int, int] | None:
         """A frameless systemstack: BP is its caller's frame pointer. The return address into
@@ -256,13 +257,13 @@ class GoUnwinder:
             self._call_targets[ra] = hit
         return hit
 
-    def live_pcs(self, pc: int, sp: int, mem: StackMemory, lo: int, hi: int) -> tuple[int | str, ...] | None:
+    def live_pcs(self, pc: int, sp: int, mem: StackMemory, lo: int, hi: int) -> tuple[int | Stop, ...] | None:
         """The sampler's common walk, lean: a live pc on its goroutine's own stack.
 
         Returns the sym_pcs of the frames `unwind(pc, sp, 0, mem, lo, hi, exact=True)` would
         make, outermost last, followed by its stop reason — or None when the walk meets a
-        frame that needs `unwind`'s full rules (or would end for any reason but "top" or
-        "zero-pc"); the caller then runs `unwind`. No frame objects: a busy sampler walks
+        frame that needs `unwind`'s full rules (or would end for any reason but Stop.TOP or
+        Stop.ZERO_PC); the caller then runs `unwind`. No frame objects: a busy sampler walks
         thousands of stacks a second and needs only the pcs (its stacks are keyed by them).
         """
         steps = self._steps
@@ -270,7 +271,7 @@ class GoUnwinder:
         data_end = base + len(data) - PTR
         unpack = _U64.unpack_from
         text_lo, text_hi = self.text_lo, self.text_hi
-        out: list[int | str] = []
+        out: list[int | Stop] = []
         append = out.append
         dec = 0  # the innermost pc is the instruction itself
         try:
@@ -283,12 +284,12 @@ class GoUnwinder:
                     return None
                 append(pc - (dec & not_entry))
                 if kind == _TOP:
-                    append("top")
+                    append(Stop.TOP)
                     return tuple(out)
                 ra = fp - PTR
                 lr = unpack(data, ra - base)[0] if base <= ra <= data_end else mem.u64(ra)
                 if lr == 0:
-                    append("zero-pc")
+                    append(Stop.ZERO_PC)
                     return tuple(out)
                 if not text_lo <= lr < text_hi or (lr == pc and fp == sp):
                     return None
@@ -331,7 +332,7 @@ class GoUnwinder:
         try:
             if pc == 0:  # a call through a nil func: the return address is on top of the stack
                 if not lo <= sp < hi:
-                    return Walk(frames, "bounds")
+                    return Walk(frames, Stop.BOUNDS)
                 pc = mem.u64(sp)
                 sp += PTR
             trap = exact
@@ -339,9 +340,9 @@ class GoUnwinder:
             while len(frames) < max_frames:
                 f, spdelta = cached(pc) or func_at(pc)
                 if f is None:
-                    return Walk(frames, "unknown-pc" if pc else "zero-pc")
+                    return Walk(frames, Stop.UNKNOWN_PC if pc else Stop.ZERO_PC)
                 if not f.pcsp:
-                    return Walk(frames, "external")
+                    return Walk(frames, Stop.EXTERNAL)
                 flag = f.flag
                 name = f.name
                 if name in _SPECIAL or (from_syscall and innermost):
@@ -356,7 +357,7 @@ class GoUnwinder:
                                 pc, sp, lr = switch.pc, switch.sp, switch.lr
                                 f, spdelta = func_at(pc)
                                 if f is None:
-                                    return Walk(frames, "unknown-pc")
+                                    return Walk(frames, Stop.UNKNOWN_PC)
                                 flag = f.flag
                                 trap = False
                             else:
@@ -364,34 +365,34 @@ class GoUnwinder:
                                     return self._along_chain(frames, pc, f, switch.chain)
                                 back = self._systemstack_caller(frames, switch, mem, pc)
                                 if back is None:
-                                    return Walk(frames, "systemstack")
+                                    return Walk(frames, Stop.SYSTEMSTACK)
                                 sp, lo, hi = back
                                 flag &= ~FLAG_SPWRITE
                             on_system_stack = None
                 if spdelta is None or spdelta < 0:
-                    return Walk(frames, "no-frame-size")
+                    return Walk(frames, Stop.NO_FRAME_SIZE)
                 fp = sp + spdelta + PTR
                 if not (lo <= sp <= hi and fp <= hi):
-                    return Walk(frames, "bounds")
+                    return Walk(frames, Stop.BOUNDS)
                 append(PhysicalFrame(pc, sp, fp, f, trap or (pc - bias) == f.entry))
                 if flag & (FLAG_TOPFRAME | FLAG_SPWRITE):
                     if name == "runtime.morestack" and not innermost and on_system_stack is not None:
                         # newstack's caller on g0 with no goroutine to jump to: Go's traceback
                         # would have gone on into curg, so this stack is cut, not whole.
-                        return Walk(frames, "morestack")
-                    return Walk(frames, "top" if flag & FLAG_TOPFRAME else "spwrite")
+                        return Walk(frames, Stop.MORESTACK)
+                    return Walk(frames, Stop.TOP if flag & FLAG_TOPFRAME else Stop.SPWRITE)
                 if lr == 0:
                     ra = fp - PTR
                     lr = unpack(data, ra - base)[0] if base <= ra <= data_end else mem.u64(ra)
                     if lr == 0:
-                        return Walk(frames, "zero-pc")
+                        return Walk(frames, Stop.ZERO_PC)
                 if not text_lo <= lr < text_hi:
-                    return Walk(frames, "unknown-pc")
+                    return Walk(frames, Stop.UNKNOWN_PC)
                 if lr == pc and fp == sp:
-                    return Walk(frames, "stuck")
+                    return Walk(frames, Stop.STUCK)
                 trap = name in TRAP_FUNCS
                 pc, sp, lr = lr, fp, 0
                 innermost = False
-            return Walk(frames, "too-deep")
+            return Walk(frames, Stop.TOO_DEEP)
         except InvalidMemory:
-            return Walk(frames, "memory")
+            return Walk(frames, Stop.MEMORY)

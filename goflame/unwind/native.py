@@ -40,6 +40,7 @@ from goflame.process import MemoryMap, Process, Registers
 from goflame.unwind import sigframe
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
 from goflame.unwind.prologue import FRAME_POINTER, FrameRule, PrologueAnalyzer
+from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
@@ -978,7 +979,7 @@ class NativeFrame:
 @dataclass(slots=True)
 class NativeWalk:
     frames: list[NativeFrame]
-    stop: str  # "go" (back in Go code; regs say where), "top", "unknown-pc", "bounds", "memory", ...
+    stop: Stop  # Stop.GO: back in Go code, regs say where; else why the C frames end
     regs: dict[int, int]
 
 
@@ -1020,9 +1021,9 @@ class NativeUnwinder:
             while len(frames) < max_frames:
                 pc = regs.get(RA, 0)
                 if pc == 0:
-                    return NativeWalk(frames, "zero-pc" if frames else "unknown-pc", regs)
+                    return NativeWalk(frames, Stop.ZERO_PC if frames else Stop.UNKNOWN_PC, regs)
                 if is_go(pc):
-                    return NativeWalk(frames, "go", regs)
+                    return NativeWalk(frames, Stop.GO, regs)
                 obj = space.object_at(pc)
                 if obj is None or obj.image is None:
                     # Code in no readable ELF object (JIT, a deleted library): only rbp is left.
@@ -1038,14 +1039,14 @@ class NativeUnwinder:
                 fr, entry = self.frame_for(obj, pc, exact, method)
                 frames.append(NativeFrame(pc, fr, entry, method))
                 if new is None:
-                    return NativeWalk(frames, "bad-frame", regs)
+                    return NativeWalk(frames, Stop.BAD_FRAME, regs)
                 if new == {}:
-                    return NativeWalk(frames, "top", regs)
+                    return NativeWalk(frames, Stop.TOP, regs)
                 exact = row.signal
                 regs = new
-            return NativeWalk(frames, "too-deep", regs)
+            return NativeWalk(frames, Stop.TOO_DEEP, regs)
         except InvalidMemory:
-            return NativeWalk(frames, "memory", regs)
+            return NativeWalk(frames, Stop.MEMORY, regs)
 
     def _step(self, row: Row, regs: dict[int, int], mem: StackMemory, lo: int, hi: int,
               is_go: Callable[[int], bool]) -> dict[int, int] | None:
@@ -1073,16 +1074,20 @@ class NativeUnwinder:
 
 # -- Go <-> native stitching ----------------------------------------------------------------------------
 MixedFrame = PhysicalFrame | NativeFrame
+# The stops of a Go walk on g0 (after C returned into Go) that leave the rest of the stack on
+# the goroutine's: asmcgocall or a vDSO caller switched stacks, and the goroutine's own records
+# (g.syscallsp, m.vdsoSP) say where it continues.
+_LEFT_GO_ON_G0 = frozenset({Stop.SPWRITE, Stop.UNKNOWN_PC, Stop.BOUNDS, Stop.NO_FRAME_SIZE, Stop.VDSO_CALL})
 
 
 @dataclass(slots=True)
 class MixedWalk:
     frames: list[MixedFrame]
-    stop: str
+    stop: Stop
 
     @property
     def complete(self) -> bool:
-        return self.stop in ("top", "zero-pc")
+        return self.stop.complete
 
 
 def regs_of(r: Registers) -> dict[int, int]:
@@ -1191,16 +1196,16 @@ class NativeStitcher:
                 ctx = sigframe.interrupted(walk, mem)
                 handler = self.splice(sigframe.handler_part(walk), m, g, mem, stopped)
                 if ctx is None:
-                    return MixedWalk(handler.frames, "signal")
+                    return MixedWalk(handler.frames, Stop.SIGNAL)
                 inner = self.thread(m, g, ctx.registers(regs), mem, g0_bounds, stopped, in_signal=True)
-                return MixedWalk(handler.frames + inner.frames, inner.stop if inner.frames else "signal")
+                return MixedWalk(handler.frames + inner.frames, inner.stop if inner.frames else Stop.SIGNAL)
             return self.splice(walk, m, g, mem, stopped)
         bounds = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S) or (sp, sp + 1)
         nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
         frames: list[MixedFrame] = list(nw.frames)
-        if nw.stop == "go":
+        if nw.stop == Stop.GO:
             rest = self._go_after_native(m, g, nw.regs, mem, g0_bounds, stopped)
-        elif g is not None and nw.stop not in ("top", "zero-pc"):
+        elif g is not None and not nw.stop.complete:
             # The C frames could not all be recovered, but Go's own record of where the
             # goroutine left Go still holds: show the gap, then the Go frames.
             rest = self._go_from_syscall(m, g, mem, stopped)
@@ -1222,7 +1227,7 @@ class NativeStitcher:
         else:
             bounds = self._system_bounds(m, sp, g0_bounds)
             if bounds is None:
-                return Walk([], "bounds")
+                return Walk([], Stop.BOUNDS)
             # A thread started by C (cgo) gets g0 bounds that end inside mstart0's frame: the
             # thread's stack mapping lets the walk reach mstart, as the runtime's own traceback does.
             mapped = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
@@ -1234,14 +1239,14 @@ class NativeStitcher:
                           g: Goroutine | None, mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
         """A walk stopped in the SPWRITE function it started in: out of a vDSO caller through
         R12 (see vdsocall.py), else as it is; None-safe for every other function."""
-        if walk.stop != "spwrite" or len(walk.frames) != 1 or self.go.vdso.caller_at(pc) is None:
+        if walk.stop != Stop.SPWRITE or len(walk.frames) != 1 or self.go.vdso.caller_at(pc) is None:
             return walk
         spans = [StackSpan(g.stack_lo, g.stack_hi)] if g is not None else []
         b = self._system_bounds(m, r12, g0_bounds)
         if b is not None:
             spans.append(StackSpan(b[0], b[1], self._switch_to(g)))
         out = self.go.vdso.walk(pc, sp, r12, mem, spans, exact)
-        return out if out is not None else Walk(walk.frames, "vdso-call")
+        return out if out is not None else Walk(walk.frames, Stop.VDSO_CALL)
 
     @staticmethod
     def _switch_to(g: Goroutine | None) -> Callable[[str], StackSwitch | None] | None:
@@ -1269,7 +1274,7 @@ class NativeStitcher:
             fresh = self.reader.read_g(g.addr) or g
             sys_sp, sys_pc = fresh.syscall_sp, fresh.syscall_pc
         if not (sys_sp and g.contains_sp(sys_sp)):
-            return MixedWalk([], "no-syscallsp")
+            return MixedWalk([], Stop.NO_SYSCALLSP)
         cont = self.go.unwind(sys_pc, sys_sp, 0, mem, g.stack_lo, g.stack_hi, from_syscall=True)
         return self.splice(cont, m, g, mem, stopped)
 
@@ -1282,20 +1287,20 @@ class NativeStitcher:
             return self.splice(walk, m, g, mem, stopped)
         bounds = self._system_bounds(m, sp, g0_bounds) or self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
         if bounds is None:
-            return MixedWalk([], "bounds")
+            return MixedWalk([], Stop.BOUNDS)
         walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
-        if walk.stop == "spwrite" and len(walk.frames) == 1 and self.go.vdso.caller_at(pc) is not None:
+        if walk.stop == Stop.SPWRITE and len(walk.frames) == 1 and self.go.vdso.caller_at(pc) is not None:
             # C returned into a vDSO caller (time.now): R12, restored by the C code's CFI, leads on.
             walk = self._out_of_vdso_call(walk, pc, False, sp, regs.get(12, 0), m, g, mem, g0_bounds)
-            if walk.stop != "vdso-call":
+            if walk.stop != Stop.VDSO_CALL:
                 return self.splice(walk, m, g, mem, stopped)
         frames: list[MixedFrame] = list(walk.frames)
         last = walk.frames[-1].func.name if walk.frames else ""
         if g is None and last.startswith("runtime.asmcgocall"):
             # A cgo call, but which goroutine made it was not read in the stop: the Go part of
             # the stack is unknown, which the walk must say rather than end as if complete.
-            return MixedWalk(frames, "no-goroutine")
-        if g is None or walk.stop not in ("spwrite", "unknown-pc", "bounds", "no-frame-size", "vdso-call"):
+            return MixedWalk(frames, Stop.NO_GOROUTINE)
+        if g is None or walk.stop not in _LEFT_GO_ON_G0:
             return self.splice(walk, m, g, mem, stopped)
         if last.startswith("runtime.asmcgocall"):
             rest = self._go_from_syscall(m, g, mem, stopped)  # a cgo call: asmcgocall switched to g0
@@ -1303,7 +1308,7 @@ class NativeStitcher:
             vdso_sp, vdso_pc = (stopped.vdso if stopped is not None and stopped.vdso is not None
                                 else self._vdso_of(m) if m is not None else (0, 0))
             if not (vdso_sp and g.contains_sp(vdso_sp)):
-                return MixedWalk(frames, "vdso-call" if walk.stop == "spwrite" else walk.stop)  # cut, never complete
+                return MixedWalk(frames, Stop.VDSO_CALL if walk.stop == Stop.SPWRITE else walk.stop)  # cut, never complete
             cont = self.go.unwind(vdso_pc, vdso_sp, 0, mem, g.stack_lo, g.stack_hi)  # a vDSO call
             rest = self.splice(cont, m, g, mem, stopped)
         # The Go part could not be found: say why (its stop), never end as if complete.
@@ -1349,11 +1354,11 @@ class NativeStitcher:
                 continue
             seg, g0_sp, how = self._callback_caller(pf, g0_sp, g0, mem)
             out.extend(seg)
-            if how == "root":
+            if how == Stop.TOP:
                 # A C thread called into Go: no Go caller below, and what the Go walk shows
                 # next is the goexit frame the runtime gives an extra M's goroutine.
-                return MixedWalk(out, "top")
-            if how != "go":
+                return MixedWalk(out, Stop.TOP)
+            if how != Stop.GO:
                 gap = Frame(f"[native unwind stopped: {how}]", kind=FrameKind.NATIVE)
                 out.append(NativeFrame(0, gap, 0, "gap"))
                 g0_sp = 0
@@ -1361,23 +1366,23 @@ class NativeStitcher:
         return MixedWalk(out, walk.stop)
 
     def _callback_caller(self, cb: PhysicalFrame, g0_sp: int, g0: Goroutine | None, mem: StackMemory
-                         ) -> tuple[list[MixedFrame], int, str]:
+                         ) -> tuple[list[MixedFrame], int, Stop]:
         """Frames from cgocallback's g0 frame down to the Go code that made the cgo call.
 
-        Returns (frames, g0.sched.sp of the next outer callback, how it ended: "go" back in
-        Go's asmcgocall, "root" at the thread's start, else why it stopped).
+        Returns (frames, g0.sched.sp of the next outer callback, how it ended: Stop.GO back in
+        Go's asmcgocall, Stop.TOP at the thread's start, else why it stopped).
         """
         _f, spdelta = self.go.func_at(cb.pc)  # the g0 frame has the same size as the copy on curg
         if spdelta is None:
-            return [], 0, "no-frame-size"
+            return [], 0, Stop.NO_FRAME_SIZE
         try:
             next_sp = mem.u64(g0_sp)
             ra = mem.u64(g0_sp + spdelta)
         except InvalidMemory:
-            return [], 0, "memory"
+            return [], 0, Stop.MEMORY
         f, _d = self.go.func_at(ra)
         if f is None or f.name != "crosscall2":
-            return [], 0, "callback-returned"  # g0.sched.sp no longer points at this callback's frame
+            return [], 0, Stop.CALLBACK_RETURNED  # g0.sched.sp no longer points at this callback's frame
         sp = g0_sp + spdelta + 8
         bounds = self.native.space.mapping(g0_sp, STACK_MAPS_REFRESH_S)
         if g0 is not None and g0.stack_lo <= g0_sp < g0.stack_hi:
@@ -1387,7 +1392,7 @@ class NativeStitcher:
         elif bounds is not None:
             lo, hi = bounds
         else:
-            return [], 0, "bounds"
+            return [], 0, Stop.BOUNDS
         frames: list[MixedFrame] = []
         walk = self.go.unwind(ra, sp, 0, mem, lo, hi, max_frames=8)  # crosscall2
         frames.extend(walk.frames)
@@ -1398,18 +1403,18 @@ class NativeStitcher:
             c_pc = mem.u64(last.fp - 8)
             c_bp = mem.u64(last.fp - 16)  # Go frames save the caller's rbp just below the return address
         except InvalidMemory:
-            return frames, 0, "memory"
+            return frames, 0, Stop.MEMORY
         nw = self.native.unwind({RA: c_pc, RSP: last.fp, RBP: c_bp}, mem, lo, hi, exact=False,
                                 is_go=self.reader.in_text)
         frames.extend(nw.frames)
-        if nw.stop in ("top", "zero-pc"):
-            return frames, 0, "root"
-        if nw.stop != "go":
+        if nw.stop.complete:
+            return frames, 0, Stop.TOP
+        if nw.stop != Stop.GO:
             return frames, 0, nw.stop
         # Back in Go on g0: asmcgocall, where the goroutine's stack switched to g0.
         back = self.go.unwind(nw.regs[RA], nw.regs[RSP], 0, mem, lo, hi, max_frames=8)
         frames.extend(back.frames)
-        return frames, next_sp, "go"
+        return frames, next_sp, Stop.GO
 
     def _machine(self, addr: int) -> Machine | None:
         if not addr:
@@ -1436,8 +1441,9 @@ class NativeStitcher:
                 continue
             kept, callee = sym.elide(sym.expand(pf.sym_pc), callee)
             out.extend(kept)
-        if walk.stop not in ("top", "zero-pc", "spwrite"):
-            out.append(Frame(f"[truncated: {walk.stop}]", kind=FrameKind.UNKNOWN))
+        marker = walk.stop.marker
+        if marker is not None:
+            out.append(Frame(marker, kind=FrameKind.UNKNOWN))
         return tuple(out)
 
     def close(self) -> None:

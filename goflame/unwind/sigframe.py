@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from goflame.errors import InvalidMemory
 from goflame.unwind.gopclntab import PTR, StackMemory, Walk
+from goflame.unwind.stop import Stop
 
 if TYPE_CHECKING:
     from goflame.process import Registers
@@ -31,6 +32,9 @@ ENTRIES = frozenset({"runtime.sigtramp", "runtime.cgoSigtramp"})
 # runtime.sigreturn before Go 1.20, runtime.sigreturn__sigaction since.
 RESTORERS = frozenset({"runtime.sigreturn__sigaction", "runtime.sigreturn"})
 NAMES = ENTRIES | RESTORERS
+# How a walk into the handler may end: sigtramp is TOPFRAME, and above the restorer lies the
+# kernel's signal frame, not a return address.
+_ENDS_IN_HANDLER = frozenset({Stop.TOP, Stop.UNKNOWN_PC, Stop.ZERO_PC})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +67,7 @@ def ends_in_handler(walk: Walk) -> bool:
 def interrupted(walk: Walk, mem: StackMemory) -> SignalContext | None:
     """Where the thread was when the signal came, if `walk` ended in the signal trampoline or
     its restorer; None otherwise, or if the saved context is unreadable or implausible."""
-    if not walk.frames or walk.stop not in ("top", "unknown-pc", "zero-pc"):
+    if not walk.frames or walk.stop not in _ENDS_IN_HANDLER:
         return None
     last = walk.frames[-1]
     name = last.func.name
@@ -84,4 +88,4 @@ def interrupted(walk: Walk, mem: StackMemory) -> SignalContext | None:
 
 def handler_part(walk: Walk) -> Walk:
     """The handler's own frames of a walk that `interrupted` continues: a whole part."""
-    return Walk(walk.frames, "top")
+    return Walk(walk.frames, Stop.TOP)
