@@ -144,6 +144,25 @@ def task_states(pid: int) -> dict[int, str]:
     return out
 
 
+def signal_status(pid: int) -> str:
+    """State, signal masks, wait channel and current syscall of each thread of `pid`, for a
+    failure message."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            lines = (task / "status").read_text().splitlines()
+            wchan = (task / "wchan").read_text().strip()
+            syscall = (task / "syscall").read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        keep = [ln for ln in lines if ln.split(":")[0] in ("State", "TracerPid", "SigPnd", "ShdPnd", "SigBlk",
+                                                          "SigIgn")]
+        out.append(f"{task.name}: " + ", ".join(" ".join(ln.split()) for ln in keep)
+                   + f", wchan {wchan}, syscall {syscall}")
+    return "; ".join(out)
+
+
+
 def cpu_ns(pid: int) -> int:
     """CPU time the kernel has given all of a process's threads (schedstat's first field)."""
     total = 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import gotoolchain as gt
-from conftest import FIXTURES, read_ready_line, task_states, wait_until
+from conftest import FIXTURES, read_ready_line, signal_status, task_states, wait_until
 
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 
@@ -335,7 +335,13 @@ def test_kill_9_of_goflame_mid_dump_leaves_the_target_running(tmp_path):
                 assert re.search(r"^TracerPid:\s+0$", status, re.M), (k, tid, status)
             assert fx.proc.poll() is None
         assert inside, "no kill landed inside a stop: the test proved nothing"
-        assert "goroutine" in fx.runtime_dump()  # and it still works
+        try:
+            assert "goroutine" in fx.runtime_dump()  # and it still works
+        except AssertionError as e:  # seen once in ~10 runs, never reproduced: say all there is
+            logs = {k: (tmp_path / f"strace-{k}.log").read_text()[-600:] for k in range(2, 7)
+                    if (tmp_path / f"strace-{k}.log").exists()}
+            raise AssertionError(f"{e}; the target's threads: {signal_status(fx.pid)}; "
+                                 f"where each goflame died: {logs}") from None
     finally:
         fx.close()
 

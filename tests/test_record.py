@@ -25,6 +25,7 @@ from conftest import (
     read_ready_line,
     record_until,
     share_tolerance,
+    signal_status,
     start_cpuhog,
     stopped_for_good,
     streamed_samples,
@@ -231,20 +232,6 @@ def job_control_defaults() -> None:
     for sig in (signal.SIGTSTP, signal.SIGCONT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
-def signal_status(pid: int) -> str:
-    """State and signal masks of each thread of `pid`, for a failure message."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            lines = (task / "status").read_text().splitlines()
-        except OSError:
-            continue
-        keep = [ln for ln in lines if ln.split(":")[0] in ("State", "TracerPid", "SigPnd", "ShdPnd", "SigBlk",
-                                                          "SigIgn")]
-        out.append(f"{task.name}: " + ", ".join(" ".join(ln.split()) for ln in keep))
-    return "; ".join(out)
 
 
 def test_ctrl_z_of_goflame_leaves_no_thread_of_the_target_stopped(tmp_path):
