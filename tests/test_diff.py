@@ -45,6 +45,7 @@ from pprof_oracle import (
     go_test_profiles_interleaved,
     top_table,
     total_samples,
+    traces,
     traces_folded,
 )
 
@@ -78,12 +79,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def shares_from_traces(path: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Self and total share of each function, from `go tool pprof -traces` alone (the runtime's
     asynchronous-preemption leaf counted for the function it interrupted, as diff does)."""
-    stacks = traces_folded(path, "samples")
-    n = sum(stacks.values())
+    # Frames as -traces lists them, never split on ";": generic shapes hold one
+    # (`go.shape.struct { a; b }`, a run with the GC's spanSet in it failed on that).
+    stacks = list(traces(path, "samples"))
+    n = sum(c for c, _ in stacks)
     self_c: Counter[str] = Counter()
     total_c: Counter[str] = Counter()
-    for stack, c in stacks.items():
-        names = [f for f in stack.split(";") if f not in TRANSPARENT]
+    for c, frames in stacks:
+        names = [f for f, _ in reversed(frames) if f not in TRANSPARENT]
         self_c[names[-1]] += c
         for f in set(names):
             total_c[f] += c
