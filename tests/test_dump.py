@@ -292,11 +292,11 @@ def test_dump_of_a_containerized_target_whose_binary_the_host_cannot_see(tmp_pat
 
 
 def killed_inside_a_stop(strace_log: str) -> int | None:
-    """The thread goflame held stopped when it was killed, from `strace -e trace=ptrace,wait4`
-    of goflame: seized, its stop reported by wait4, not yet detached; None if there was none."""
+    """The thread goflame held stopped when it was killed, from `strace -e trace=ptrace,waitid`
+    of goflame: seized, its stop reported by waitid, not yet detached; None if there was none."""
     held: set[int] = set()
     for line in strace_log.splitlines():
-        if m := re.match(r"wait4\((\d+), \[\{WIFSTOPPED", line):
+        if m := re.match(r"waitid\(P_PID, (\d+), \{si_signo=SIGCHLD, si_code=CLD_(TRAPPED|STOPPED)", line):
             held.add(int(m[1]))
         elif m := re.match(r"ptrace\(PTRACE_DETACH, (\d+), .*\) = 0$", line):
             held.discard(int(m[1]))
@@ -318,7 +318,7 @@ def test_kill_9_of_goflame_mid_dump_leaves_the_target_running(tmp_path):
     try:
         for k in range(2, 7):
             log = tmp_path / f"strace-{k}.log"
-            r = subprocess.run(["strace", "-qq", "-e", "trace=ptrace,wait4", "-e",
+            r = subprocess.run(["strace", "-qq", "-e", "trace=ptrace,waitid", "-e",
                                 f"inject=ptrace:signal=SIGKILL:when={k}", "-o", str(log), *GOFLAME, "dump",
                                 "--pid", str(fx.pid)], capture_output=True, text=True, timeout=120)
             text = log.read_text()
@@ -342,6 +342,61 @@ def test_kill_9_of_goflame_mid_dump_leaves_the_target_running(tmp_path):
                     if (tmp_path / f"strace-{k}.log").exists()}
             raise AssertionError(f"{e}; the target's threads: {signal_status(fx.pid)}; "
                                  f"where each goflame died: {logs}") from None
+    finally:
+        fx.close()
+
+
+_DIE_IN_A_SIGNAL_STOP = """
+import ctypes, os, signal, sys
+from goflame.process.ptrace import Pauser
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+WALL = 0x40000000
+
+def signal_now(tid):  # seized, not yet interrupted: the thread dequeues it into a signal-delivery-stop
+    libc.syscall(234, pid, tid, signal.SIGUSR1)  # tgkill
+
+def die(tid, regs):
+    info = os.waitid(os.P_PID, tid, os.WSTOPPED | os.WNOWAIT | os.WNOHANG | WALL)  # the kernel's word
+    if info is None:
+        print("reaped", flush=True)  # the stop was consumed: its signal now lives only in this process
+    else:
+        print("signal-delivery-stop" if info.si_status == signal.SIGUSR1 else f"other stop {info.si_status:#x}",
+              flush=True)
+    os._exit(9)  # as a SIGKILL would: holding the stop, the signal not yet passed on
+
+Pauser(pid, boost=False).pause([pid], die, just_before=signal_now)
+"""
+
+
+def test_a_signal_in_hand_when_goflame_dies_still_reaches_the_target(tmp_path):
+    """goflame killed while it holds a thread in a signal-delivery-stop: the kernel still
+    delivers that signal. A stop goflame had reaped would keep the signal only in goflame, and
+    a lost SIGURG hangs the next stop-the-world of a Go program for good (m.signalPending
+    stays set: a flake run caught a spinner that could never be preempted again). Here the
+    signal is the SIGUSR1 that makes the fixture write the runtime's dump: it must appear."""
+    fx = Fixture(gt.build(FIXTURES / "parked", gt.BuildSpec()), tmp_path, spin=0)
+    try:
+        stops: list[str] = []
+
+        def died_in_a_signal_stop() -> bool:
+            fx.dump_path.unlink(missing_ok=True)
+            r = subprocess.run([sys.executable, "-c", _DIE_IN_A_SIGNAL_STOP, str(fx.pid)], capture_output=True,
+                               text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+            assert r.returncode == 9, r.stderr
+            stops.append(r.stdout.strip())
+            assert stops[-1] != "reaped", "goflame reaped the stop it held: a signal in hand dies with goflame"
+            wait_until(lambda: not ({"t", "T"} & set(task_states(fx.pid).values())),
+                       "the target's threads to run again after goflame died", timeout=10)
+            if r.stdout.strip() != "signal-delivery-stop":
+                wait_until(fx.dump_path.exists, "the dump of a signal sent outside a stop", timeout=30)
+                return False
+            return True
+
+        wait_until(died_in_a_signal_stop, lambda: f"a death inside a signal-delivery-stop; stops: {stops}",
+                   timeout=60, every=0.1)
+        wait_until(fx.dump_path.exists, lambda: "the runtime's dump the SIGUSR1 in hand asked for (lost with "
+                   f"goflame?); the target's threads: {signal_status(fx.pid)}", timeout=30)
     finally:
         fx.close()
 

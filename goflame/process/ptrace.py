@@ -481,23 +481,39 @@ class Pauser:
         uninterruptible sleep (D) delays the pause until it returns to user space; that
         is why a sampler pauses only threads in state R.
         """
-        try:
-            _, status = os.waitpid(t.tid, WALL)
-        except ChildProcessError:
-            self._held.pop(t.tid, None)
+        info = self._wait(t, block=True)
+        if info is None:
             return False
         t.t_stopped = time.perf_counter_ns()
-        return self._on_status(t, status)
+        return self._on_stop(t, info)
 
-    def _on_status(self, t: _Tracee, status: int) -> bool:
-        if os.WIFSTOPPED(status):
-            if status >> 16 == 0:
+    def _wait(self, t: _Tracee, *, block: bool) -> os.waitid_result | None:
+        """The thread's next stop or exit, seen without consuming it (WNOWAIT). None: not
+        ours any more, or (not blocking) nothing to report yet.
+
+        A stop is never reaped: the kernel then keeps the signal of a signal-delivery-stop
+        with the thread, and if goflame dies before PTRACE_DETACH passes it on, the thread
+        still gets it. Reaped, the signal would live only in goflame and die with it: a lost
+        SIGURG leaves the runtime's m.signalPending set for good, no goroutine on that thread
+        can be preempted again, and the next stop-the-world (the next GC) hangs the program.
+        """
+        try:
+            info = os.waitid(os.P_PID, t.tid, os.WSTOPPED | os.WEXITED | os.WNOWAIT | WALL
+                             | (0 if block else os.WNOHANG))
+        except ChildProcessError:
+            self._held.pop(t.tid, None)
+            return None
+        return info if info is not None and info.si_pid == t.tid else None
+
+    def _on_stop(self, t: _Tracee, info: os.waitid_result) -> bool:
+        if info.si_code in (os.CLD_TRAPPED, os.CLD_STOPPED):
+            if info.si_status >> 8 == 0:
                 # signal-delivery-stop: the signal was dequeued for this thread; pass it on.
-                t.sig = os.WSTOPSIG(status)
+                t.sig = info.si_status & 0x7F
             # else PTRACE_EVENT_STOP: our interrupt (SIGTRAP) or a group-stop (a stop signal);
             # neither carries a signal to deliver.
             return True
-        self._held.pop(t.tid, None)  # exited or killed: waitpid reaped it
+        self._forget(t)  # exited or killed: reap it
         return False
 
     def _getregs(self, t: _Tracee) -> bytes | None:
@@ -556,22 +572,20 @@ class Pauser:
                 self._held.pop(t.tid, None)  # nothing more we can do for it
                 return
             # Not in a ptrace stop: running towards one, or exiting.
-            try:
-                pid, status = os.waitpid(t.tid, WALL | os.WNOHANG)
-            except ChildProcessError:
-                self._held.pop(t.tid, None)  # not ours any more: gone, or detached already
+            if t.tid not in self._held:
                 return
-            if pid == 0:
+            info = self._wait(t, block=False)
+            if info is None:
+                if t.tid not in self._held:
+                    return  # not ours any more: gone, or detached already
                 if _ptrace(PTRACE_INTERRUPT, t.tid, None, None) != 0:
                     self._held.pop(t.tid, None)
                     return
-                try:
-                    _, status = os.waitpid(t.tid, WALL)
-                except ChildProcessError:
-                    self._held.pop(t.tid, None)
+                info = self._wait(t, block=True)
+                if info is None:
                     return
-            if not self._on_status(t, status):
-                return  # it exited and waitpid reaped it
+            if not self._on_stop(t, info):
+                return  # it exited and was reaped
 
 
 BOOST_NS = 1_000_000  # the longest stretch of a pause run SCHED_FIFO
