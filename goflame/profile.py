@@ -21,6 +21,7 @@ from enum import Enum
 from typing import IO, Any, BinaryIO
 
 from goflame import __version__
+from goflame.binary.varint import append_uvarints
 from goflame.errors import BadInput, OutputError
 from goflame.frame import Frame, FrameKind
 from goflame.inputs import (
@@ -420,20 +421,8 @@ class Profile:
 # varints (LEB128), shared by writer and reader
 
 
-def _uvarints(buf: bytearray, *values: int) -> None:
-    """Unsigned LEB128 varints, one after another (one call for a whole record)."""
-    append = buf.append
-    for v in values:
-        if v < 0:
-            raise ValueError(f"negative value {v} in an unsigned field")
-        while v >= 0x80:
-            append((v & 0x7F) | 0x80)
-            v >>= 7
-        append(v)
-
-
 def _uvarint(buf: bytearray, v: int) -> None:
-    _uvarints(buf, v)
+    append_uvarints(buf, v)
 
 
 def _svarint(buf: bytearray, v: int) -> None:
@@ -553,7 +542,7 @@ class RecordingWriter:
             i = self._stacks[key] = len(self._stacks)
             buf = self._pending
             buf.append(REC_STACK)
-            _uvarints(buf, len(key), *key)
+            append_uvarints(buf, len(key), *key)
         if len(self._stacks_by_id) >= 1 << 16:
             self._stacks_by_id.clear()
         self._stacks_by_id[id(frames)] = (frames, i)
@@ -567,7 +556,7 @@ class RecordingWriter:
             i = self._label_sets[labels] = len(self._label_sets) + 1
             buf = self._pending
             buf.append(REC_LABELS)
-            _uvarints(buf, len(labels), *ids)
+            append_uvarints(buf, len(labels), *ids)
         return i
 
     def add(self, sample: Sample) -> None:
@@ -582,10 +571,10 @@ class RecordingWriter:
         try:
             # One call for the fields (a sampler writes thousands of samples a second).
             if labels:
-                _uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
+                append_uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
                           stack, sample.weight, labels)
             else:
-                _uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
+                append_uvarints(buf, (dt << 1) if dt >= 0 else ((-dt) << 1) - 1, sample.goroutine, sample.thread, state,
                           stack, sample.weight)
         except ValueError as e:
             raise OutputError(f"{self._name}: cannot record sample: {e}") from None

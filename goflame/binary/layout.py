@@ -32,6 +32,7 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from goflame.binary.varint import encode_uvarint
 from goflame.binary.varint import sleb128 as _sleb
 from goflame.binary.varint import uleb128 as _uleb
 from goflame.errors import CorruptBinary, UnsupportedGoVersion
@@ -509,22 +510,6 @@ _CU_REF_FORMS = {0x11, 0x12, 0x13, 0x14, 0x15}
 _DW_OP_PLUS_UCONST = 0x23
 
 
-
-
-
-
-def _uleb_bytes(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 @dataclass(frozen=True, slots=True)
 class _Abbrev:
     tag: int
@@ -735,7 +720,7 @@ class _DwarfReader:
         abbrev code, then verified by decoding the DIE there."""
         hi = len(self.info) if hi is None else hi
         encoded = name.encode() + b"\0"
-        codes = [_uleb_bytes(c) for c in self._struct_codes()]
+        codes = [encode_uvarint(c) for c in self._struct_codes()]
         pos = self.info.find(encoded, lo, hi)
         while pos >= 0:
             for code in codes:

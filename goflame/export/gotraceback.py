@@ -93,10 +93,16 @@ def labels_text(labels: Mapping[str, str]) -> str:
     only when it holds anything but letters, digits, ".", "/", "_"."""
     if not labels:
         return ""
+    body = ", ".join(map(": ".join, labels.items()))
+    if body.count(" ") == 2 * len(labels) - 1 and _UNQUOTED_BODY.fullmatch(body):  # nothing to quote
+        return " {" + body + "}"
     return " {" + ", ".join(f"{_traceback_quote(k)}: {_traceback_quote(v)}" for k, v in labels.items()) + "}"
 
 
 _UNQUOTED = re.compile(r"[A-Za-z0-9./_]*")  # a regex: a dump quotes 10,000s of label strings
+# Every key and value unquoted, joined as printed: with exactly the separators' spaces in it
+# (a space in a key or value needs quoting), the separators cannot be mistaken.
+_UNQUOTED_BODY = re.compile(r"[A-Za-z0-9./_]*: [A-Za-z0-9./_]*(?:, [A-Za-z0-9./_]*: [A-Za-z0-9./_]*)*")
 
 
 def _traceback_quote(s: str) -> str:

@@ -46,6 +46,7 @@ from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from goflame import __version__
+from goflame.binary.varint import encode_uvarint, try_uvarint
 from goflame.errors import BadInput, GoflameError
 from goflame.frame import Frame, FrameKind
 from goflame.inputs import DEFAULT_LIMITS, Limits, cut_deep, format_size, source_bytes, too_big
@@ -453,35 +454,19 @@ def looks_like_pprof(head: bytes) -> bool:
         return True
     pos, n, fields = 0, len(head), 0
     while pos < n:
-        tag, pos = _varint(head, pos)
+        tag, pos = try_uvarint(head, pos)
         if tag is None:
             break
         number, wire = tag >> 3, tag & 7
         if wire not in _PROFILE_WIRE.get(number, ()):
             return False
-        length, pos = _varint(head, pos)
+        length, pos = try_uvarint(head, pos)
         if length is None:
             break
         fields += 1
         if wire == 2:
             pos += length
     return fields >= 1 and (fields >= 2 or pos >= n)
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int | None, int]:
-    """A varint for sniffing a file head: None (and how far it got) instead of an error, since
-    a head cut mid-varint is still a pprof file; unlike binary.varint.uvarint it never raises."""
-    v = shift = 0
-    while pos < len(buf):
-        b = buf[pos]
-        pos += 1
-        v |= (b & 0x7F) << shift
-        if b < 0x80:
-            return v, pos
-        shift += 7
-        if shift > 63:
-            return None, pos
-    return None, pos
 
 
 def _gzip() -> Any:
@@ -688,7 +673,7 @@ def _columns(cols: Any, vi: int, ntypes: int, locations: dict[int, tuple[Frame, 
     # Every stack's ids in one parse: the blobs joined are one packed field, and a blob holds
     # as many ids as it has bytes without the varint continuation bit (each ends one, checked).
     joined = b"".join(stacks)
-    ids = _parse(ids_class, b"\x0a" + _uvarint_bytes(len(joined)) + joined, name).id
+    ids = _parse(ids_class, b"\x0a" + encode_uvarint(len(joined)) + joined, name).id
     missing = set(ids).difference(locations)
     if missing:
         raise BadInput(f"{name}: corrupt pprof profile (a sample refers to location {min(missing)}, "
@@ -845,7 +830,7 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
         n = len(raw)
         hdr = headers.get(n)
         if hdr is None:
-            hdr = headers[n] = b"\x0a" + _uvarint_bytes(n)
+            hdr = headers[n] = b"\x0a" + encode_uvarint(n)
         fr = by_bytes[raw] = frames_of(ids_cls.FromString(hdr + raw).id)
         return fr
 
@@ -895,15 +880,6 @@ def _samples(p: Any, cls: dict[str, type], locations: dict[int, tuple[Frame, ...
             raise
         raise BadInput(f"{name}: corrupt pprof profile (a sample does not decode: {e})") from None
     return samples, labelled, total, deep
-
-
-def _uvarint_bytes(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
 
 
 def _kind_of(function: str, addr: int) -> FrameKind:
