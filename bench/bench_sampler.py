@@ -21,7 +21,7 @@ as `goflame record` does.
    CPU 0 to separate the two.
 3. A CPU profile of the sampler at 1000 Hz.
 
-    .venv/bin/python bench/bench_sampler.py [--seconds 5] [--pairs 5] [--pairs-fast 3] [--pin]
+    .venv/bin/python bench/bench_sampler.py [--seconds 5] [--pairs 5] [--pairs-fast 3] [--pin] [--labels]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import benchlib as bl
 
 WORKERS = 4
 ENGINE = ["auto"]  # --engine: what record uses by default (perf where allowed), or ptrace
+LABELS: list[str] = []  # --labels: ["-labels"], the workers run under pprof labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,7 @@ def fmt_pauses(ns: tuple[int, ...] | list[int], held: tuple[int, ...] | list[int
 def bench_throughput(binary: Path, seconds: float, cpus: set[int] | None, tmp: Path, gomaxprocs: int) -> None:
     from goflame.target import Target
 
-    p, _ = bl.start_workload(binary, "-workers", str(WORKERS), gomaxprocs=gomaxprocs, cpus=cpus)
+    p, _ = bl.start_workload(binary, "-workers", str(WORKERS), *LABELS, gomaxprocs=gomaxprocs, cpus=cpus)
     try:
         bl.section(f"sampler throughput: {WORKERS} CPU-bound goroutines, GOMAXPROCS={gomaxprocs}, pid {p.pid}")
         with Target(p.pid) as t:
@@ -236,7 +237,7 @@ def bench_slowdown(binary: Path, rate: float, pairs: int, seconds: float, cpus: 
     from goflame.target import Target
 
     settle = 0.3
-    p, _ = bl.start_workload(binary, "-workers", str(WORKERS), "-report", "100ms", gomaxprocs=WORKERS, cpus=cpus)
+    p, _ = bl.start_workload(binary, "-workers", str(WORKERS), *LABELS, "-report", "100ms", gomaxprocs=WORKERS, cpus=cpus)
     reader = OpsReader(p)
     reader.start()
     try:
@@ -303,7 +304,7 @@ def bench_slowdown(binary: Path, rate: float, pairs: int, seconds: float, cpus: 
 def bench_profile(binary: Path, seconds: float, tmp: Path) -> None:
     from goflame.target import Target
 
-    p, _ = bl.start_workload(binary, "-workers", str(WORKERS), gomaxprocs=WORKERS)
+    p, _ = bl.start_workload(binary, "-workers", str(WORKERS), *LABELS, gomaxprocs=WORKERS)
     try:
         bl.section(f"CPU profile of the sampler at 1000 Hz for {seconds:g} s (cProfile slows it: shares matter)")
         with Target(p.pid) as t:
@@ -324,11 +325,15 @@ def main() -> None:
                          "machine with fewer than 4 CPUs, where 4 threads cannot all be on a CPU at once)")
     ap.add_argument("--engine", choices=("auto", "perf", "ptrace"), default="auto",
                     help="how goflame samples running threads (auto: as `goflame record` does)")
+    ap.add_argument("--labels", action="store_true",
+                    help="the workers run under pprof labels (3 each): every sample then carries them (issue 16)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-slowdown", action="store_true")
     ap.add_argument("--skip-profile", action="store_true")
     a = ap.parse_args()
     ENGINE[0] = a.engine
+    if a.labels:
+        LABELS.append("-labels")
     binary = bl.workload()
     cpus = None
     if a.pin:
