@@ -160,6 +160,10 @@ def test_idle_mode_leaf_states_match_the_runtimes_dump(tmp_path):
         wrong = {g: (seen.get(g), state) for g, state in parked.items() if seen.get(g) != state}
         assert not wrong, f"snapshot at {when / 1e9:.3f} s: goroutine: (goflame, runtime) {wrong}"
     want = Counter(parked.values())
+    # Goroutines the dump caught running or runnable, parked in goflame's snapshots: the
+    # os/signal loop carries the signal that asks for the dump, so at that moment it may not
+    # be back in its syscall yet. Their samples add to the same leaves.
+    others = Counter(st for seen in ticks.values() for g, st in seen.items() if g not in parked)
     leaves = Counter()
     for stack, n in folded_counts(folded).items():
         leaf = stack.rsplit(";", 1)[-1]
@@ -168,7 +172,7 @@ def test_idle_mode_leaf_states_match_the_runtimes_dump(tmp_path):
     for state, n in want.items():
         if state in ("chan receive", "select"):
             continue  # also where the runtime's own (system/signal) goroutines park
-        assert leaves[state] == n * len(ticks), (state, leaves[state], n, len(ticks))
+        assert leaves[state] == n * len(ticks) + others[state], (state, leaves[state], n, len(ticks), others)
 
 
 def test_record_writes_every_format_and_report_round_trips(tmp_path):
