@@ -561,7 +561,12 @@ class Pauser:
             raise deferred
 
     def _release(self, t: _Tracee) -> None:
-        while True:
+        # Each turn detaches, or waits for the stop an interrupt brings: a reported ptrace
+        # stop is detachable, so two turns do it. The bound makes sure a kernel answer we do
+        # not foresee (a stop reported, ESRCH on detach, again and again: stops are seen with
+        # WNOWAIT, so the report stays) can never spin; the kernel detaches what is left
+        # when goflame exits.
+        for _ in range(_RELEASE_TURNS):
             if not t.sig:
                 # Our record of the stop may have been lost to an exception between waitpid
                 # and the book-keeping: ask the kernel which signal (if any) is in hand.
@@ -586,8 +591,10 @@ class Pauser:
                     return
             if not self._on_stop(t, info):
                 return  # it exited and was reaped
+        self._held.pop(t.tid, None)
 
 
+_RELEASE_TURNS = 8
 BOOST_NS = 1_000_000  # the longest stretch of a pause run SCHED_FIFO
 
 
