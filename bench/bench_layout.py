@@ -26,6 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from elftools.elf.elffile import ELFFile  # noqa: E402
 
 import gotoolchain as gt  # noqa: E402
+from goflame.binary import dwarf  # noqa: E402
 from goflame.binary import layout as L  # noqa: E402
 
 
@@ -80,10 +81,10 @@ def main() -> None:
         elf = ELFFile(fh)
         sec = elf.get_section_by_name(".debug_info")
         stored = sec["sh_size"] if sec is not None else 0
-        full, _ = L._debug_info(elf, full=True)
-        part, complete = L._debug_info(elf, full=False)
-        reader = L._DwarfReader(part, L._debug_section(elf, "abbrev"))
-        layout = reader.layout(L.STRUCTS)
+        full, _ = dwarf.debug_info(elf, full=True)
+        part, complete = dwarf.debug_info(elf, full=False)
+        reader = dwarf.DwarfReader(part, dwarf.debug_section(elf, "abbrev"))
+        layout = L.layout_from_reader(reader, L.STRUCTS)
     assert layout is not None, f"{path} has no usable DWARF"
 
     t_open = best_of(5, lambda: open_elf(path))
@@ -95,7 +96,7 @@ def main() -> None:
           f"inflated by layout_from_dwarf: {len(part) / 1e6:.2f} MB "
           f"({100 * len(part) / len(full):.0f}%{'' if not complete else ', all'})")
     print(f"structs: {len(layout.structs)}, fields: {sum(len(s.fields) for s in layout.structs.values())}, "
-          f"DIEs decoded: {len(reader._dies)}")
+          f"DIEs decoded: {reader.decoded}")
     print(f"open ELF (pyelftools, section headers):  {t_open * 1e3:8.1f} ms")
     print(f"layout_from_dwarf:                       {t_layout * 1e3:8.1f} ms"
           f"   = {t_layout / t_open:6.1f} x open")

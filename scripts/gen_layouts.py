@@ -16,15 +16,17 @@ against the DWARF of fresh builds and against the constants the compiler put in 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from goflame.binary.layout import Layout, dump_table, layout_from_dwarf, layout_to_dict  # noqa: E402
+from goflame.binary.layout import Layout, layout_from_dwarf  # noqa: E402
 from gotoolchain import MATRIX, BuildSpec, build, goroot  # noqa: E402
 
 PROBE = ROOT / "scripts" / "layoutprobe"
@@ -32,6 +34,63 @@ OUT = ROOT / "goflame" / "binary" / "layouts"
 
 
 # --------------------------------------------------------------------------- Go const blocks
+
+
+def layout_to_dict(layout: Layout, **extra: Any) -> dict[str, Any]:
+    """The JSON table format: fields as [offset, size, type], sorted by offset then name."""
+    out: dict[str, Any] = {"go": layout.version, **extra, "ptr_size": layout.ptr_size}
+    out["structs"] = {
+        name: {
+            "size": s.size,
+            "fields": {
+                f: [v.offset, v.size, v.type]
+                for f, v in sorted(s.fields.items(), key=lambda kv: (kv[1].offset, kv[0]))
+            },
+        }
+        for name, s in sorted(layout.structs.items())
+    }
+    out["wait_reasons"] = list(layout.wait_reasons)
+    for key in ("g_status", "p_status", "func_ids", "func_flags", "map_consts"):
+        out[key] = dict(sorted(getattr(layout, key).items(), key=lambda kv: (kv[1], kv[0])))
+    out["label_store"] = layout.label_store
+    return out
+
+
+def dump_table(data: dict[str, Any]) -> str:
+    """JSON with one struct field or constant per line: stable and easy to diff."""
+    lines = ["{"]
+    items = list(data.items())
+    for i, (key, value) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if key == "structs":
+            lines.append('  "structs": {')
+            snames = list(value)
+            for j, sname in enumerate(snames):
+                s = value[sname]
+                lines.append(f"    {json.dumps(sname)}: {{")
+                lines.append(f'      "size": {s["size"]},')
+                lines.append('      "fields": {')
+                fields = list(s["fields"].items())
+                for k, (fname, fv) in enumerate(fields):
+                    fc = "," if k < len(fields) - 1 else ""
+                    lines.append(f"        {json.dumps(fname)}: {json.dumps(fv)}{fc}")
+                lines.append("      }")
+                lines.append("    }" + ("," if j < len(snames) - 1 else ""))
+            lines.append("  }" + comma)
+        elif isinstance(value, list) and value:
+            lines.append(f"  {json.dumps(key)}: [")
+            lines += [f"    {json.dumps(v)}" + ("," if k < len(value) - 1 else "") for k, v in enumerate(value)]
+            lines.append("  ]" + comma)
+        elif isinstance(value, dict) and value:
+            lines.append(f"  {json.dumps(key)}: {{")
+            kv = list(value.items())
+            lines += [f"    {json.dumps(k)}: {json.dumps(v)}" + ("," if n < len(kv) - 1 else "")
+                      for n, (k, v) in enumerate(kv)]
+            lines.append("  }" + comma)
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def _strip_comment(line: str) -> str:

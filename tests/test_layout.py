@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gotoolchain as gt
+from goflame.binary import dwarf
 from goflame.binary import layout as L
 from goflame.binary.layout import (
     MAX_DEPTH,
@@ -418,12 +419,12 @@ def test_dwarf_reader_decodes_a_small_part_of_the_type_unit_and_stops_inflating_
     total_dies = sum(1 for _ in types_cu.iter_DIEs())
     with open(binary, "rb") as fh:
         elf = ELFFile(fh)
-        info, _ = L._debug_info(elf, full=False)
-        reader = L._DwarfReader(info, L._debug_section(elf, "abbrev"))
-        assert reader.layout(STRUCTS) is not None
+        info, _ = dwarf.debug_info(elf, full=False)
+        reader = dwarf.DwarfReader(info, dwarf.debug_section(elf, "abbrev"))
+        assert L.layout_from_reader(reader, STRUCTS) is not None
         unit_end = types_cu.cu_offset + types_cu["unit_length"] + 4
-        full, _ = L._debug_info(elf, full=True)
-    assert len(reader._dies) < 0.25 * total_dies
+        full, _ = dwarf.debug_info(elf, full=True)
+    assert reader.decoded < 0.25 * total_dies
     assert unit_end <= len(info) <= len(full)
 
 
@@ -431,7 +432,7 @@ def test_dwarf_reader_decodes_a_small_part_of_the_type_unit_and_stops_inflating_
 def _inflated_sections(binary: Path) -> tuple[bytes, bytes]:
     with open(binary, "rb") as fh:
         elf = ELFFile(fh)
-        return L._debug_info(elf, full=True)[0], L._debug_section(elf, "abbrev")
+        return dwarf.debug_info(elf, full=True)[0], dwarf.debug_section(elf, "abbrev")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
