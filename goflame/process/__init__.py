@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TypeVar
 
 from goflame.errors import BadInput, ProcessGone, TargetExeced
 from goflame.process import procfs
@@ -21,6 +21,8 @@ NS_REFRESH_S = 0.05
 
 __all__ = ["ExePath", "MemoryMap", "PausedThread", "Process", "ProcessMemory", "Registers",
            "ThreadInfo", "check_can_trace"]
+
+T = TypeVar("T")  # what a pause's while_stopped callback reads in the stop
 
 
 class Process:
@@ -150,8 +152,8 @@ class Process:
         if self.memory.image_replaced() or (self.startstack and st.startstack and st.startstack != self.startstack):
             raise TargetExeced(exec_message(self.pid))
 
-    def pause(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], Any] | None = None,
-              *, overlap: bool = True, just_before: Callable[[int], None] | None = None) -> dict[int, PausedThread]:
+    def pause(self, tids: Iterable[int], while_stopped: Callable[[int, Registers], T] | None = None,
+              *, overlap: bool = True, just_before: Callable[[int], None] | None = None) -> dict[int, PausedThread[T]]:
         """Stop each thread briefly and return its registers (see Pauser.pause)."""
         return self._pauser.pause(tids, while_stopped, overlap=overlap, just_before=just_before)
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from goflame.errors import NotPermitted, ProcessGone
 from goflame.process import procfs
@@ -108,8 +108,11 @@ class Registers:
         return self.rbp
 
 
+T = TypeVar("T")  # what a pause's while_stopped callback reads in the stop
+
+
 @dataclass(frozen=True, slots=True)
-class PausedThread:
+class PausedThread(Generic[T]):
     """What one pause of one thread produced."""
 
     tid: int
@@ -117,13 +120,13 @@ class PausedThread:
     pause_ns: int  # from PTRACE_INTERRUPT to PTRACE_DETACH (includes a queued thread's wait for a CPU)
     held_ns: int  # from seeing the stop to PTRACE_DETACH: the part of the stop that is ours alone
     signal: int = 0  # a signal that arrived during the stop and was passed on at detach
-    extra: Any = None  # what the while_stopped callback returned
+    extra: T | None = None  # what the while_stopped callback returned (None without one)
 
 
 class _Tracee:
     """Book-keeping for one seized thread, updated right after each syscall."""
 
-    __slots__ = ("tid", "sig", "t_interrupt", "t_stopped", "raw", "callback")
+    __slots__ = ("tid", "sig", "t_interrupt", "t_stopped", "raw")
 
     def __init__(self, tid: int) -> None:
         self.tid = tid
@@ -131,7 +134,6 @@ class _Tracee:
         self.t_interrupt = 0
         self.t_stopped = 0
         self.raw = b""
-        self.callback: Callable[[int, Registers], Any] | None = None
 
 
 def _err() -> int:
@@ -230,8 +232,8 @@ class Pauser:
         return self._guard is not None
 
     def pause(self, tids: Iterable[int],
-              while_stopped: Callable[[int, Registers], Any] | None = None, *,
-              overlap: bool = True, just_before: Callable[[int], None] | None = None) -> dict[int, PausedThread]:
+              while_stopped: Callable[[int, Registers], T] | None = None, *,
+              overlap: bool = True, just_before: Callable[[int], None] | None = None) -> dict[int, PausedThread[T]]:
         """Stop each thread briefly and read its registers; threads that exit are left out.
 
         Each thread is detached as soon as its registers are read. With `overlap` every
@@ -243,7 +245,7 @@ class Pauser:
         right before each PTRACE_INTERRUPT (the thread is seized, not stopped).
         """
         asked: set[int] = set()  # a thread listed twice is paused once
-        out: dict[int, PausedThread] = {}
+        out: dict[int, PausedThread[T]] = {}
         with self._holding():
             try:
                 if overlap:
@@ -352,14 +354,14 @@ class Pauser:
             return info.si_pid
         return next(iter(pending))
 
-    def _sample(self, t: _Tracee, while_stopped: Callable[[int, Registers], Any] | None,
-                out: dict[int, PausedThread]) -> None:
+    def _sample(self, t: _Tracee, while_stopped: Callable[[int, Registers], T] | None,
+                out: dict[int, PausedThread[T]]) -> None:
         """Read registers of a stopped tracee, run the callback, detach, record."""
         raw = self._getregs(t)
         if raw is None:
             self._release(t)
             return
-        extra = None
+        extra: T | None = None
         regs = None
         try:
             if while_stopped is not None:
@@ -606,7 +608,7 @@ def _unboost(saved: tuple[int, os.sched_param]) -> None:
 
 
 def pause_threads(pid: int, tids: Iterable[int],
-                  while_stopped: Callable[[int, Registers], Any] | None = None) -> dict[int, PausedThread]:
+                  while_stopped: Callable[[int, Registers], T] | None = None) -> dict[int, PausedThread[T]]:
     """One-shot `Pauser(pid).pause(tids)`."""
     return Pauser(pid).pause(tids, while_stopped)
 
