@@ -29,6 +29,7 @@ import os
 import random
 import select
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from typing import Any
 from goflame.dump import goroutine_groups, label_groups
 from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone
 from goflame.frame import Frame
-from goflame.lifecycle import attach_launched, finish_child, launch
+from goflame.lifecycle import Signals, Watch, attach_launched, finish_child, launch
 from goflame.process.procfs import CLOCK_TICKS
 from goflame.profile import RUNNING, Sample
 from goflame.runtime import STATUS_TEXT, Goroutine, is_system_goroutine
@@ -476,7 +477,7 @@ def group_lines(rows: Sequence[GroupRow]) -> list[str]:
 class TopSession:
     """One target being watched: samples on its clock, refreshes on the display's."""
 
-    def __init__(self, target: Target, opts: TopOptions, child: Any = None):
+    def __init__(self, target: Target, opts: TopOptions, child: subprocess.Popen | None = None):
         self.t = target
         self.opts = opts
         self.child = child
@@ -886,21 +887,6 @@ def handle_key(session: TopSession, key: str | int, curses_mod: Any) -> str | No
 
 
 @contextlib.contextmanager
-def _stop_signals(stop: dict[str, bool]) -> Iterator[None]:
-    def on_signal(_signum: int, _frame: object) -> None:
-        stop["flag"] = True
-
-    old = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            old[sig] = signal.signal(sig, on_signal)
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-@contextlib.contextmanager
 def _child_stdio(log_fd: int | None) -> Iterator[None]:
     """While launching: the command's stdin from /dev/null and its output into `log_fd`.
 
@@ -953,7 +939,6 @@ def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: 
         raise BadInput(f"unknown view {opts.view!r}: choose functions or goroutines")
     if interactive is None:
         interactive = _interactive_default(opts)
-    screen = None
     if interactive:
         try:
             import curses
@@ -961,65 +946,69 @@ def run_top(opts: TopOptions, *, on_snapshot: Callable[[str], None] = lambda s: 
             curses.setupterm()
         except Exception:  # no usable terminal description: plain snapshots instead
             interactive = False
-    child = None
-    log_path = None
     result = TopResult(opts.pid or 0)
-    stop = {"flag": False}
-    try:
-        if opts.command:
-            log_fd = None
-            if interactive:
-                log_fd, log_path = tempfile.mkstemp(prefix="goflame-top-", suffix=".log")
-                result.command_log = log_path
-            try:
-                with _child_stdio(log_fd):
-                    child = launch(opts.command)
-            finally:
-                if log_fd is not None:
-                    os.close(log_fd)
-            pid = result.pid = child.pid
-        else:
-            assert opts.pid is not None
-            pid = opts.pid
-        with _stop_signals(stop):
+    child = None
+    # No child for the Watch: top is a viewer, so the first Ctrl-C or SIGTERM ends it at once
+    # (record forwards it and keeps recording the command's shutdown); a launched command is
+    # then finished as record finishes it.
+    watch = Watch()
+    with watch.handlers(hangup=True):  # from before the launch, as record: a SIGTERM still finishes the child
+        try:
+            if opts.command:
+                child = _launch(opts.command, result, interactive)
+                pid = result.pid = child.pid
+            else:
+                assert opts.pid is not None
+                pid = opts.pid
             target = attach_launched(child) if child is not None else Target(pid)
             with target:
-                session = TopSession(target, opts, child)
-                try:
-                    session.start_engine()  # a refused --engine perf fails here, before the screen
-                    fallback = session.sampler.stats.fallback
-                    if fallback:
-                        msg = (f"{fallback}; sampling with ptrace instead, which stops each sampled thread "
-                               f"for tens of µs")
-                        result.warnings.append(msg)
-                        on_warning(msg)
-                    if interactive:
-                        screen = Screen()
-                        with screen:
-                            _loop(session, opts, stop, result, on_snapshot, screen)
-                    else:
-                        _loop(session, opts, stop, result, on_snapshot, None)
-                finally:
-                    session.close()
-                result.target_exited = session.exited
-                if session.exited and screen is not None and session.status is not None:
-                    on_snapshot(session.snapshot_text())  # the last picture outlives the screen
-    finally:
-        if child is not None:
-            result.exit_status = finish_child(child)
-        if log_path is not None and os.path.exists(log_path) and os.path.getsize(log_path) == 0:
-            os.unlink(log_path)
-            result.command_log = None
+                _watch(TopSession(target, opts, child), opts, result, interactive, on_snapshot, on_warning,
+                       watch.signals)
+        finally:
+            if child is not None:
+                result.exit_status = finish_child(child)
+            log = result.command_log
+            if log is not None and os.path.exists(log) and os.path.getsize(log) == 0:
+                os.unlink(log)
+                result.command_log = None
     return result
 
 
-def _loop(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: TopResult,
-          on_snapshot: Callable[[str], None], screen: Screen | None) -> None:
-    """The sampler's clock (jittered ticks, missed ticks skipped) with refreshes and keys between.
+def _launch(command: Sequence[str], result: TopResult, interactive: bool) -> subprocess.Popen:
+    """Start the command; on a screen its output goes to a log file (`result.command_log`)."""
+    log_fd = None
+    if interactive:
+        log_fd, result.command_log = tempfile.mkstemp(prefix="goflame-top-", suffix=".log")
+    try:
+        with _child_stdio(log_fd):
+            return launch(command)
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
 
-    Waiting happens in select() on the terminal, so a key is handled at once, whatever the rate.
-    """
-    _ticks(session, opts, stop, result, on_snapshot, screen)
+
+def _watch(session: TopSession, opts: TopOptions, result: TopResult, interactive: bool,
+           on_snapshot: Callable[[str], None], on_warning: Callable[[str], None], signals: Signals) -> None:
+    """Choose the engine, then show refreshes until the end."""
+    screen = None
+    try:
+        session.start_engine()  # a refused --engine perf fails here, before the screen
+        fallback = session.sampler.stats.fallback
+        if fallback:
+            msg = f"{fallback}; sampling with ptrace instead, which stops each sampled thread for tens of µs"
+            result.warnings.append(msg)
+            on_warning(msg)
+        if interactive:
+            screen = Screen()
+            with screen:
+                _ticks(session, opts, signals, result, on_snapshot, screen)
+        else:
+            _ticks(session, opts, signals, result, on_snapshot, None)
+    finally:
+        session.close()
+    result.target_exited = session.exited
+    if session.exited and screen is not None and session.status is not None:
+        on_snapshot(session.snapshot_text())  # the last picture outlives the screen
 
 
 class PollClock:
@@ -1037,8 +1026,12 @@ class PollClock:
         self.next = max(self.next + self.interval, time.monotonic())
 
 
-def _ticks(session: TopSession, opts: TopOptions, stop: dict[str, bool], result: TopResult,
+def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopResult,
            on_snapshot: Callable[[str], None], screen: Screen | None) -> None:
+    """The sampler's clock (jittered ticks, missed ticks skipped) with refreshes and keys between.
+
+    Waiting happens in select() on the terminal, so a key is handled at once, whatever the rate.
+    """
     start = time.monotonic()
     next_refresh = start + opts.delay
     st = session.sampler.stats
@@ -1047,7 +1040,7 @@ def _ticks(session: TopSession, opts: TopOptions, stop: dict[str, bool], result:
         session.poll_interval, start)
     session.refresh()  # goroutines, threads, uptime now: the header has them even if the target exits
     redraw = screen is not None  # a first picture while the samples come in
-    while not stop["flag"]:
+    while not signals.stop:
         now = time.monotonic()
         if now >= clock.next:
             clock.take(now)
