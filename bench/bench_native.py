@@ -51,7 +51,8 @@ def best_of(fn, n: int = 5) -> float:  # noqa: ANN001
 
 def bench_cfi(pyelftools: bool) -> None:
     from goflame.binary.elf import ElfFile
-    from goflame.unwind.native import CfiSection, ImageCache
+    from goflame.unwind.cfi import CfiSection
+    from goflame.unwind.images import ImageCache
 
     print(f"\n== libc CFI: {LIBC} ({LIBC.stat().st_size / 1e6:.1f} MB)  [{load()}]")
     read = best_of(lambda: LIBC.read_bytes())

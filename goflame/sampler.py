@@ -36,7 +36,7 @@ from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
-    from goflame.unwind.native import Stopped
+    from goflame.unwind.stitch import Stopped
 
 NOT_IN_SYSCALL = (1 << 64) - 1  # orig_rax of a thread stopped outside a syscall (-1)
 # x86-64 syscalls in which a thread waits (sleeps, yields its CPU) rather than works: read,

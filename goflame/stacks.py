@@ -24,7 +24,7 @@ from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
-    from goflame.unwind.native import MixedWalk, NativeStitcher, Stopped
+    from goflame.unwind.stitch import MixedWalk, NativeStitcher, Stopped
 
 STACK_WINDOW = 64 * 1024  # bytes of stack read in one go per goroutine (more on demand)
 STOPPED_WINDOW = 16 * 1024  # bytes read while a thread is stopped: keep the stop short
@@ -72,7 +72,7 @@ class StackCollector:
     def enable_native(self) -> NativeStitcher:
         """--native: C frames too. Only then is anything native imported, opened or parsed."""
         if self.native is None:
-            from goflame.unwind.native import NativeStitcher
+            from goflame.unwind.stitch import NativeStitcher
 
             self.native = NativeStitcher(self.proc, self.reader, self.unwinder)
         return self.native

@@ -150,7 +150,7 @@ def readelf_rows(path: Path) -> list[tuple[int, str, dict[str, str]]]:
 
 
 def describe_row(row) -> tuple[str, dict[str, str]]:  # noqa: ANN001
-    from goflame.unwind.native import EXPR, OFFSET, REGISTER, SAME, UNDEF, VAL_EXPR, VAL_OFFSET
+    from goflame.unwind.cfi import EXPR, OFFSET, REGISTER, SAME, UNDEF, VAL_EXPR, VAL_OFFSET
 
     cfa = "exp" if row.cfa_reg < 0 else f"{DWARF_REGS.get(row.cfa_reg, row.cfa_reg)}+{row.cfa_offset}"
     rules = {}
@@ -177,7 +177,7 @@ def vdso_image(tmp_path: Path) -> Path:
 
 
 def test_cfi_rows_equal_readelfs_decoding_for_libc_the_fixture_and_the_vdso(tmp_path):
-    from goflame.unwind.native import ImageCache
+    from goflame.unwind.images import ImageCache
 
     cache = ImageCache()
     for path in (LIBC, cgochain(tmp_path), vdso_image(tmp_path)):
@@ -200,7 +200,7 @@ def test_cfi_rows_equal_readelfs_decoding_for_libc_the_fixture_and_the_vdso(tmp_
 
 
 def test_native_symbols_agree_with_nm(tmp_path):
-    from goflame.unwind.native import ImageCache
+    from goflame.unwind.images import ImageCache
 
     cache = ImageCache()
     for path, flags in ((LIBC, ("-D",)), (cgochain(tmp_path), ())):
@@ -227,7 +227,7 @@ def test_prologue_analysis_agrees_with_the_cfi_of_compiled_code(tmp_path):
     """Where a table exists it is the truth: the heuristic must find the same CFA almost always."""
     import capstone
 
-    from goflame.unwind.native import ImageCache
+    from goflame.unwind.images import ImageCache
     from goflame.unwind.prologue import PrologueAnalyzer
 
     analyzer = PrologueAnalyzer()
@@ -707,7 +707,7 @@ def test_corrupt_cfi_never_raises_and_never_invents_a_row(tmp_path):
     from hypothesis import strategies as st
 
     from goflame.binary.elf import ElfFile
-    from goflame.unwind.native import CfiSection, Row
+    from goflame.unwind.cfi import CfiSection, Row
 
     elf = ElfFile(cgochain(tmp_path))
     sec = elf.section(".eh_frame")

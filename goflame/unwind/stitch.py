@@ -1,0 +1,415 @@
+"""One stack per goroutine across Go and C: the runtime's stack switches, undone (--native).
+
+The stitcher follows the runtime's own switches between Go and C: a cgo call (asmcgocall on
+g0; the goroutine's Go stack continues at g.syscall{pc,sp}), a vDSO call (m.vdso{PC,SP}) and C
+calling back into Go (cgocallback, whose g0 frame holds the C caller: m.g0.sched.sp, chained
+through the saved copy at 0(SP)). C frames come from the C unwinder (unwind/native.py), Go
+frames from the binary's pclntab (unwind/gopclntab.py).
+
+Made only with --native: nothing here is imported, opened or parsed otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from goflame.errors import InvalidMemory
+from goflame.frame import Frame, FrameKind
+from goflame.process import Process, Registers
+from goflame.unwind import sigframe
+from goflame.unwind.cfi import RA, RBP, RBX, RSP
+from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.images import ImageCache
+from goflame.unwind.native import NativeFrame, NativeUnwinder
+from goflame.unwind.stop import Stop
+from goflame.unwind.vdsocall import StackSpan
+
+if TYPE_CHECKING:
+    from goflame.runtime import Goroutine, Machine, RuntimeReader
+    from goflame.symbolize import Symbolizer
+    from goflame.unwind.gopclntab import GoUnwinder
+
+# ... a stopped thread's own stack pointer is surely mapped, so a miss means the maps are stale
+# (a thread made since, with a new stack) and the walk would fail without them.
+STACK_MAPS_REFRESH_S = 0.02
+OTHER_STACK_WINDOW = 8 * 1024  # bytes read in the stop from each other stack a walk may continue on
+
+
+MixedFrame = PhysicalFrame | NativeFrame
+# The stops of a Go walk on g0 (after C returned into Go) that leave the rest of the stack on
+# the goroutine's: asmcgocall or a vDSO caller switched stacks, and the goroutine's own records
+# (g.syscallsp, m.vdsoSP) say where it continues.
+_LEFT_GO_ON_G0 = frozenset({Stop.SPWRITE, Stop.UNKNOWN_PC, Stop.BOUNDS, Stop.NO_FRAME_SIZE, Stop.VDSO_CALL})
+
+
+@dataclass(slots=True)
+class MixedWalk:
+    frames: list[MixedFrame]
+    stop: Stop
+
+    @property
+    def complete(self) -> bool:
+        return self.stop.complete
+
+
+def regs_of(r: Registers) -> dict[int, int]:
+    return {RA: r.rip, RSP: r.rsp, RBP: r.rbp, RBX: r.rbx, 12: r.r12, 13: r.r13, 14: r.r14, 15: r.r15,
+            0: r.rax, 1: r.rdx, 2: r.rcx, 4: r.rsi, 5: r.rdi, 8: r.r8, 9: r.r9, 10: r.r10, 11: r.r11}
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Memory read while a thread was stopped (see NativeStitcher.while_stopped)."""
+
+    stack: bytes
+    curg: int  # m.curg, -1 when unread
+    g0_sp: int | None  # m.g0.sched.sp
+    vdso: tuple[int, int] | None  # m.vdsoSP, m.vdsoPC
+    syscall: tuple[int, int, int] | None  # (g address, syscallsp, syscallpc) of the M's goroutine then
+    other_stacks: tuple[tuple[int, bytes], ...] = ()  # page-aligned (address, bytes) of the stacks the walk goes on to
+
+
+class NativeStitcher:
+    """One stack per goroutine across Go and C: the runtime's stack switches, undone.
+
+    Made only with --native: nothing here is imported, opened or parsed otherwise.
+    """
+
+    def __init__(self, proc: Process, reader: RuntimeReader, unwinder: GoUnwinder, cache: ImageCache | None = None):
+        self.proc = proc
+        self.reader = reader
+        self.go = unwinder
+        self.native = NativeUnwinder(proc, cache)
+        self._machines: dict[int, Machine] = {}
+
+    # live threads
+    def while_stopped(self, m: Machine | None, regs: Registers, window: int) -> Stopped:
+        """What to read while the thread is stopped, all in one syscall.
+
+        Besides the stack top: m.curg, m.g0.sched.sp, m.vdso{SP,PC}, and the syscall{sp,pc}
+        of the goroutine the M last ran. Read after the thread runs on, these may no longer
+        match the registers: a callback may have returned, a vDSO call (tens of ns) surely has.
+        """
+        sp = regs.rsp
+        bounds = self.native.space.cached_mapping(sp)  # no /proc read inside the stop
+        reqs = [(sp, min(window, bounds[1] - sp) if bounds else 0x1000 - (sp & 0xFFF))]
+        offs = self._offsets
+        if m is None or offs is None or not m.g0:
+            data = self.proc.memory.read_many(reqs)[0]
+            return Stopped(data or b"", -1, None, None, None)
+        curg, vdso_sp, vdso_pc, g0_sp, sys_sp, sys_pc = offs
+        reqs += ((m.addr + curg, 8), (m.addr + vdso_sp, 8), (m.addr + vdso_pc, 8), (m.g0 + g0_sp, 8))
+        guess = m.curg
+        if guess:
+            reqs += ((guess + sys_sp, 8), (guess + sys_pc, 8))
+        bufs = self.proc.memory.read_many(reqs)
+        w = [int.from_bytes(b, "little") if b else None for b in bufs[1:]]
+        if not guess:
+            w += (None, None)
+        fresh = w[0]
+        if fresh and fresh != guess:
+            # The goroutine changed since the Ms were last read (the scheduler moved it, or this
+            # M picked up another): its syscall{sp,pc}, read for the stale guess, say nothing.
+            # Read the running one's, still inside the stop: after it, C may return to Go.
+            guess = fresh
+            w[4:6] = [int.from_bytes(b, "little") if b else None
+                      for b in self.proc.memory.read_many([(fresh + sys_sp, 8), (fresh + sys_pc, 8)])]
+        # The walk continues on other stacks than the one the thread stopped on: g0 above
+        # g0.sched.sp (the C frames of a callback into Go, overwritten by C as soon as the
+        # callback returns), the goroutine's stack at m.vdsoSP or g.syscallsp (it runs on
+        # when the vDSO or C call returns). Read them too while the thread is stopped: one
+        # more, dependent, read.
+        windows = []
+        for addr in (w[3], w[1], w[4]):
+            if addr and not (bounds and bounds[0] <= addr < bounds[1]):
+                base = addr & ~0xFFF
+                mapped = self.native.space.cached_mapping(addr)
+                windows.append((base, min(OTHER_STACK_WINDOW, mapped[1] - base) if mapped else 0x1000))
+        other = ()
+        if windows:
+            other = tuple((base, data) for (base, _n), data in
+                          zip(windows, self.proc.memory.read_many(windows), strict=True) if data)
+        return Stopped(bufs[0] or b"", -1 if w[0] is None else w[0], w[3],
+                       (w[1], w[2]) if w[1] is not None and w[2] is not None else None,
+                       (guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None, other)
+
+    @cached_property
+    def _offsets(self) -> tuple[int, int, int, int, int, int] | None:
+        """m.curg, m.vdsoSP, m.vdsoPC, g.sched.sp, g.syscallsp, g.syscallpc: None if any is unknown."""
+        fm, fg = self.reader.m.spec, self.reader.g.spec
+        try:
+            return (fm["curg"][0], fm["vdsosp"][0], fm["vdsopc"][0], fg["sp"][0], fg["syscallsp"][0],
+                    fg["syscallpc"][0])
+        except KeyError:
+            return None
+
+    def thread(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
+               g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None = None,
+               in_signal: bool = False) -> MixedWalk:
+        """The stack of a stopped thread: native frames where it runs C, then its goroutine's.
+        In Go's signal handler: its frames, then those of the code the signal interrupted."""
+        pc, sp = regs.rip, regs.rsp
+        if stopped is not None:
+            mem.preload(stopped.other_stacks)
+        in_go = self.reader.in_text
+        if in_go(pc):
+            walk = self._go_from_registers(m, g, pc, sp, regs.r12, mem, g0_bounds)
+            if sigframe.ends_in_handler(walk) and not in_signal:
+                ctx = sigframe.interrupted(walk, mem)
+                handler = self.splice(sigframe.handler_part(walk), m, g, mem, stopped)
+                if ctx is None:
+                    return MixedWalk(handler.frames, Stop.SIGNAL)
+                inner = self.thread(m, g, ctx.registers(regs), mem, g0_bounds, stopped, in_signal=True)
+                return MixedWalk(handler.frames + inner.frames, inner.stop if inner.frames else Stop.SIGNAL)
+            return self.splice(walk, m, g, mem, stopped)
+        bounds = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S) or (sp, sp + 1)
+        nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
+        frames: list[MixedFrame] = list(nw.frames)
+        if nw.stop == Stop.GO:
+            rest = self._go_after_native(m, g, nw.regs, mem, g0_bounds, stopped)
+        elif g is not None and not nw.stop.complete:
+            # The C frames could not all be recovered, but Go's own record of where the
+            # goroutine left Go still holds: show the gap, then the Go frames.
+            rest = self._go_from_syscall(m, g, mem, stopped)
+            if rest.frames:
+                gap = Frame(f"[native unwind stopped: {nw.stop}]", kind=FrameKind.NATIVE)
+                frames.append(NativeFrame(0, gap, 0, "gap"))
+            else:
+                rest = MixedWalk([], nw.stop)
+        else:
+            return MixedWalk(frames, nw.stop)
+        frames.extend(rest.frames)
+        return MixedWalk(frames, rest.stop)
+
+    def _go_from_registers(self, m: Machine | None, g: Goroutine | None, pc: int, sp: int, r12: int,
+                           mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
+        """Go code on a thread: the same walk as without --native (goroutine or system stack)."""
+        if g is not None and g.contains_sp(sp):
+            walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
+        else:
+            bounds = self._system_bounds(m, sp, g0_bounds)
+            if bounds is None:
+                return Walk([], Stop.BOUNDS)
+            # A thread started by C (cgo) gets g0 bounds that end inside mstart0's frame: the
+            # thread's stack mapping lets the walk reach mstart, as the runtime's own traceback does.
+            mapped = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
+            hi = max(bounds[1], mapped[1]) if mapped is not None else bounds[1]
+            walk = self.go.unwind(pc, sp, 0, mem, bounds[0], hi, exact=True, on_system_stack=self._switch_to(g))
+        return self._out_of_vdso_call(walk, pc, True, sp, r12, m, g, mem, g0_bounds)
+
+    def _out_of_vdso_call(self, walk: Walk, pc: int, exact: bool, sp: int, r12: int, m: Machine | None,
+                          g: Goroutine | None, mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
+        """A walk stopped in the SPWRITE function it started in: out of a vDSO caller through
+        R12 (see vdsocall.py), else as it is; None-safe for every other function."""
+        if walk.stop != Stop.SPWRITE or len(walk.frames) != 1 or self.go.vdso.caller_at(pc) is None:
+            return walk
+        spans = [StackSpan(g.stack_lo, g.stack_hi)] if g is not None else []
+        b = self._system_bounds(m, r12, g0_bounds)
+        if b is not None:
+            spans.append(StackSpan(b[0], b[1], self._switch_to(g)))
+        out = self.go.vdso.walk(pc, sp, r12, mem, spans, exact)
+        return out if out is not None else Walk(walk.frames, Stop.VDSO_CALL)
+
+    @staticmethod
+    def _switch_to(g: Goroutine | None) -> Callable[[str], StackSwitch | None] | None:
+        if g is None:
+            return None
+        switch = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi, g.sched_bp)
+        return lambda _kind: switch
+
+    @staticmethod
+    def _system_bounds(m: Machine | None, sp: int, g0_bounds: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
+        if m is None:
+            return None
+        for a in (m.g0, m.gsignal):
+            b = g0_bounds.get(a)
+            if b and b[0] <= sp < b[1]:
+                return b
+        return None
+
+    def _go_from_syscall(self, m: Machine | None, g: Goroutine, mem: StackMemory,
+                         stopped: Stopped | None) -> MixedWalk:
+        """The goroutine's Go stack from where entersyscall (cgocall) recorded it."""
+        if stopped is not None and stopped.syscall is not None and stopped.syscall[0] == g.addr:
+            sys_sp, sys_pc = stopped.syscall[1], stopped.syscall[2]
+        else:
+            fresh = self.reader.read_g(g.addr) or g
+            sys_sp, sys_pc = fresh.syscall_sp, fresh.syscall_pc
+        if not (sys_sp and g.contains_sp(sys_sp)):
+            return MixedWalk([], Stop.NO_SYSCALLSP)
+        cont = self.go.unwind(sys_pc, sys_sp, 0, mem, g.stack_lo, g.stack_hi, from_syscall=True)
+        return self.splice(cont, m, g, mem, stopped)
+
+    def _go_after_native(self, m: Machine | None, g: Goroutine | None, regs: dict[int, int], mem: StackMemory,
+                         g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None) -> MixedWalk:
+        """C returned into Go at regs[RA]: the Go frames from there, across the switch back."""
+        pc, sp = regs[RA], regs[RSP]
+        if g is not None and g.contains_sp(sp):
+            walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi)
+            return self.splice(walk, m, g, mem, stopped)
+        bounds = self._system_bounds(m, sp, g0_bounds) or self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
+        if bounds is None:
+            return MixedWalk([], Stop.BOUNDS)
+        walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
+        if walk.stop == Stop.SPWRITE and len(walk.frames) == 1 and self.go.vdso.caller_at(pc) is not None:
+            # C returned into a vDSO caller (time.now): R12, restored by the C code's CFI, leads on.
+            walk = self._out_of_vdso_call(walk, pc, False, sp, regs.get(12, 0), m, g, mem, g0_bounds)
+            if walk.stop != Stop.VDSO_CALL:
+                return self.splice(walk, m, g, mem, stopped)
+        frames: list[MixedFrame] = list(walk.frames)
+        last = walk.frames[-1].func.name if walk.frames else ""
+        if g is None and last.startswith("runtime.asmcgocall"):
+            # A cgo call, but which goroutine made it was not read in the stop: the Go part of
+            # the stack is unknown, which the walk must say rather than end as if complete.
+            return MixedWalk(frames, Stop.NO_GOROUTINE)
+        if g is None or walk.stop not in _LEFT_GO_ON_G0:
+            return self.splice(walk, m, g, mem, stopped)
+        if last.startswith("runtime.asmcgocall"):
+            rest = self._go_from_syscall(m, g, mem, stopped)  # a cgo call: asmcgocall switched to g0
+        else:
+            vdso_sp, vdso_pc = (stopped.vdso if stopped is not None and stopped.vdso is not None
+                                else self._vdso_of(m) if m is not None else (0, 0))
+            if not (vdso_sp and g.contains_sp(vdso_sp)):
+                return MixedWalk(frames, Stop.VDSO_CALL if walk.stop == Stop.SPWRITE else walk.stop)  # cut, never complete
+            cont = self.go.unwind(vdso_pc, vdso_sp, 0, mem, g.stack_lo, g.stack_hi)  # a vDSO call
+            rest = self.splice(cont, m, g, mem, stopped)
+        # The Go part could not be found: say why (its stop), never end as if complete.
+        return MixedWalk(frames + rest.frames, rest.stop)
+
+    def _vdso_of(self, m: Machine) -> tuple[int, int]:
+        """m.vdsoSP / m.vdsoPC now (the snapshot's copy may be older than the sample)."""
+        try:
+            buf = self.proc.memory.read(m.addr, self.reader.m.size)
+        except InvalidMemory:
+            return m.vdso_sp, m.vdso_pc
+        return self.reader.m.get(buf, "vdsosp"), self.reader.m.get(buf, "vdsopc")
+
+    # C frames between cgocallback and the Go code that called C
+    def splice(self, walk: Walk, m: Machine | None, g: Goroutine | None, mem: StackMemory,
+               stopped: Stopped | None = None) -> MixedWalk:
+        """Insert the C frames that called back into Go after each runtime.cgocallback frame.
+
+        cgocallback runs on g0 first: it saves g0.sched.sp at 0(SP) of its g0 frame and
+        points g0.sched.sp at that frame, then copies its frame onto the goroutine's stack
+        with curg.sched.pc as the return address. So the innermost cgocallback's C caller is
+        found from m.g0.sched.sp (as read while the thread was stopped, with the g0 stack
+        above it, when the caller has them), the next one's from the value saved there, and
+        so on.
+        """
+        frames = walk.frames
+        if not any(pf.func.name == "runtime.cgocallback" for pf in frames):
+            return MixedWalk(list(frames), walk.stop)
+        if m is None and g is not None:
+            m = self._machine(g.m_addr or g.locked_m)
+        g0 = self.reader.read_g(m.g0) if m is not None and m.g0 else None
+        g0_sp = stopped.g0_sp if stopped is not None else None
+        if g0_sp is None:
+            g0_sp = g0.sched_sp if g0 is not None else 0
+        out: list[MixedFrame] = []
+        skip_switch = False
+        for pf in frames:
+            if skip_switch and pf.func.name == "runtime.systemstack_switch":
+                continue  # asmcgocall's gosave: the same call as the asmcgocall frame just shown
+            skip_switch = False
+            out.append(pf)
+            if pf.func.name != "runtime.cgocallback" or not g0_sp:
+                continue
+            seg, g0_sp, how = self._callback_caller(pf, g0_sp, g0, mem)
+            out.extend(seg)
+            if how == Stop.TOP:
+                # A C thread called into Go: no Go caller below, and what the Go walk shows
+                # next is the goexit frame the runtime gives an extra M's goroutine.
+                return MixedWalk(out, Stop.TOP)
+            if how != Stop.GO:
+                gap = Frame(f"[native unwind stopped: {how}]", kind=FrameKind.NATIVE)
+                out.append(NativeFrame(0, gap, 0, "gap"))
+                g0_sp = 0
+            skip_switch = True
+        return MixedWalk(out, walk.stop)
+
+    def _callback_caller(self, cb: PhysicalFrame, g0_sp: int, g0: Goroutine | None, mem: StackMemory
+                         ) -> tuple[list[MixedFrame], int, Stop]:
+        """Frames from cgocallback's g0 frame down to the Go code that made the cgo call.
+
+        Returns (frames, g0.sched.sp of the next outer callback, how it ended: Stop.GO back in
+        Go's asmcgocall, Stop.TOP at the thread's start, else why it stopped).
+        """
+        _f, spdelta = self.go.func_at(cb.pc)  # the g0 frame has the same size as the copy on curg
+        if spdelta is None:
+            return [], 0, Stop.NO_FRAME_SIZE
+        try:
+            next_sp = mem.u64(g0_sp)
+            ra = mem.u64(g0_sp + spdelta)
+        except InvalidMemory:
+            return [], 0, Stop.MEMORY
+        f, _d = self.go.func_at(ra)
+        if f is None or f.name != "crosscall2":
+            return [], 0, Stop.CALLBACK_RETURNED  # g0.sched.sp no longer points at this callback's frame
+        sp = g0_sp + spdelta + 8
+        bounds = self.native.space.mapping(g0_sp, STACK_MAPS_REFRESH_S)
+        if g0 is not None and g0.stack_lo <= g0_sp < g0.stack_hi:
+            lo, hi = g0.stack_lo, g0.stack_hi
+            if bounds is not None:
+                lo, hi = min(lo, bounds[0]), max(hi, bounds[1])
+        elif bounds is not None:
+            lo, hi = bounds
+        else:
+            return [], 0, Stop.BOUNDS
+        frames: list[MixedFrame] = []
+        walk = self.go.unwind(ra, sp, 0, mem, lo, hi, max_frames=8)  # crosscall2
+        frames.extend(walk.frames)
+        if not walk.frames:
+            return frames, 0, walk.stop
+        last = walk.frames[-1]
+        try:
+            c_pc = mem.u64(last.fp - 8)
+            c_bp = mem.u64(last.fp - 16)  # Go frames save the caller's rbp just below the return address
+        except InvalidMemory:
+            return frames, 0, Stop.MEMORY
+        nw = self.native.unwind({RA: c_pc, RSP: last.fp, RBP: c_bp}, mem, lo, hi, exact=False,
+                                is_go=self.reader.in_text)
+        frames.extend(nw.frames)
+        if nw.stop.complete:
+            return frames, 0, Stop.TOP
+        if nw.stop != Stop.GO:
+            return frames, 0, nw.stop
+        # Back in Go on g0: asmcgocall, where the goroutine's stack switched to g0.
+        back = self.go.unwind(nw.regs[RA], nw.regs[RSP], 0, mem, lo, hi, max_frames=8)
+        frames.extend(back.frames)
+        return frames, next_sp, Stop.GO
+
+    def _machine(self, addr: int) -> Machine | None:
+        if not addr:
+            return None
+        hit = self._machines.get(addr)
+        if hit is None:
+            try:
+                ms, _bad = self.reader.machines()
+            except InvalidMemory:
+                return None
+            self._machines = {x.addr: x for x in ms}
+            hit = self._machines.get(addr)
+        return hit
+
+    # presentation
+    def logical(self, walk: MixedWalk, sym: Symbolizer) -> tuple[Frame, ...]:
+        """Logical frames of a mixed walk the way the sampler shows Go walks (wrappers elided)."""
+        out: list[Frame] = []
+        callee = 0
+        for pf in walk.frames:
+            if isinstance(pf, NativeFrame):
+                out.append(pf.frame)
+                callee = 0
+                continue
+            kept, callee = sym.elide(sym.expand(pf.sym_pc), callee)
+            out.extend(kept)
+        marker = walk.stop.marker
+        if marker is not None:
+            out.append(Frame(marker, kind=FrameKind.UNKNOWN))
+        return tuple(out)
+
+    def close(self) -> None:
+        self.native.cache.close()
