@@ -68,6 +68,7 @@ class StackCollector:
         self.pause_ns: list[int] = []
         self.native: NativeStitcher | None = None
         self._frames_at: dict[tuple[int, bool, int], tuple[StackFrame, ...]] = {}
+        self._curg_offset = reader.m.spec["curg"][0]
 
     def enable_native(self) -> NativeStitcher:
         """--native: C frames too. Only then is anything native imported, opened or parsed."""
@@ -89,7 +90,14 @@ class StackCollector:
 
     def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]
                       ) -> dict[int, tuple[Registers, bytes | Stopped, int]]:
-        """goid -> (registers, stack bytes from rsp or --native's Stopped, pause ns) per goroutine on a thread."""
+        """goid -> (registers, stack bytes from rsp or --native's Stopped, pause ns) per goroutine on a thread.
+
+        A goroutine whose thread no longer ran it when stopped is left out: the snapshot read
+        m.curg before the pause, and the scheduler may have taken the goroutine off in between
+        (a preemption: the thread is then in the scheduler on g0, whose stack is not the
+        goroutine's). m.curg is read again inside the stop, and `_catch_movers` reads the
+        goroutine again.
+        """
         by_tid: dict[int, tuple[Machine, Goroutine]] = {}
         for g in goroutines:
             if g.status != G_RUNNING and not (self.native is not None and g.status == G_SYSCALL):
@@ -101,28 +109,28 @@ class StackCollector:
                 by_tid[m.tid] = (m, g)
         if not by_tid:
             return {}
-        mem = self.proc.memory
-
-        def while_stopped(tid: int, regs: Registers) -> bytes | Stopped:
-            m, g = by_tid[tid]
-            if self.native is not None:  # the stack top plus what stitching C frames needs
-                return self.native.while_stopped(m, regs, STOPPED_WINDOW)
-            bounds = self._stack_bounds_of(m, g, snap, regs.rsp)
-            if bounds is None:
-                return b""
-            n = min(STOPPED_WINDOW, bounds[1] - regs.rsp)
-            try:
-                return mem.read(regs.rsp, n) if n > 0 else b""
-            except InvalidMemory:
-                return b""
-
-        paused = self.proc.pause(list(by_tid), while_stopped)
+        paused = self.proc.pause(list(by_tid), lambda tid, regs: self._read_in_stop(snap, *by_tid[tid], regs))
         out = {}
         for tid, p in paused.items():
             _m, g = by_tid[tid]
-            out[g.goid] = (p.regs, p.extra or b"", p.pause_ns)
             self.pause_ns.append(p.pause_ns)
+            if p.extra is None:
+                continue
+            data, curg = p.extra
+            if curg in (-1, g.addr):  # -1: m.curg was unreadable; the walk checks the stack itself
+                out[g.goid] = (p.regs, data, p.pause_ns)
         return out
+
+    def _read_in_stop(self, snap: Snapshot, m: Machine, g: Goroutine, regs: Registers
+                      ) -> tuple[bytes | Stopped, int]:
+        """The stack top (or --native's Stopped) and m.curg (-1: unread), read in the stop."""
+        if self.native is not None:  # the stack top plus what stitching C frames needs
+            stopped = self.native.while_stopped(m, regs, STOPPED_WINDOW)
+            return stopped, stopped.curg
+        bounds = self._stack_bounds_of(m, g, snap, regs.rsp)
+        n = min(STOPPED_WINDOW, bounds[1] - regs.rsp) if bounds is not None else 0
+        stack, word = self.proc.memory.read_pair(regs.rsp, max(n, 0), m.addr + self._curg_offset, 8)
+        return stack or b"", int.from_bytes(word, "little") if word and len(word) == 8 else -1
 
     # -- walks ------------------------------------------------------------------------------------
     def collect(self, snap: Snapshot, *, pause: bool = True, goroutines: list[Goroutine] | None = None,
