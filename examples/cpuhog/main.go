@@ -58,6 +58,8 @@ func main() {
 	dur := flag.Duration("d", 0, "run for this long (0: until SIGINT/SIGTERM)")
 	workers := flag.Int("workers", 1, "goroutines running the loop")
 	cpu := flag.Duration("cpu", 0, "run until the process has used this much CPU time (0: no limit)")
+	sigurg := flag.Bool("sigurg", false, "send SIGURG (the runtime's preemption signal) to itself without pause, "+
+		"so Go's signal handler runs all the time: the flood keeps pace with the workers however busy the machine is")
 	flag.Parse()
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
@@ -101,6 +103,13 @@ func main() {
 		}()
 	}
 	warm.Wait()
+	if *sigurg {
+		go func() {
+			for {
+				syscall.Kill(os.Getpid(), syscall.SIGURG)
+			}
+		}()
+	}
 	fmt.Printf("ready %d %d\n", os.Getpid(), *workers)
 	fmt.Fprintf(os.Stderr, "cpuhog: pid %d, %d workers\n", os.Getpid(), *workers)
 	select {
