@@ -112,11 +112,7 @@ class AddressSpace:
 
     def object_at(self, pc: int) -> MappedObject | None:
         obj = self._find(pc)
-        if obj is None and time.monotonic() - self._refreshed > MAPS_REFRESH_S:
-            try:
-                self.refresh()
-            except GoflameError:
-                return None
+        if obj is None and self._reread(MAPS_REFRESH_S):
             obj = self._find(pc)
         if obj is not None and not obj.opened:
             self._open(obj)
@@ -131,13 +127,20 @@ class AddressSpace:
     def mapping(self, addr: int, max_age: float = MAPS_REFRESH_S) -> tuple[int, int] | None:
         """The [start, end) of the mapping holding `addr` (a thread's stack, for bounds)."""
         hit = self._mapping(addr)
-        if hit is None and time.monotonic() - self._refreshed > max_age:
-            try:
-                self.refresh()
-            except GoflameError:
-                return None
+        if hit is None and self._reread(max_age):
             hit = self._mapping(addr)
         return hit
+
+    def _reread(self, max_age: float) -> bool:
+        """After a miss: read /proc/PID/maps again if the copy is older than `max_age`.
+        True when it was read (a new thread's stack or a library loaded since may be in it)."""
+        if time.monotonic() - self._refreshed <= max_age:
+            return False
+        try:
+            self.refresh()
+        except GoflameError:
+            return False
+        return True
 
     def cached_mapping(self, addr: int) -> tuple[int, int] | None:
         """`mapping` without re-reading /proc/PID/maps (for use while a thread is stopped)."""
