@@ -25,33 +25,54 @@ var sink uint64
 
 // Each hot function does its own work (no shared callee), so even a profiler that only
 // sees the leaf (perf with frame pointers loses the caller of a frameless leaf) can tell
-// them apart.
+// them apart. Each call does its units of `step` iterations, times scale/1024 (see jitter).
+
+const step = 50000
 
 //go:noinline
-func hot1() { // three units of work
+func hot1(scale uint64) { // three units of work
 	x := sink
-	for i := 0; i < 150000; i++ {
+	n := 3 * step * scale >> 10
+	for i := uint64(0); i < n; i++ {
 		x = x*6364136223846793005 + 1442695040888963407
 	}
 	sink += x
 }
 
 //go:noinline
-func hot2() { // two
+func hot2(scale uint64) { // two
 	x := sink
-	for i := 0; i < 100000; i++ {
+	n := 2 * step * scale >> 10
+	for i := uint64(0); i < n; i++ {
 		x = x*6364136223846793005 + 1442695040888963407
 	}
 	sink += x
 }
 
 //go:noinline
-func hot3() { // one
+func hot3(scale uint64) { // one
 	x := sink
-	for i := 0; i < 50000; i++ {
+	n := step * scale >> 10
+	for i := uint64(0); i < n; i++ {
 		x = x*6364136223846793005 + 1442695040888963407
 	}
 	sink += x
+}
+
+// jitter returns the next scale (in 1/1024ths, uniform in [512, 1536): half to one and a
+// half times the nominal work, 1 on average) from a worker's xorshift state. With the same
+// work every round the loop is periodic, and a profiler sampling at a fixed period stays
+// at nearly one phase of it for seconds: its samples are then correlated, and a share was
+// off by five binomial sigmas (perf's own shares moved by 8 points from one second to the
+// next). Random work per call makes each sample's phase independent; each function's share
+// of the work stays 3:2:1 on average, and the workload's own clock measures it exactly.
+func jitter(state *uint64) uint64 {
+	x := *state
+	x ^= x << 13
+	x ^= x >> 7
+	x ^= x << 17
+	*state = x
+	return 512 + x%1024
 }
 
 func main() {
@@ -81,8 +102,9 @@ func main() {
 			spent := map[string]time.Duration{}
 			fns := []struct {
 				name string
-				f    func()
+				f    func(uint64)
 			}{{"main.hot1", hot1}, {"main.hot2", hot2}, {"main.hot3", hot3}}
+			state := uint64(time.Now().UnixNano()) | 1
 			for {
 				select {
 				case <-done:
@@ -92,7 +114,7 @@ func main() {
 				}
 				for _, fn := range fns {
 					t := time.Now()
-					fn.f()
+					fn.f(jitter(&state))
 					spent[fn.name] += time.Since(t)
 				}
 				if first {
