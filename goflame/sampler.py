@@ -17,7 +17,7 @@ import random
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -31,12 +31,14 @@ from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
 from goflame.unwind import sigframe
-from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.capture import Role, SchedCounts, Source, StopCapture, Window, interrupted_window
+from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
+from goflame.unwind.stackmap import G0_SLACK, switch_to, system_span
 from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
-    from goflame.unwind.stitch import Stopped
+    from goflame.process import PausedThread
 
 NOT_IN_SYSCALL = (1 << 64) - 1  # orig_rax of a thread stopped outside a syscall (-1)
 # x86-64 syscalls in which a thread waits (sleeps, yields its CPU) rather than works: read,
@@ -319,7 +321,7 @@ class Sampler:
         else:
             self._switched_in[tid] = (st[2], seen[1], seen[2])
 
-    def _on_its_cpu(self, tid: int, in_stop: tuple[int, int, int] | None) -> bool:
+    def _on_its_cpu(self, tid: int, in_stop: SchedCounts | None) -> bool:
         """Whether a thread stopped in a syscall was on its CPU from right before our interrupt
         to our stop: never switched in again (or only after it was preempted), and it slept
         only to enter our stop (that is one voluntary switch itself)."""
@@ -328,7 +330,7 @@ class Sampler:
             return False
         return in_stop[0] == before[0] or in_stop[2] > before[2]
 
-    def _where_it_ran(self, tid: int, regs: Registers, in_stop: tuple[int, int, int] | None) -> bool:
+    def _where_it_ran(self, tid: int, regs: Registers, in_stop: SchedCounts | None) -> bool:
         """Whether a stopped thread's registers are a sample of the CPU time it is owed.
 
         A thread in state R when the tick looked may have been running, or waiting for a CPU
@@ -355,7 +357,9 @@ class Sampler:
             return False
         return self._credit.get(tid, 0.0) + 1.0 - kernel >= 1.0 or kernel >= MAX_KERNEL_CREDIT
 
-    def _sample_running(self, ts_ns: int, due: Iterable[int], on_cpu: set[int]) -> list[Sample]:
+    def _stop_reader(self) -> Callable[[int, Registers], StopCapture]:
+        """What the ptrace engine reads inside each stop (`Pauser.pause`'s callback): as little
+        as the walk needs from memory the thread changes as soon as it runs on."""
         mem = self._mem
         tls = self._g_tls
 
@@ -365,38 +369,43 @@ class Sampler:
             except InvalidMemory:
                 return b""
 
-        def while_stopped(tid: int, regs: Registers) -> tuple[bytes, int, tuple[tuple[int, bytes], ...]]:
+        def while_stopped(tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
             # The stack top, and (amd64) the g the thread runs from its TLS slot, in one read:
             # exact, and it spares reading m.curg after the release.
             if tls is None:
                 try:
-                    return mem.read(regs.rsp, STOPPED_WINDOW), 0, ()
+                    return StopCapture(Source.PTRACE, regs, mem.read(regs.rsp, STOPPED_WINDOW), sched=sched)
                 except InvalidMemory:
-                    return window(regs), 0, ()
+                    return StopCapture(Source.PTRACE, regs, window(regs), sched=sched)
             stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
             g = _U64.unpack(word)[0] if word is not None else 0
             if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
                 stack = self._to_stack_end(tid, regs.rsp) or window(regs)
-            return stack, g, self._goroutine_window(tid, g, regs.rsp, stack)
+            return StopCapture(Source.PTRACE, regs, stack, g, windows=self._stop_windows(tid, g, regs.rsp, stack),
+                               sched=sched)
 
         if self._native is not None:
-            def while_stopped(tid: int, regs: Registers) -> Stopped:
-                return self._native.while_stopped(self._ms.get(tid), regs, STOPPED_WINDOW)
+            def while_stopped(tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
+                m = self._ms.get(tid)
+                gsignal = self._g0_bounds.get(m.gsignal) if m is not None else None
+                return self._native.while_stopped(m, regs, STOPPED_WINDOW, sched, gsignal)
 
-
-        pauser = self.t.proc.pauser
-        busy_before = pauser.skipped_busy
-        tids: list[int] = []
         switches = self.t.proc.switches
         schedstat = self.t.proc.schedstat
 
-        def reads(tid: int, regs: Registers) -> tuple[object, tuple[int, int, int] | None]:
+        def reads(tid: int, regs: Registers) -> StopCapture:
             if regs.orig_rax == NOT_IN_SYSCALL:
-                return while_stopped(tid, regs), None
-            st, sw = schedstat(tid), switches(tid)
-            return while_stopped(tid, regs), ((st[2], sw[1], sw[2]) if st and sw else None)
+                return while_stopped(tid, regs, None)
+            st, sw = schedstat(tid), switches(tid)  # for _on_its_cpu
+            return while_stopped(tid, regs, SchedCounts(st[2], sw[1], sw[2]) if st and sw else None)
 
-        paused = self.t.proc.pause(_kept(due, tids), reads, just_before=self._counts_before)
+        return reads
+
+    def _sample_running(self, ts_ns: int, due: Iterable[int], on_cpu: set[int]) -> list[Sample]:
+        pauser = self.t.proc.pauser
+        busy_before = pauser.skipped_busy
+        tids: list[int] = []
+        paused = self.t.proc.pause(_kept(due, tids), self._stop_reader(), just_before=self._counts_before)
         if not tids:
             return []
         now = time.monotonic()
@@ -407,13 +416,10 @@ class Sampler:
         self.stats.errors += len(tids) - len(paused) - busy
         for tid, p in list(paused.items()):
             self.stats.pause_ns.append(p.held_ns)
-            extra, in_stop = p.extra
-            if not self._where_it_ran(tid, p.regs, in_stop):
+            if p.extra is None or not self._where_it_ran(tid, p.regs, p.extra.sched):
                 del paused[tid]
                 self._credit[tid] = self._credit.get(tid, 0.0) + 1.0  # owed still: taken at a later tick
                 self.stats.deferred += 1
-            else:
-                paused[tid] = replace(p, extra=extra)
         # After the threads are released: which goroutine was each running?
         order = [tid for tid in paused if tid in self._ms]
         foreign = [tid for tid in paused if tid not in self._ms]  # threads the Go runtime does not own
@@ -426,10 +432,7 @@ class Sampler:
             if g is False:
                 self.stats.errors += 1
                 continue
-            p = paused[tid]
-            frames = self._walk_live(self._ms[tid], g, p.regs.rip, p.regs.rsp,
-                                     p.extra[0] if self._native is None else p.extra, p.regs, p.regs.r12,
-                                     windows=p.extra[2] if self._native is None else ())
+            frames = self._walk_capture(self._ms[tid], g, paused[tid].extra)
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -440,30 +443,27 @@ class Sampler:
             out += self._sample_foreign(ts_ns, foreign, paused)
         return out
 
-    def _running_gs(self, order: list[int], paused: dict) -> dict[int, Goroutine | None]:
+    def _running_gs(self, order: list[int], paused: dict[int, PausedThread[StopCapture]]
+                    ) -> dict[int, Goroutine | None]:
         """tid -> the goroutine it was running (None: none, on g0 in the scheduler); left out:
         unreadable. See `_goroutines_of`."""
-        items = []
-        for tid in order:
-            m = self._ms[tid]
-            if self._native is not None:
-                a = paused[tid].extra.curg  # m.curg as it was in the stop, consistent with the registers
-                items.append((m, a if a else 0, paused[tid].regs.rsp, True))
-            else:
-                r = paused[tid].regs
-                items.append((m, paused[tid].extra[1], r.rip, r.rsp, r.r12))
-        gs = self._goroutines_of(items) if self._native is not None else self._goroutines_by_stack(items)
+        items = [(self._ms[tid], paused[tid].extra) for tid in order]
+        if self._native is not None:  # m.curg as it was in the stop, consistent with the registers
+            gs = self._goroutines_of([(m, max(c.curg, 0), c.regs.sp, True) for m, c in items])
+        else:
+            gs = self._goroutines_by_stack(items)
         return {tid: g for tid, g in zip(order, gs, strict=True) if g is not False}
 
-    def _goroutines_by_stack(self, items: list[tuple[Machine, int, int, int, int]]) -> list[Goroutine | None | bool]:
-        """`_goroutines_of` for threads at (M, g word, pc, sp, R12). In the vDSO or a vDSO call
-        sp is on g0 and, in C, the g register is whatever C left there: the goroutine is the
-        one whose stack holds the SP those calls save in R12 (vdsocall.py)."""
+    def _goroutines_by_stack(self, items: list[tuple[Machine, StopCapture]]) -> list[Goroutine | None | bool]:
+        """`_goroutines_of` for threads by their captures. In the vDSO or a vDSO call sp is on
+        g0 and, in C, the g register is whatever C left there: the goroutine is the one whose
+        stack holds the SP those calls save in R12 (vdsocall.py)."""
         vdso = self._unwinder.vdso
         in_text = self.t.reader.in_text
-        hints = [vdso.saved_sp(pc, in_text(pc), sp, r12) for _m, _w, pc, sp, r12 in items]
-        gs = self._goroutines_of([(m, w, h, False) for (m, w, _pc, _sp, _r12), h in zip(items, hints, strict=True)])
-        for i, (m, _w, _pc, sp, _r12) in enumerate(items):
+        hints = [vdso.saved_sp(c.regs.pc, in_text(c.regs.pc), c.regs.sp, c.regs.r12) for _m, c in items]
+        gs = self._goroutines_of([(m, c.g_word, h, False) for (m, c), h in zip(items, hints, strict=True)])
+        for i, (m, c) in enumerate(items):
+            sp = c.regs.sp
             h = hints[i]
             g = gs[i]
             if h != sp and not (isinstance(g, Goroutine) and g.contains_sp(h)):
@@ -529,12 +529,13 @@ class Sampler:
                 break
         return out
 
-    def _sample_foreign(self, ts_ns: int, tids: list[int], paused: dict) -> list[Sample]:
+    def _sample_foreign(self, ts_ns: int, tids: list[int], paused: dict[int, PausedThread[StopCapture]]
+                        ) -> list[Sample]:
         """--native: a thread that is no M (C's own threads) is one native stack, goroutine 0."""
         out = []
         for tid in tids:
             p = paused[tid]
-            walk = self._native.thread(None, None, p.regs, StackMemory(self._mem.read, p.regs.rsp, p.extra.stack), {})
+            walk = self._native.thread(None, None, p.regs, p.extra.memory(self._mem.read), {})
             frames = self._native.logical(walk, self._sym)
             if not frames:
                 self.stats.errors += 1
@@ -558,7 +559,18 @@ class Sampler:
                         return b""
         return b""
 
-    def _goroutine_window(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[tuple[int, bytes], ...]:
+    def _stop_windows(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
+        """What else the stop of a thread at `sp` on the g `g` reads, besides its stack top:
+        the stack the walk goes on to, which the thread changes as soon as it runs on."""
+        m = self._ms.get(tid)
+        if m is None:
+            return ()
+        gsignal = self._g0_bounds.get(m.gsignal)
+        if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
+            return interrupted_window(self._mem.read_many, stack, sp, gsignal)
+        return self._goroutine_window(m, g, sp, stack) if g == m.g0 else ()
+
+    def _goroutine_window(self, m: Machine, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
         """In the stop of a thread on g0: the goroutine's stack where systemstack left it.
 
         After the release the thread returns to its goroutine within microseconds and that
@@ -566,9 +578,6 @@ class Sampler:
         GoUnwinder._systemstack_caller). systemstack switches to g0.sched.sp, so the first
         frame on g0 saved the goroutine's frame pointer just below it: the goroutine's stack
         around that address is read now, in the stop."""
-        m = self._ms.get(tid)
-        if m is None or g != m.g0:
-            return ()
         top = self._g0_sched_sp.get(g, 0)
         off = top - 2 * 8 - sp
         if not 0 <= off <= len(stack) - 8:
@@ -578,25 +587,23 @@ class Sampler:
         if base <= 0:
             return ()
         try:
-            return ((base, self._mem.read(base, GOROUTINE_WINDOW)),)
+            return (Window(base, self._mem.read(base, GOROUTINE_WINDOW), Role.SWITCH),)
         except InvalidMemory:
             return ()
 
-    def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, data: bytes,
-                   regs: Registers | None = None, r12: int = 0, in_signal: bool = False,
-                   windows: tuple[tuple[int, bytes], ...] = (), chain: tuple[int, ...] = ()) -> tuple[Frame, ...]:
-        """The logical frames of a thread's stack at (pc, sp); `data`: the stack from sp as it
-        was then (read in the stop, or copied by the kernel). --native needs the registers;
-        R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py); a signal handler's
-        frames lead on to what the signal interrupted (unwind/sigframe.py)."""
+    def _walk_capture(self, m: Machine, g: Goroutine | None, cap: StopCapture) -> tuple[Frame, ...]:
+        """The logical frames of a sampled thread's stack, from what its sample captured."""
         if self._native is not None:
-            stopped: Stopped = data  # type: ignore[assignment]  # what while_stopped read
-            walk = self._native.thread(m, g, regs, StackMemory(self._mem.read, regs.rsp, stopped.stack),
-                                       self._g0_bounds, stopped)
+            walk = self._native.thread(m, g, cap.regs, cap.memory(self._mem.read), self._g0_bounds, cap)
             return self._native.logical(walk, self._sym)
-        mem = StackMemory(self._mem.read, sp, data)
-        if windows:
-            mem.preload(windows)
+        r = cap.regs
+        return self._walk_live(m, g, r.pc, r.sp, cap.memory(self._mem.read), r.r12, cap.chain)
+
+    def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, mem: StackMemory, r12: int = 0,
+                   chain: tuple[int, ...] = (), in_signal: bool = False) -> tuple[Frame, ...]:
+        """The logical frames of a thread's stack at (pc, sp), `mem` holding what was read at
+        the sample. R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py); a
+        signal handler's frames lead on to what the signal interrupted (unwind/sigframe.py)."""
         unwinder = self._unwinder
         walk: Walk | None
         if not self.t.reader.in_text(pc):
@@ -624,12 +631,14 @@ class Sampler:
                 lo, hi = owner if owner is not None else (sp, sp + UNKNOWN_STACK_SPAN)
                 walk = unwinder.unwind(pc, sp, 0, mem, lo, hi, exact=True)
                 return self._logical(walk) if walk.frames else ()
-            if unwinder.vdso.caller_at(pc) is not None:  # its pcsp says nothing once on g0
-                return self._logical(self._out_of_vdso_call(pc, sp, r12, mem, m, g))
-            walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
-                                   on_system_stack=span.on_system_stack)
-        if walk.stop == Stop.SPWRITE and len(walk.frames) == 1 and unwinder.vdso.caller_at(pc) is not None:
-            walk = self._out_of_vdso_call(pc, sp, r12, mem, m, g)
+            f = unwinder.func_at(pc)[0] if unwinder.vdso.caller_at(pc) is not None else None
+            if f is not None:  # a vDSO caller on g0: its pcsp says nothing there
+                walk = Walk([PhysicalFrame(pc, sp, sp, f, True)], Stop.SPWRITE)
+            else:
+                walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
+                                       on_system_stack=span.on_system_stack)
+        if walk.stop == Stop.SPWRITE and len(walk.frames) == 1:  # the spans only where out_of_call needs them
+            walk = unwinder.vdso.out_of_call(walk, pc, sp, r12, mem, self._spans(m, g, r12))
         if sigframe.ends_in_handler(walk) and not in_signal:
             return self._out_of_signal_handler(walk, mem, m, g)
         return self._logical(walk)
@@ -644,21 +653,11 @@ class Sampler:
             if g is None or not (g.contains_sp(ctx.sp) or self._system_span(m, g, ctx.sp) is not None):
                 g = self._stack_owner(ctx.sp) or g  # the goroutine the handler interrupted
             try:
-                inner = self._walk_live(m, g, ctx.pc, ctx.sp, b"", r12=ctx.r12, in_signal=True)
+                inner = self._walk_live(m, g, ctx.pc, ctx.sp, mem, r12=ctx.r12, in_signal=True)
             except InvalidMemory:
                 inner = ()
         handler = self._logical(sigframe.handler_part(walk))
         return (*handler, *(inner or (Frame(_SIGNAL_MARKER, kind=FrameKind.UNKNOWN),)))
-
-    def _out_of_vdso_call(self, pc: int, sp: int, r12: int, mem: StackMemory, m: Machine,
-                          g: Goroutine | None) -> Walk:
-        """A thread in a vDSO caller (time.now, nanotime1): R12 leads on to its caller; if it
-        does not, the stack is cut there (never shown as complete)."""
-        out = self._unwinder.vdso.walk(pc, sp, r12, mem, self._spans(m, g, r12))
-        if out is not None:
-            return out
-        f, _ = self._unwinder.func_at(pc)
-        return Walk([PhysicalFrame(pc, sp, sp, f, True)] if f is not None else [], Stop.VDSO_CALL)
 
     def _spans(self, m: Machine, g: Goroutine | None, sp: int) -> list[StackSpan]:
         """The stacks `sp` may be on: the goroutine's, and the system stack holding it."""
@@ -672,16 +671,12 @@ class Sampler:
                      ) -> StackSpan | None:
         """The system stack (g0 or gsignal) holding sp; a walk on it jumps to the goroutine at
         systemstack/morestack."""
-        for a in (m.g0, m.gsignal):
-            b = self._g0_bounds.get(a)
-            if b and b[0] <= sp < b[1]:
-                # A thread started by C (cgo) has g0 bounds that end inside mstart0's frame
-                # (runtime.mstart0 sets stack.hi to a local's address): let the walk reach mstart.
-                hi = b[1] + G0_SLACK if a == m.g0 else b[1]
-                if g is None and not chain:
-                    return StackSpan(b[0], hi)
-                return StackSpan(b[0], hi, _switch_to(g or _NO_G, self._owner_bounds, chain))
-        return None
+        b = system_span(m, sp, self._g0_bounds)
+        if b is None:
+            return None
+        if g is None and not chain:
+            return StackSpan(b[0], b[1])
+        return StackSpan(b[0], b[1], switch_to(g or _NO_G, self._owner_bounds, chain))
 
     def _logical(self, walk: Walk) -> tuple[Frame, ...]:
         return self._stack_of((*[pf.sym_pc for pf in walk.frames], walk.stop))
@@ -941,14 +936,14 @@ class Sampler:
         ms = self._ms
         mine = [k for k in raw if k.tid in ms]
         self.stats.errors += len(raw) - len(mine)  # threads the Go runtime does not own
-        gs = self._goroutines_by_stack([(ms[k.tid], k.r14, k.pc, k.sp, k.r12) for k in mine])
+        caps = [(ms[k.tid], StopCapture.from_kernel(k)) for k in mine]
+        gs = self._goroutines_by_stack(caps)
         out: list[Sample] = []
-        for k, g in zip(mine, gs, strict=True):
+        for k, (m, cap), g in zip(mine, caps, gs, strict=True):
             if g is False:
                 self.stats.errors += 1
                 continue
-            frames = self._walk_live(ms[k.tid], g, k.pc, k.sp, k.stack, r12=k.r12,  # type: ignore[arg-type]
-                                     chain=k.callchain)
+            frames = self._walk_capture(m, g, cap)  # type: ignore[arg-type]
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -1066,22 +1061,12 @@ def _kept(items: Iterable[int], into: list[int]) -> Iterator[int]:
 _NO_G = Goroutine(0, 0, 0, False, "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # no goroutine known
 
 
-def _switch_to(g: Goroutine, stack_of: Callable[[int], tuple[int, int] | None] | None = None,
-               chain: tuple[int, ...] = ()) -> Callable[[str], StackSwitch | None]:
-    """Where a walk on the system stack continues: the goroutine's saved context (checked
-    against the frame pointer on g0 by the unwinder), the stack `stack_of` finds, or the
-    kernel's callchain."""
-    to = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi, g.sched_bp, stack_of, chain)
-    return lambda _kind: to
-
-
 def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
 UNKNOWN_STACK_SPAN = 1 << 30  # the runtime's largest goroutine stack: the bound of a walk on an unknown one
 GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
-G0_SLACK = 1024  # bytes past g0's stack.hi a walk may read to reach mstart (see _system_span)
 STACK_OWNERS_S = 0.1  # how often, at most, every goroutine's stack bounds are read again
 OWNERS_COST_SHARE = 30  # ... and at most every 30x as long as that read took
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again

@@ -19,12 +19,15 @@ from goflame.process import Process, Registers
 from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeReader, Snapshot
 from goflame.symbolize import Symbolizer
 from goflame.unwind import sigframe
+from goflame.unwind.capture import Source, StopCapture, interrupted_window
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.stackmap import switch_to, system_span
 from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
-    from goflame.unwind.stitch import MixedWalk, NativeStitcher, Stopped
+    from goflame.process import PausedThread
+    from goflame.unwind.stitch import MixedWalk, NativeStitcher
 
 STACK_WINDOW = 64 * 1024  # bytes of stack read in one go per goroutine (more on demand)
 STOPPED_WINDOW = 16 * 1024  # bytes read while a thread is stopped: keep the stop short
@@ -79,18 +82,15 @@ class StackCollector:
         return self.native
 
     # -- registers of running goroutines ----------------------------------------------------------
-    def _stack_bounds_of(self, m: Machine, g: Goroutine, snap: Snapshot, rsp: int) -> tuple[int, int] | None:
+    @staticmethod
+    def _stack_bounds_of(m: Machine, g: Goroutine, system: dict[int, tuple[int, int]], rsp: int
+                         ) -> tuple[int, int] | None:
         if g.contains_sp(rsp):
             return g.stack_lo, g.stack_hi
-        for a in (m.g0, m.gsignal):
-            sys_g = snap.g0s.get(a)
-            if sys_g is not None and sys_g.stack_lo <= rsp < sys_g.stack_hi:
-                return sys_g.stack_lo, sys_g.stack_hi
-        return None
+        return system_span(m, rsp, system)
 
-    def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]
-                      ) -> dict[int, tuple[Registers, bytes | Stopped, int]]:
-        """goid -> (registers, stack bytes from rsp or --native's Stopped, pause ns) per goroutine on a thread.
+    def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]) -> dict[int, PausedThread[StopCapture]]:
+        """goid -> its thread's stop and what was read in it, per goroutine on a thread.
 
         A goroutine whose thread no longer ran it when stopped is left out: the snapshot read
         m.curg before the pause, and the scheduler may have taken the goroutine off in between
@@ -109,28 +109,35 @@ class StackCollector:
                 by_tid[m.tid] = (m, g)
         if not by_tid:
             return {}
-        paused = self.proc.pause(list(by_tid), lambda tid, regs: self._read_in_stop(snap, *by_tid[tid], regs))
+        system = g0_bounds(snap)
+        paused = self.proc.pause(list(by_tid), lambda tid, regs: self._read_in_stop(system, *by_tid[tid], regs))
         out = {}
         for tid, p in paused.items():
             _m, g = by_tid[tid]
             self.pause_ns.append(p.pause_ns)
             if p.extra is None:
                 continue
-            data, curg = p.extra
-            if curg in (-1, g.addr):  # -1: m.curg was unreadable; the walk checks the stack itself
-                out[g.goid] = (p.regs, data, p.pause_ns)
+            if p.extra.curg in (-1, g.addr):  # -1: m.curg was unreadable; the walk checks the stack itself
+                out[g.goid] = p
         return out
 
-    def _read_in_stop(self, snap: Snapshot, m: Machine, g: Goroutine, regs: Registers
-                      ) -> tuple[bytes | Stopped, int]:
-        """The stack top (or --native's Stopped) and m.curg (-1: unread), read in the stop."""
-        if self.native is not None:  # the stack top plus what stitching C frames needs
-            stopped = self.native.while_stopped(m, regs, STOPPED_WINDOW)
-            return stopped, stopped.curg
-        bounds = self._stack_bounds_of(m, g, snap, regs.rsp)
+    def _read_in_stop(self, system: dict[int, tuple[int, int]], m: Machine, g: Goroutine, regs: Registers
+                      ) -> StopCapture:
+        """The stack top and m.curg (plus, with --native, what stitching C frames needs); in
+        the signal handler, the stack of the code the signal interrupted too. `system`: the
+        bounds of the system stacks (g0, gsignal) by their g."""
+        gsignal = system.get(m.gsignal)
+        if self.native is not None:
+            return self.native.while_stopped(m, regs, STOPPED_WINDOW, gsignal=gsignal)
+        bounds = self._stack_bounds_of(m, g, system, regs.rsp)
         n = min(STOPPED_WINDOW, bounds[1] - regs.rsp) if bounds is not None else 0
         stack, word = self.proc.memory.read_pair(regs.rsp, max(n, 0), m.addr + self._curg_offset, 8)
-        return stack or b"", int.from_bytes(word, "little") if word and len(word) == 8 else -1
+        curg = int.from_bytes(word, "little") if word and len(word) == 8 else -1
+        if stack is None:  # past the end of a mapping (an OS thread's stack): its page, the rest live
+            stack = self.proc.memory.read_many([(regs.rsp, 0x1000 - (regs.rsp & 0xFFF))])[0]
+        stack = stack or b""
+        windows = interrupted_window(self.proc.memory.read_many, stack, regs.rsp, gsignal)
+        return StopCapture(Source.PTRACE, regs, stack, curg=curg, windows=windows)
 
     # -- walks ------------------------------------------------------------------------------------
     def collect(self, snap: Snapshot, *, pause: bool = True, goroutines: list[Goroutine] | None = None,
@@ -144,8 +151,8 @@ class StackCollector:
         for g in gs:
             if g.goid not in regs:
                 continue
-            r, data, pause_ns = regs[g.goid]
-            out.append(self._walk_running(snap, g, machine_of[g.goid], r, data, pause_ns, system_stacks))
+            p = regs[g.goid]
+            out.append(self._walk_running(snap, g, machine_of[g.goid], p.extra, p.pause_ns, system_stacks))
         order = {g.addr: i for i, g in enumerate(gs)}
         out.sort(key=lambda s: order.get(s.g.addr, 0))
         return out
@@ -215,17 +222,14 @@ class StackCollector:
     def collect_one(self, g: Goroutine) -> GoroutineStack:
         return self.collect_parked([g])[0]
 
-    def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes | Stopped,
+    def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, cap: StopCapture,
                       pause_ns: int, system_stacks: bool) -> GoroutineStack:
-        read = self.proc.memory.read
+        mem = cap.memory(self.proc.memory.read)
         tid = m.tid if m else 0
         if self.native is not None:
-            g0_bounds = {a: (sg.stack_lo, sg.stack_hi) for a, sg in snap.g0s.items()}
-            stopped: Stopped | None = None if isinstance(data, bytes) else data
-            stack = stopped.stack if stopped is not None else data
-            walk = self.native.thread(m, g, r, StackMemory(read, r.rsp, stack), g0_bounds, stopped)
+            walk = self.native.thread(m, g, cap.regs, mem, g0_bounds(snap), cap)
             return self._stack(g, walk, "registers", tid, pause_ns)
-        walk, start = self._registers_walk(snap, g, m, r, data, system_stacks)  # type: ignore[arg-type]
+        walk, start = self._registers_walk(snap, g, m, cap.regs, mem, system_stacks)
         if start == "registers" and walk.stop == Stop.BOUNDS and not walk.frames:
             moved = self._moved_off(g)
             if moved is not None:
@@ -241,60 +245,57 @@ class StackCollector:
             return None
         return self.collect_parked([fresh])[0]
 
-    def _registers_walk(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, data: bytes,
+    def _registers_walk(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, mem: StackMemory,
                         system_stacks: bool, in_signal: bool = False) -> tuple[Walk, str]:
-        """The walk of a running goroutine's thread from its registers, and where it started."""
-        read = self.proc.memory.read
+        """The walk of a running goroutine's thread from its registers, and where it started;
+        `mem` serves what its stop read."""
         pc, sp = r.rip, r.rsp
         vdso = self.unwinder.vdso
         in_go = self.reader.in_text(pc)
         in_caller = in_go and vdso.caller_at(pc) is not None
+
+        def switch(kind: str) -> StackSwitch | None:
+            to = switch_to(self.reader.read_g(g.addr) or g) if system_stacks else None
+            return to(kind) if to is not None else None
+
         if not in_go or in_caller:
-            # In a vDSO call (time.now, nanotime1 or the vDSO under them): R12 holds the
-            # goroutine's SP, which leads back to the call (unwind/vdsocall.py).
-            walk = vdso.walk(pc if in_go else None, sp, r.r12, StackMemory(read, sp, data),  # type: ignore[arg-type]
-                             [StackSpan(g.stack_lo, g.stack_hi)])
+            # In a vDSO call (time.now, nanotime1 or the vDSO under them): R12 holds the SP of
+            # the caller (on the goroutine's stack, or on g0 under systemstack), which leads
+            # back to the call (unwind/vdsocall.py).
+            spans = [StackSpan(g.stack_lo, g.stack_hi)]
+            on_g0 = system_span(m, r.r12, g0_bounds(snap))
+            if on_g0 is not None:
+                spans.append(StackSpan(on_g0[0], on_g0[1], switch))
+            walk = vdso.walk(pc if in_go else None, sp, r.r12, mem, spans)
             if walk is not None:
                 return walk, "vdso"
         if not in_go:
             # In the vDSO, C code or a raw syscall: the runtime's own records say where Go left off.
             if m is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
-                mem = StackMemory(read)
                 walk = self.unwinder.unwind(m.vdso_pc, m.vdso_sp, 0, mem, g.stack_lo, g.stack_hi)
                 return walk, "vdso"
             fresh = self.reader.read_g(g.addr) or g
             if fresh.syscall_sp and fresh.contains_sp(fresh.syscall_sp):
-                mem = StackMemory(read)
                 walk = self.unwinder.unwind(fresh.syscall_pc, fresh.syscall_sp, 0, mem, g.stack_lo, g.stack_hi,
                                             from_syscall=True)
                 return walk, "syscall"
-            mem = StackMemory(read)
             walk = self.unwinder.unwind(fresh.sched_pc, fresh.sched_sp, fresh.sched_lr, mem, g.stack_lo, g.stack_hi)
             return walk, "stale"
-        mem = StackMemory(read, sp, data)
         if g.contains_sp(sp):
             walk = self.unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-            return (_not_out_of_call(walk) if in_caller else walk), "registers"
-        bounds = self._stack_bounds_of(m, g, snap, sp) if m else None
+            return vdso.out_of_call(walk, pc, sp, r.r12, mem, ()), "registers"
+        bounds = self._stack_bounds_of(m, g, g0_bounds(snap), sp) if m else None
         if bounds is None:
             walk = Walk([], Stop.BOUNDS)
             return walk, "registers"
-
-        def switch(kind: str) -> StackSwitch | None:
-            if not system_stacks:
-                return None
-            cur = self.reader.read_g(g.addr) or g
-            return StackSwitch(cur.sched_pc, cur.sched_sp, cur.sched_lr, cur.stack_lo, cur.stack_hi, cur.sched_bp)
-
         walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
-        if in_caller:
-            walk = _not_out_of_call(walk)
+        walk = vdso.out_of_call(walk, pc, sp, r.r12, mem, ())
         if sigframe.ends_in_handler(walk) and not in_signal:
             # In the signal handler: on to what the signal interrupted (unwind/sigframe.py).
             ctx = sigframe.interrupted(walk, mem)
             if ctx is None:
                 return Walk(walk.frames, Stop.SIGNAL), "signal"
-            inner, _ = self._registers_walk(snap, g, m, ctx.registers(r), b"", system_stacks, in_signal=True)
+            inner, _ = self._registers_walk(snap, g, m, ctx.registers(r), mem, system_stacks, in_signal=True)
             return Walk(walk.frames + inner.frames, inner.stop if inner.frames else Stop.SIGNAL), "signal"
         return walk, "registers"
 
@@ -318,13 +319,9 @@ class StackCollector:
         return GoroutineStack(g, tuple(frames), start, walk.stop, tid, pause_ns)
 
 
-def _not_out_of_call(walk: Walk) -> Walk:
-    """The walk of a thread in a vDSO caller (time.now, nanotime1) that R12 did not lead out
-    of stops at once in that SPWRITE function. Its callers are there (Go's own profiler goes on
-    from m.vdsoSP), only out of reach: a cut, as in the sampler and --native, never complete."""
-    if walk.stop == Stop.SPWRITE and len(walk.frames) == 1:
-        return Walk(walk.frames, Stop.VDSO_CALL)
-    return walk
+def g0_bounds(snap: Snapshot) -> dict[int, tuple[int, int]]:
+    """(stack.lo, stack.hi) of every g0 and gsignal of the snapshot, by the g's address."""
+    return {a: (sg.stack_lo, sg.stack_hi) for a, sg in snap.g0s.items()}
 
 
 def physical(walk: Walk) -> list[PhysicalFrame]:

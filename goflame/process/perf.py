@@ -100,6 +100,10 @@ class KernelSample:
     # ip first): past a stack switch too (runtime.systemstack keeps the goroutine's BP).
     callchain: tuple[int, ...] = ()
 
+    @property
+    def fp(self) -> int:
+        return self.bp
+
 
 def _attr(period_ns: int, stack_bytes: int, kernel: bool) -> ctypes.Array:
     a = ctypes.create_string_buffer(_ATTR_SIZE)

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME, Func
@@ -33,7 +33,20 @@ PTR = 8
 TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.debugCallV2"})
 # Functions the walk treats specially (one set lookup per frame for all of them).
 _SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.morestack"})
+_JUMP_STACK = frozenset({"runtime.systemstack", "runtime.morestack"})
 _U64 = struct.Struct("<Q")
+
+
+class _Jump(NamedTuple):
+    """Where a walk goes on after a stack switch (GoUnwinder._jump_stack)."""
+
+    pc: int
+    sp: int
+    lr: int
+    lo: int
+    hi: int
+    func: Func
+    spdelta: int | None
 _PLAIN, _TOP, _FULL = 0, 1, 2  # kinds of frame for GoUnwinder.live_pcs
 _CALL_REL32 = 0xE8
 _REL32 = struct.Struct("<i")
@@ -298,20 +311,26 @@ class GoUnwinder:
             return None
         return None
 
-    def unwind(
-        self,
-        pc: int,
-        sp: int,
-        lr: int,
-        mem: StackMemory,
-        lo: int,
-        hi: int,
-        *,
-        exact: bool = False,
-        from_syscall: bool = False,
-        on_system_stack: Callable[[str], StackSwitch | None] | None = None,
-        max_frames: int = MAX_FRAMES,
-    ) -> Walk:
+    def _jump_stack(self, name: str, switch: StackSwitch, frames: list[PhysicalFrame], pc: int, lr: int,
+                    f: Func, spdelta: int | None, mem: StackMemory) -> Walk | _Jump:
+        """Where a walk on g0 goes on at runtime.systemstack or runtime.morestack, as Go's
+        unwinder does (jumpStack): to the goroutine's stack; a Walk if it ends here."""
+        if name == "runtime.morestack":
+            # morestack never returns: newstack gogo's to curg.sched. Match that.
+            to, delta = self.func_at(switch.pc)
+            if to is None:
+                return Walk(frames, Stop.UNKNOWN_PC)
+            return _Jump(switch.pc, switch.sp, switch.lr, switch.lo, switch.hi, to, delta)
+        if pc in switch.chain:  # taken at the sample: exact, where memory may be stale
+            return self._along_chain(frames, pc, f, switch.chain)
+        back = self._systemstack_caller(frames, switch, mem, pc)
+        if back is None:
+            return Walk(frames, Stop.SYSTEMSTACK)
+        return _Jump(pc, back[0], lr, back[1], back[2], f, spdelta)
+
+    def unwind(self, pc: int, sp: int, lr: int, mem: StackMemory, lo: int, hi: int, *, exact: bool = False,
+               from_syscall: bool = False, on_system_stack: Callable[[str], StackSwitch | None] | None = None,
+               max_frames: int = MAX_FRAMES) -> Walk:
         """Walk from (pc, sp[, lr]) on the stack [lo, hi).
 
         `exact`: pc is a live instruction (registers of a stopped thread), else a saved
@@ -348,26 +367,15 @@ class GoUnwinder:
                 if name in _SPECIAL or (from_syscall and innermost):
                     if name == "runtime.cgocallback" or (from_syscall and innermost):
                         flag &= ~FLAG_SPWRITE
-                    if on_system_stack is not None and name in ("runtime.systemstack", "runtime.morestack"):
+                    if on_system_stack is not None and name in _JUMP_STACK:
                         switch = on_system_stack(name)
                         if switch is not None:
-                            lo, hi = switch.lo, switch.hi
-                            if name == "runtime.morestack":
-                                # morestack never returns: newstack gogo's to curg.sched. Match that.
-                                pc, sp, lr = switch.pc, switch.sp, switch.lr
-                                f, spdelta = func_at(pc)
-                                if f is None:
-                                    return Walk(frames, Stop.UNKNOWN_PC)
-                                flag = f.flag
-                                trap = False
-                            else:
-                                if pc in switch.chain:  # taken at the sample: exact, where memory may be stale
-                                    return self._along_chain(frames, pc, f, switch.chain)
-                                back = self._systemstack_caller(frames, switch, mem, pc)
-                                if back is None:
-                                    return Walk(frames, Stop.SYSTEMSTACK)
-                                sp, lo, hi = back
-                                flag &= ~FLAG_SPWRITE
+                            jump = self._jump_stack(name, switch, frames, pc, lr, f, spdelta, mem)
+                            if isinstance(jump, Walk):
+                                return jump
+                            pc, sp, lr, lo, hi, f, spdelta = jump
+                            flag = f.flag & ~FLAG_SPWRITE if name == "runtime.systemstack" else f.flag
+                            trap = trap and name == "runtime.systemstack"
                             on_system_stack = None
                 if spdelta is None or spdelta < 0:
                     return Walk(frames, Stop.NO_FRAME_SIZE)

@@ -11,7 +11,6 @@ Made only with --native: nothing here is imported, opened or parsed otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -20,10 +19,12 @@ from goflame.errors import InvalidMemory
 from goflame.frame import Frame, FrameKind
 from goflame.process import Process, Registers
 from goflame.unwind import sigframe
+from goflame.unwind.capture import Role, SchedCounts, Source, StopCapture, Window, interrupted_window
 from goflame.unwind.cfi import RA, RBP, RBX, RSP
-from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
 from goflame.unwind.images import ImageCache
 from goflame.unwind.native import NativeFrame, NativeUnwinder
+from goflame.unwind.stackmap import switch_to, system_span
 from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
@@ -60,18 +61,6 @@ def regs_of(r: Registers) -> dict[int, int]:
             0: r.rax, 1: r.rdx, 2: r.rcx, 4: r.rsi, 5: r.rdi, 8: r.r8, 9: r.r9, 10: r.r10, 11: r.r11}
 
 
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    """Memory read while a thread was stopped (see NativeStitcher.while_stopped)."""
-
-    stack: bytes
-    curg: int  # m.curg, -1 when unread
-    g0_sp: int | None  # m.g0.sched.sp
-    vdso: tuple[int, int] | None  # m.vdsoSP, m.vdsoPC
-    syscall: tuple[int, int, int] | None  # (g address, syscallsp, syscallpc) of the M's goroutine then
-    other_stacks: tuple[tuple[int, bytes], ...] = ()  # page-aligned (address, bytes) of the stacks the walk goes on to
-
-
 class NativeStitcher:
     """One stack per goroutine across Go and C: the runtime's stack switches, undone.
 
@@ -86,7 +75,8 @@ class NativeStitcher:
         self._machines: dict[int, Machine] = {}
 
     # live threads
-    def while_stopped(self, m: Machine | None, regs: Registers, window: int) -> Stopped:
+    def while_stopped(self, m: Machine | None, regs: Registers, window: int, sched: SchedCounts | None = None,
+                      gsignal: tuple[int, int] | None = None) -> StopCapture:
         """What to read while the thread is stopped, all in one syscall.
 
         Besides the stack top: m.curg, m.g0.sched.sp, m.vdso{SP,PC}, and the syscall{sp,pc}
@@ -99,7 +89,7 @@ class NativeStitcher:
         offs = self._offsets
         if m is None or offs is None or not m.g0:
             data = self.proc.memory.read_many(reqs)[0]
-            return Stopped(data or b"", -1, None, None, None)
+            return StopCapture(Source.PTRACE, regs, data or b"", sched=sched)
         curg, vdso_sp, vdso_pc, g0_sp, sys_sp, sys_pc = offs
         reqs += ((m.addr + curg, 8), (m.addr + vdso_sp, 8), (m.addr + vdso_pc, 8), (m.g0 + g0_sp, 8))
         guess = m.curg
@@ -123,18 +113,20 @@ class NativeStitcher:
         # when the vDSO or C call returns). Read them too while the thread is stopped: one
         # more, dependent, read.
         windows = []
-        for addr in (w[3], w[1], w[4]):
+        for addr, role in ((w[3], Role.G0_CALLBACK), (w[1], Role.VDSO), (w[4], Role.SYSCALL)):
             if addr and not (bounds and bounds[0] <= addr < bounds[1]):
                 base = addr & ~0xFFF
                 mapped = self.native.space.cached_mapping(addr)
-                windows.append((base, min(OTHER_STACK_WINDOW, mapped[1] - base) if mapped else 0x1000))
-        other = ()
+                windows.append((base, min(OTHER_STACK_WINDOW, mapped[1] - base) if mapped else 0x1000, role))
+        other: tuple[Window, ...] = ()
         if windows:
-            other = tuple((base, data) for (base, _n), data in
-                          zip(windows, self.proc.memory.read_many(windows), strict=True) if data)
-        return Stopped(bufs[0] or b"", -1 if w[0] is None else w[0], w[3],
-                       (w[1], w[2]) if w[1] is not None and w[2] is not None else None,
-                       (guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None, other)
+            other = tuple(Window(base, data, role) for (base, _n, role), data in
+                          zip(windows, self.proc.memory.read_many([(a, n) for a, n, _r in windows]), strict=True) if data)
+        other += interrupted_window(self.proc.memory.read_many, bufs[0] or b"", sp, gsignal)
+        return StopCapture(Source.PTRACE, regs, bufs[0] or b"", curg=-1 if w[0] is None else w[0],
+                           g0_sched_sp=w[3], vdso=(w[1], w[2]) if w[1] is not None and w[2] is not None else None,
+                           syscall=(guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None,
+                           windows=other, sched=sched)
 
     @cached_property
     def _offsets(self) -> tuple[int, int, int, int, int, int] | None:
@@ -147,13 +139,12 @@ class NativeStitcher:
             return None
 
     def thread(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
-               g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None = None,
+               g0_bounds: dict[int, tuple[int, int]], stopped: StopCapture | None = None,
                in_signal: bool = False) -> MixedWalk:
         """The stack of a stopped thread: native frames where it runs C, then its goroutine's.
-        In Go's signal handler: its frames, then those of the code the signal interrupted."""
+        In Go's signal handler: its frames, then those of the code the signal interrupted.
+        `mem` serves what `stopped` read (StopCapture.memory)."""
         pc, sp = regs.rip, regs.rsp
-        if stopped is not None:
-            mem.preload(stopped.other_stacks)
         in_go = self.reader.in_text
         if in_go(pc):
             walk = self._go_from_registers(m, g, pc, sp, regs.r12, mem, g0_bounds)
@@ -190,48 +181,26 @@ class NativeStitcher:
         if g is not None and g.contains_sp(sp):
             walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
         else:
-            bounds = self._system_bounds(m, sp, g0_bounds)
+            bounds = system_span(m, sp, g0_bounds)
             if bounds is None:
                 return Walk([], Stop.BOUNDS)
-            # A thread started by C (cgo) gets g0 bounds that end inside mstart0's frame: the
-            # thread's stack mapping lets the walk reach mstart, as the runtime's own traceback does.
-            mapped = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
-            hi = max(bounds[1], mapped[1]) if mapped is not None else bounds[1]
-            walk = self.go.unwind(pc, sp, 0, mem, bounds[0], hi, exact=True, on_system_stack=self._switch_to(g))
-        return self._out_of_vdso_call(walk, pc, True, sp, r12, m, g, mem, g0_bounds)
-
-    def _out_of_vdso_call(self, walk: Walk, pc: int, exact: bool, sp: int, r12: int, m: Machine | None,
-                          g: Goroutine | None, mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
-        """A walk stopped in the SPWRITE function it started in: out of a vDSO caller through
-        R12 (see vdsocall.py), else as it is; None-safe for every other function."""
-        if walk.stop != Stop.SPWRITE or len(walk.frames) != 1 or self.go.vdso.caller_at(pc) is None:
+            walk = self.go.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch_to(g))
+        if walk.stop != Stop.SPWRITE or len(walk.frames) != 1:
             return walk
+        return self.go.vdso.out_of_call(walk, pc, sp, r12, mem, self._vdso_spans(m, g, r12, g0_bounds))
+
+    @staticmethod
+    def _vdso_spans(m: Machine | None, g: Goroutine | None, r12: int, g0_bounds: dict[int, tuple[int, int]]
+                    ) -> list[StackSpan]:
+        """The stacks the SP a vDSO caller saved in R12 may be on."""
         spans = [StackSpan(g.stack_lo, g.stack_hi)] if g is not None else []
-        b = self._system_bounds(m, r12, g0_bounds)
+        b = system_span(m, r12, g0_bounds)
         if b is not None:
-            spans.append(StackSpan(b[0], b[1], self._switch_to(g)))
-        out = self.go.vdso.walk(pc, sp, r12, mem, spans, exact)
-        return out if out is not None else Walk(walk.frames, Stop.VDSO_CALL)
-
-    @staticmethod
-    def _switch_to(g: Goroutine | None) -> Callable[[str], StackSwitch | None] | None:
-        if g is None:
-            return None
-        switch = StackSwitch(g.sched_pc, g.sched_sp, g.sched_lr, g.stack_lo, g.stack_hi, g.sched_bp)
-        return lambda _kind: switch
-
-    @staticmethod
-    def _system_bounds(m: Machine | None, sp: int, g0_bounds: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
-        if m is None:
-            return None
-        for a in (m.g0, m.gsignal):
-            b = g0_bounds.get(a)
-            if b and b[0] <= sp < b[1]:
-                return b
-        return None
+            spans.append(StackSpan(b[0], b[1], switch_to(g)))
+        return spans
 
     def _go_from_syscall(self, m: Machine | None, g: Goroutine, mem: StackMemory,
-                         stopped: Stopped | None) -> MixedWalk:
+                         stopped: StopCapture | None) -> MixedWalk:
         """The goroutine's Go stack from where entersyscall (cgocall) recorded it."""
         if stopped is not None and stopped.syscall is not None and stopped.syscall[0] == g.addr:
             sys_sp, sys_pc = stopped.syscall[1], stopped.syscall[2]
@@ -244,19 +213,20 @@ class NativeStitcher:
         return self.splice(cont, m, g, mem, stopped)
 
     def _go_after_native(self, m: Machine | None, g: Goroutine | None, regs: dict[int, int], mem: StackMemory,
-                         g0_bounds: dict[int, tuple[int, int]], stopped: Stopped | None) -> MixedWalk:
+                         g0_bounds: dict[int, tuple[int, int]], stopped: StopCapture | None) -> MixedWalk:
         """C returned into Go at regs[RA]: the Go frames from there, across the switch back."""
         pc, sp = regs[RA], regs[RSP]
         if g is not None and g.contains_sp(sp):
             walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi)
             return self.splice(walk, m, g, mem, stopped)
-        bounds = self._system_bounds(m, sp, g0_bounds) or self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
+        bounds = system_span(m, sp, g0_bounds) or self.native.space.mapping(sp, STACK_MAPS_REFRESH_S)
         if bounds is None:
             return MixedWalk([], Stop.BOUNDS)
-        walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=self._switch_to(g))
+        walk = self.go.unwind(pc, sp, 0, mem, bounds[0], max(bounds[1], sp), on_system_stack=switch_to(g))
         if walk.stop == Stop.SPWRITE and len(walk.frames) == 1 and self.go.vdso.caller_at(pc) is not None:
             # C returned into a vDSO caller (time.now): R12, restored by the C code's CFI, leads on.
-            walk = self._out_of_vdso_call(walk, pc, False, sp, regs.get(12, 0), m, g, mem, g0_bounds)
+            r12 = regs.get(12, 0)
+            walk = self.go.vdso.out_of_call(walk, pc, sp, r12, mem, self._vdso_spans(m, g, r12, g0_bounds), False)
             if walk.stop != Stop.VDSO_CALL:
                 return self.splice(walk, m, g, mem, stopped)
         frames: list[MixedFrame] = list(walk.frames)
@@ -289,7 +259,7 @@ class NativeStitcher:
 
     # C frames between cgocallback and the Go code that called C
     def splice(self, walk: Walk, m: Machine | None, g: Goroutine | None, mem: StackMemory,
-               stopped: Stopped | None = None) -> MixedWalk:
+               stopped: StopCapture | None = None) -> MixedWalk:
         """Insert the C frames that called back into Go after each runtime.cgocallback frame.
 
         cgocallback runs on g0 first: it saves g0.sched.sp at 0(SP) of its g0 frame and
@@ -305,7 +275,7 @@ class NativeStitcher:
         if m is None and g is not None:
             m = self._machine(g.m_addr or g.locked_m)
         g0 = self.reader.read_g(m.g0) if m is not None and m.g0 else None
-        g0_sp = stopped.g0_sp if stopped is not None else None
+        g0_sp = stopped.g0_sched_sp if stopped is not None else None
         if g0_sp is None:
             g0_sp = g0.sched_sp if g0 is not None else 0
         out: list[MixedFrame] = []

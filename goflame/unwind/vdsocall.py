@@ -23,6 +23,7 @@ from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import Func
 from goflame.errors import GoflameError, InvalidMemory
 from goflame.unwind.gopclntab import PTR, GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.stop import Stop
 
 # The Go functions that call the vDSO with the goroutine's SP saved in R12 (Go 1.17+).
 VDSO_CALLERS = ("time.now", "runtime.nanotime1", "runtime.walltime", "runtime.vgetrandom1")
@@ -114,6 +115,17 @@ class VdsoCalls:
             frame = self._go.func_at(pc)[1]
             return None if frame is None or frame < 0 else self._walk_from(c, pc, exact, sp, frame, mem, spans)
         return self._walk_from(c, pc, exact, r12, c.frame, mem, spans)
+
+    def out_of_call(self, walk: Walk, pc: int, sp: int, r12: int, mem: StackMemory, spans: Sequence[StackSpan],
+                    exact: bool = True) -> Walk:
+        """`walk`, the walk of a thread at pc, unless it stopped at once in the vDSO caller it
+        started in (SPWRITE: past `MOVQ SP, R12` its pcsp says nothing). Then R12 leads on to
+        the caller's caller; where it does not, the walk is cut there (`Stop.VDSO_CALL`),
+        never shown as whole: the callers exist (Go's own profiler goes on from m.vdsoSP)."""
+        if walk.stop != Stop.SPWRITE or len(walk.frames) != 1 or self.caller_at(pc) is None:
+            return walk
+        out = self.walk(pc, sp, r12, mem, spans, exact)
+        return out if out is not None else Walk(walk.frames, Stop.VDSO_CALL)
 
     def _walk_from(self, c: VdsoCaller, pc: int, exact: bool, base: int, frame: int, mem: StackMemory,
                    spans: Sequence[StackSpan]) -> Walk | None:
