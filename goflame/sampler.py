@@ -31,7 +31,16 @@ from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
 from goflame.unwind import sigframe
-from goflame.unwind.capture import Role, SchedCounts, Source, StopCapture, Window, interrupted_window
+from goflame.unwind.capture import (
+    Role,
+    SchedCounts,
+    Source,
+    StopCapture,
+    Window,
+    interrupted_window,
+    read_with_machine,
+    stop_offsets,
+)
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
 from goflame.unwind.stackmap import G0_SLACK, switch_to, system_span
 from goflame.unwind.stop import Stop
@@ -148,6 +157,7 @@ class Sampler:
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
         self._g_tls = target.binary.globals.g_tls_offset if not config.native else None  # see _sample_running
+        self._stop_offsets = stop_offsets(lay)  # see _capture_with_machine
         self._tids: list[int] = []
         self._tids_time = float("-inf")
         self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _stack_of
@@ -362,6 +372,7 @@ class Sampler:
         as the walk needs from memory the thread changes as soon as it runs on."""
         mem = self._mem
         tls = self._g_tls
+        in_text = self.t.reader.in_text
 
         def window(regs: Registers) -> bytes:
             try:
@@ -377,6 +388,9 @@ class Sampler:
                     return StopCapture(Source.PTRACE, regs, mem.read(regs.rsp, STOPPED_WINDOW), sched=sched)
                 except InvalidMemory:
                     return StopCapture(Source.PTRACE, regs, window(regs), sched=sched)
+            m = self._ms.get(tid)
+            if m is not None and (not in_text(regs.rip) or self._on_gsignal(m, regs.rsp)):
+                return self._capture_with_machine(tid, m, regs, tls, sched)
             stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
             g = _U64.unpack(word)[0] if word is not None else 0
             if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
@@ -461,7 +475,9 @@ class Sampler:
         vdso = self._unwinder.vdso
         in_text = self.t.reader.in_text
         hints = [vdso.saved_sp(c.regs.pc, in_text(c.regs.pc), c.regs.sp, c.regs.r12) for _m, c in items]
-        gs = self._goroutines_of([(m, c.g_word, h, False) for (m, c), h in zip(items, hints, strict=True)])
+        # m.curg read in the stop (outside Go, in the handler) is exact; the g word is checked.
+        gs = self._goroutines_of([(m, c.curg, h, True) if c.curg >= 0 else (m, c.g_word, h, False)
+                                  for (m, c), h in zip(items, hints, strict=True)])
         for i, (m, c) in enumerate(items):
             sp = c.regs.sp
             h = hints[i]
@@ -559,6 +575,38 @@ class Sampler:
                         return b""
         return b""
 
+    def _on_gsignal(self, m: Machine, sp: int) -> bool:
+        b = self._g0_bounds.get(m.gsignal)
+        return b is not None and b[0] <= sp < b[1]
+
+    def _capture_with_machine(self, tid: int, m: Machine, regs: Registers, tls: int, sched: SchedCounts | None
+                              ) -> StopCapture:
+        """The stop of a thread outside Go's text (C through cgo, the vDSO) or in Go's signal
+        handler: besides the stack top and the g word, the M's words that lead back to the
+        goroutine (m.curg and its syscallsp/pc, m.vdsoSP/PC), and the goroutine's stack at
+        syscallsp. Read after the release they are another moment's: the C call returns and
+        exitsyscall clears them (a cgo profile had 3 % of its samples cut in C for this)."""
+        offs = self._stop_offsets
+        if offs is None or not m.g0:
+            stack, word = self._mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
+            return StopCapture(Source.PTRACE, regs, stack or b"", _U64.unpack(word)[0] if word else 0, sched=sched)
+        (stack, word), st = read_with_machine(self._mem.read_many, [(regs.rsp, STOPPED_WINDOW), (regs.fs_base + tls, 8)],
+                                              m.addr, m.g0, m.curg, offs)
+        if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
+            stack = self._to_stack_end(tid, regs.rsp) or self._page_rest(regs.rsp)
+        g = _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
+        windows = self._stop_windows(tid, g, regs.rsp, stack)
+        if st.syscall is not None and st.syscall[1]:
+            base = st.syscall[1] & ~0xFFF
+            data = self._mem.read_many([(base, GOROUTINE_WINDOW)])[0]
+            if data:
+                windows += (Window(base, data, Role.SYSCALL),)
+        return StopCapture(Source.PTRACE, regs, stack, g, curg=st.curg, g0_sched_sp=st.g0_sched_sp, vdso=st.vdso,
+                           syscall=st.syscall, windows=windows, sched=sched)
+
+    def _page_rest(self, sp: int) -> bytes:
+        return self._mem.read_many([(sp, 0x1000 - (sp & 0xFFF))])[0] or b""
+
     def _stop_windows(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
         """What else the stop of a thread at `sp` on the g `g` reads, besides its stack top:
         the stack the walk goes on to, which the thread changes as soon as it runs on."""
@@ -597,22 +645,25 @@ class Sampler:
             walk = self._native.thread(m, g, cap.regs, cap.memory(self._mem.read), self._g0_bounds, cap)
             return self._native.logical(walk, self._sym)
         r = cap.regs
-        return self._walk_live(m, g, r.pc, r.sp, cap.memory(self._mem.read), r.r12, cap.chain)
+        return self._walk_live(m, g, r.pc, r.sp, cap.memory(self._mem.read), r.r12, cap.chain, syscall=cap.syscall)
 
     def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, mem: StackMemory, r12: int = 0,
-                   chain: tuple[int, ...] = (), in_signal: bool = False) -> tuple[Frame, ...]:
+                   chain: tuple[int, ...] = (), in_signal: bool = False,
+                   syscall: tuple[int, int, int] | None = None) -> tuple[Frame, ...]:
         """The logical frames of a thread's stack at (pc, sp), `mem` holding what was read at
         the sample. R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py); a
-        signal handler's frames lead on to what the signal interrupted (unwind/sigframe.py)."""
+        signal handler's frames lead on to what the signal interrupted (unwind/sigframe.py).
+        `syscall`: (g, syscallsp, syscallpc) of m.curg as read in the stop."""
         unwinder = self._unwinder
         walk: Walk | None
         if not self.t.reader.in_text(pc):
             # Native code (vDSO, libc, cgo) or the kernel: Go's own records say where Go left off.
             native = Frame("[native code]", kind=FrameKind.NATIVE, pc=pc)
             walk = unwinder.vdso.walk(None, sp, r12, mem, self._spans(m, g, r12)) if r12 else None
-            if walk is None and g is not None and g.syscall_sp and g.contains_sp(g.syscall_sp):
-                walk = unwinder.unwind(g.syscall_pc, g.syscall_sp, 0, StackMemory(self._mem.read),
-                                       g.stack_lo, g.stack_hi, from_syscall=True)
+            if g is not None and (syscall is None or syscall[0] != g.addr):
+                syscall = (g.addr, g.syscall_sp, g.syscall_pc)  # not read in the stop: as read after it
+            if walk is None and g is not None and syscall is not None and syscall[1] and g.contains_sp(syscall[1]):
+                walk = unwinder.unwind(syscall[2], syscall[1], 0, mem, g.stack_lo, g.stack_hi, from_syscall=True)
             if walk is None:  # where this thread left Go is not known: never shown as complete
                 return (native, Frame(_NATIVE_MARKER, kind=FrameKind.UNKNOWN))
             return (native, *self._logical(walk))
@@ -640,11 +691,11 @@ class Sampler:
         if walk.stop == Stop.SPWRITE and len(walk.frames) == 1:  # the spans only where out_of_call needs them
             walk = unwinder.vdso.out_of_call(walk, pc, sp, r12, mem, self._spans(m, g, r12))
         if sigframe.ends_in_handler(walk) and not in_signal:
-            return self._out_of_signal_handler(walk, mem, m, g)
+            return self._out_of_signal_handler(walk, mem, m, g, syscall)
         return self._logical(walk)
 
-    def _out_of_signal_handler(self, walk: Walk, mem: StackMemory, m: Machine, g: Goroutine | None
-                               ) -> tuple[Frame, ...]:
+    def _out_of_signal_handler(self, walk: Walk, mem: StackMemory, m: Machine, g: Goroutine | None,
+                               syscall: tuple[int, int, int] | None = None) -> tuple[Frame, ...]:
         """The handler's frames on top of the interrupted code's: its registers are in the
         signal frame. If they lead nowhere, the stack is marked truncated there."""
         ctx = sigframe.interrupted(walk, mem)
@@ -653,7 +704,7 @@ class Sampler:
             if g is None or not (g.contains_sp(ctx.sp) or self._system_span(m, g, ctx.sp) is not None):
                 g = self._stack_owner(ctx.sp) or g  # the goroutine the handler interrupted
             try:
-                inner = self._walk_live(m, g, ctx.pc, ctx.sp, mem, r12=ctx.r12, in_signal=True)
+                inner = self._walk_live(m, g, ctx.pc, ctx.sp, mem, r12=ctx.r12, in_signal=True, syscall=syscall)
             except InvalidMemory:
                 inner = ()
         handler = self._logical(sigframe.handler_part(walk))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from goflame.process.perf import KernelSample
+    from goflame.runtime import RuntimeReader
 
 
 INTERRUPTED_WINDOW = 16 * 1024  # like the stack top: the interrupted code's innermost frames
@@ -74,6 +75,26 @@ class SchedCounts(NamedTuple):
     timeslices: int
     voluntary: int
     involuntary: int
+
+
+class StopOffsets(NamedTuple):
+    """Where the words a stop reads of the M and of a g are (the release's layout)."""
+
+    m_curg: int
+    m_vdso_sp: int
+    m_vdso_pc: int
+    g_sched_sp: int
+    g_syscall_sp: int
+    g_syscall_pc: int
+
+
+class MachineState(NamedTuple):
+    """The M's words as they were in the stop (see read_with_machine)."""
+
+    curg: int  # m.curg; -1: unread
+    g0_sched_sp: int | None
+    vdso: tuple[int, int] | None  # m.vdsoSP, m.vdsoPC
+    syscall: tuple[int, int, int] | None  # (curg, curg.syscallsp, curg.syscallpc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +159,42 @@ def interrupted_window(read_many: Callable[[Sequence[tuple[int, int]]], list[byt
     if data is None:  # the window crosses the end of a mapping (an OS thread's stack): its page
         data = read_many([(base, 0x1000)])[0]
     return (Window(base, data, Role.INTERRUPTED),) if data else ()
+
+
+def _words(bufs: Sequence[bytes | None]) -> list[int | None]:
+    return [int.from_bytes(b, "little") if b else None for b in bufs]
+
+
+def read_with_machine(read_many: Callable[[Sequence[tuple[int, int]]], list[bytes | None]],
+                      reqs: Sequence[tuple[int, int]], m_addr: int, g0: int, guess: int, offs: StopOffsets
+                      ) -> tuple[list[bytes | None], MachineState]:
+    """`reqs`, and in the same process_vm_readv the M's words a walk out of non-Go code needs:
+    m.curg, m.vdsoSP/PC, g0.sched.sp, and g.syscallsp/pc of `guess`, the goroutine the M was
+    last known to run. If m.curg is another goroutine, its syscallsp/pc are read next, still
+    in the stop: once the thread runs on, C returns to Go and exitsyscall clears them."""
+    n = len(reqs)
+    batch = [*reqs, (m_addr + offs.m_curg, 8), (m_addr + offs.m_vdso_sp, 8), (m_addr + offs.m_vdso_pc, 8),
+             (g0 + offs.g_sched_sp, 8)]
+    if guess:
+        batch += [(guess + offs.g_syscall_sp, 8), (guess + offs.g_syscall_pc, 8)]
+    bufs = read_many(batch)
+    w = _words(bufs[n:])
+    if not guess:
+        w += [None, None]
+    curg = w[0]
+    if curg and curg != guess:
+        guess = curg
+        w[4:6] = _words(read_many([(curg + offs.g_syscall_sp, 8), (curg + offs.g_syscall_pc, 8)]))
+    vdso = (w[1], w[2]) if w[1] is not None and w[2] is not None else None
+    syscall = (guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None
+    return bufs[:n], MachineState(-1 if curg is None else curg, w[3], vdso, syscall)
+
+
+def stop_offsets(reader: RuntimeReader) -> StopOffsets | None:
+    """The offsets of the words a stop reads, from the release's layout; None if one is unknown."""
+    fm, fg = reader.m.spec, reader.g.spec
+    try:
+        return StopOffsets(fm["curg"][0], fm["vdsosp"][0], fm["vdsopc"][0], fg["sp"][0], fg["syscallsp"][0],
+                           fg["syscallpc"][0])
+    except KeyError:
+        return None

@@ -19,7 +19,17 @@ from goflame.errors import InvalidMemory
 from goflame.frame import Frame, FrameKind
 from goflame.process import Process, Registers
 from goflame.unwind import sigframe
-from goflame.unwind.capture import Role, SchedCounts, Source, StopCapture, Window, interrupted_window
+from goflame.unwind.capture import (
+    Role,
+    SchedCounts,
+    Source,
+    StopCapture,
+    StopOffsets,
+    Window,
+    interrupted_window,
+    read_with_machine,
+    stop_offsets,
+)
 from goflame.unwind.cfi import RA, RBP, RBX, RSP
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
 from goflame.unwind.images import ImageCache
@@ -90,30 +100,16 @@ class NativeStitcher:
         if m is None or offs is None or not m.g0:
             data = self.proc.memory.read_many(reqs)[0]
             return StopCapture(Source.PTRACE, regs, data or b"", sched=sched)
-        curg, vdso_sp, vdso_pc, g0_sp, sys_sp, sys_pc = offs
-        reqs += ((m.addr + curg, 8), (m.addr + vdso_sp, 8), (m.addr + vdso_pc, 8), (m.g0 + g0_sp, 8))
-        guess = m.curg
-        if guess:
-            reqs += ((guess + sys_sp, 8), (guess + sys_pc, 8))
-        bufs = self.proc.memory.read_many(reqs)
-        w = [int.from_bytes(b, "little") if b else None for b in bufs[1:]]
-        if not guess:
-            w += (None, None)
-        fresh = w[0]
-        if fresh and fresh != guess:
-            # The goroutine changed since the Ms were last read (the scheduler moved it, or this
-            # M picked up another): its syscall{sp,pc}, read for the stale guess, say nothing.
-            # Read the running one's, still inside the stop: after it, C may return to Go.
-            guess = fresh
-            w[4:6] = [int.from_bytes(b, "little") if b else None
-                      for b in self.proc.memory.read_many([(fresh + sys_sp, 8), (fresh + sys_pc, 8)])]
+        bufs, st = read_with_machine(self.proc.memory.read_many, reqs, m.addr, m.g0, m.curg, offs)
         # The walk continues on other stacks than the one the thread stopped on: g0 above
         # g0.sched.sp (the C frames of a callback into Go, overwritten by C as soon as the
         # callback returns), the goroutine's stack at m.vdsoSP or g.syscallsp (it runs on
         # when the vDSO or C call returns). Read them too while the thread is stopped: one
         # more, dependent, read.
         windows = []
-        for addr, role in ((w[3], Role.G0_CALLBACK), (w[1], Role.VDSO), (w[4], Role.SYSCALL)):
+        vdso_sp = st.vdso[0] if st.vdso else None
+        sys_sp = st.syscall[1] if st.syscall else None
+        for addr, role in ((st.g0_sched_sp, Role.G0_CALLBACK), (vdso_sp, Role.VDSO), (sys_sp, Role.SYSCALL)):
             if addr and not (bounds and bounds[0] <= addr < bounds[1]):
                 base = addr & ~0xFFF
                 mapped = self.native.space.cached_mapping(addr)
@@ -123,20 +119,12 @@ class NativeStitcher:
             other = tuple(Window(base, data, role) for (base, _n, role), data in
                           zip(windows, self.proc.memory.read_many([(a, n) for a, n, _r in windows]), strict=True) if data)
         other += interrupted_window(self.proc.memory.read_many, bufs[0] or b"", sp, gsignal)
-        return StopCapture(Source.PTRACE, regs, bufs[0] or b"", curg=-1 if w[0] is None else w[0],
-                           g0_sched_sp=w[3], vdso=(w[1], w[2]) if w[1] is not None and w[2] is not None else None,
-                           syscall=(guess, w[4], w[5]) if w[4] is not None and w[5] is not None else None,
-                           windows=other, sched=sched)
+        return StopCapture(Source.PTRACE, regs, bufs[0] or b"", curg=st.curg, g0_sched_sp=st.g0_sched_sp,
+                           vdso=st.vdso, syscall=st.syscall, windows=other, sched=sched)
 
     @cached_property
-    def _offsets(self) -> tuple[int, int, int, int, int, int] | None:
-        """m.curg, m.vdsoSP, m.vdsoPC, g.sched.sp, g.syscallsp, g.syscallpc: None if any is unknown."""
-        fm, fg = self.reader.m.spec, self.reader.g.spec
-        try:
-            return (fm["curg"][0], fm["vdsosp"][0], fm["vdsopc"][0], fg["sp"][0], fg["syscallsp"][0],
-                    fg["syscallpc"][0])
-        except KeyError:
-            return None
+    def _offsets(self) -> StopOffsets | None:
+        return stop_offsets(self.reader)
 
     def thread(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
                g0_bounds: dict[int, tuple[int, int]], stopped: StopCapture | None = None,
