@@ -196,7 +196,7 @@ def hog_source_lines() -> dict[str, tuple[int, int]]:
     lines = (ROOT / "examples" / "cpuhog" / "main.go").read_text().splitlines()
     out = {}
     for i, ln in enumerate(lines, 1):
-        m = re.match(r"func (hot\d)\(\)", ln)
+        m = re.match(r"func (hot\d)\(", ln)
         if m:
             end = next(j for j in range(i, len(lines) + 1) if lines[j - 1] == "}")
             out[f"main.{m[1]}"] = (i, end)
