@@ -10,7 +10,7 @@ must pass) and every (unchanged, slow) pair (each must flag `checksum` alone), w
 options and with the sampling-only test of earlier releases (phi 2, no run-to-run term) as
 the baseline. Also prints each function's spread of share across the unchanged runs next to
 what sampling alone explains: the run-to-run part is what `--run-noise` models (docs/diff.md).
-No budget of its own: issue 5's acceptance is the matrix test's 20 of 20; this measures the
+No budget of its own: the matrix test judges 20 pairs against the 1 % rate; this measures the
 rates behind it. ~7 s per profile here.
 """
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import gotoolchain as gt
+from conftest import binomial_upper_ok
 from goflame.diff import (
     TRANSPARENT,
     DiffOptions,
@@ -221,15 +222,22 @@ def test_goflame_recordings_measure_their_own_dispersion(tmp_path):
 
 
 @pytest.mark.matrix
-def test_unchanged_code_passes_20_of_20_trials(tmp_path):
-    """Twenty pairs of real runs of the same code: noise must never fail the build."""
-    codes = []
+def test_unchanged_code_fails_the_gate_no_more_often_than_its_confidence_allows(tmp_path):
+    """Twenty pairs of real runs of the same code. The gate promises a false regression in at
+    most 1 - confidence (1 %) of reports, so the count of failed pairs is judged against that
+    rate with the suite's binomial bound, not required to be zero: at a true rate of 1 %, 20 of
+    20 clean pairs happens only 82 % of the time, and CI once saw pair 17 fail. Whatever fails
+    must fail the way a regression does (exit 1, listed), never with another code."""
+    failed = []
     for i in range(20):
         a = go_test_profile(tmp_path / f"a{i}.pprof", iterations=ITERATIONS)
         b = go_test_profile(tmp_path / f"b{i}.pprof", iterations=ITERATIONS)
         r = goflame("diff", a, b, "--format", "json")
-        codes.append((r.returncode, [c["function"] for c in json.loads(r.stdout)["regressions"]]))
-    assert codes == [(0, [])] * 20
+        flagged = [c["function"] for c in json.loads(r.stdout)["regressions"]]
+        assert r.returncode == (1 if flagged else 0), (i, flagged, r.returncode, r.stderr)
+        if flagged:
+            failed.append((i, flagged))
+    assert binomial_upper_ok(len(failed), 20, 1 - DiffOptions().confidence), failed
 
 
 @pytest.mark.matrix
