@@ -540,16 +540,15 @@ while True:
 """
 
 
-def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: list[str], tmp_path: Path,
-                                           max_cut: float = 0.0) -> None:
+def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: list[str], tmp_path: Path) -> None:
     """Under a flood of SIGURG (from the target itself when `args` ask it to, else from a
     Python process), goflame records (in rounds) until 200 of its samples are in the signal
     handler. None of them may be a stack rooted in the handler; a walk that cannot get from
     the handler to what the signal interrupted is marked cut. With ptrace none may be cut
     there: the interrupted code's stack is read inside the stop. perf's kernel sample copies
     only the handler's stack, so there at most 25 % are (binomially: the rate, not the
-    count, is the bar), or `max_cut`. A walk cut further down, in the interrupted code's own
-    stack (at a stack switch, as any walk may be), counts against 5 %."""
+    count, is the bar). A walk cut further down, in the interrupted code's own stack (at a
+    stack switch, as any walk may be), counts against 5 % (perf: 25 %)."""
     target = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     flood = None
     try:
@@ -577,7 +576,7 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
     n = sum(in_handler.values())
     cut = {s: k for s, k in in_handler.items() if s[0].startswith("[truncated")}
     at_handler = sum(k for s, k in cut.items() if s[1] in SIGNAL_FRAMES)  # nothing of the interrupted code
-    bar = max(max_cut, 0.25 if "perf" in opts else 0)
+    bar = 0.25 if "perf" in opts else 0
     if bar == 0:
         assert at_handler == 0, (at_handler, n, cut)
     assert binomial_upper_ok(at_handler, n, bar), (at_handler, n, bar, cut)
@@ -598,11 +597,14 @@ def test_samples_in_the_signal_handler_lead_back_to_what_the_signal_interrupted(
 @pytest.mark.matrix  # ~15 s: the slow tier
 def test_in_a_cgo_binary_samples_in_the_signal_handler_lead_back_too(tmp_path):
     """With cgo the handler is entered through runtime.cgoSigtramp (and the restorer is libc's).
-    Signals that interrupt the scheduler on g0 or C code are cut more often (~20 % here): that
-    stack changes within microseconds and is read after the thread was released."""
+    Signals that interrupt C code, a vDSO call or the scheduler on g0 lead on through what the
+    stop reads of the M (m.curg, vdsoSP, g0.sched.sp, the goroutine's syscallsp): none cut at
+    the handler, and at most 5 % cut deeper (0.1 % and 2.7 % in two runs here, the second with
+    CI running beside it: most in the scheduler's g0 frames below a futex the signal
+    interrupted; ~20 % were cut when the interrupted stack was read after the thread was
+    released)."""
     binary = gt.build(FIXTURES / "cgochain", gt.BuildSpec(cgo=True, stripped=True, pie=True))
-    check_signal_handler_samples_lead_back(binary, ["-mode", "vdso,chain"], ["--engine", "ptrace"], tmp_path,
-                                           max_cut=0.4)
+    check_signal_handler_samples_lead_back(binary, ["-mode", "vdso,chain"], ["--engine", "ptrace"], tmp_path)
 
 
 MATRIX_STATIC_STRIPPED = [s for v in gt.MATRIX for s in gt.matrix_specs(v) if s.stripped and not s.cgo and not s.pie]
