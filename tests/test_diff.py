@@ -58,10 +58,12 @@ CHECKSUM = "example.com/regress.checksum"
 # points; with 2,000 samples a side and diff's 5 % run-to-run term that is z ~6-7.5, twice the
 # ~3.3 that Holm's correction over the report asks at 99 %, and base vs base2 stays near z 1.
 SAMPLES = 2000
-# Iterations for the tests that run `go test` whole, one run after the other (the CI gate script,
-# the matrix): ~1,100-1,700 CPU samples here (Go samples CPU time, so the count does not depend
-# on how busy the machine is, but it does on how fast its CPU is). 45000 gave ~540 on a faster VM.
-ITERATIONS = 90000
+# Samples per profile of the tests that run `go test` whole, one run after the other (the matrix
+# ones): about what 90000 iterations gave on this VM (~1,100-1,700). Sized by samples, not by
+# iterations: 45000 iterations gave ~540 samples on a faster VM, where a 2x slower checksum
+# was caught in only 4 of 9 pairs. `sequential_iterations` turns it into an iteration count.
+SEQUENTIAL_SAMPLES = 1300
+CALIBRATION_ITERATIONS = 10000  # ~130 samples here: the rate per iteration to within ~10 %
 NS = {"s": "http://www.w3.org/2000/svg"}
 
 
@@ -221,8 +223,19 @@ def test_goflame_recordings_measure_their_own_dispersion(tmp_path):
     assert report["base"]["dispersion"] is not None and report["new"]["dispersion"] is not None
 
 
+@pytest.fixture(scope="module")
+def sequential_iterations(tmp_path_factory) -> int:
+    """Iterations for SEQUENTIAL_SAMPLES samples on this machine, from the samples Go's own
+    profiler took in a calibration run (Go samples CPU time: the count follows the CPU's speed,
+    not the machine's load)."""
+    out = go_test_profile(tmp_path_factory.mktemp("calibrate") / "c.pprof", iterations=CALIBRATION_ITERATIONS)
+    per_iteration = total_samples(out) / CALIBRATION_ITERATIONS
+    assert per_iteration > 0, "the calibration run took no samples"
+    return math.ceil(SEQUENTIAL_SAMPLES / per_iteration)
+
+
 @pytest.mark.matrix
-def test_unchanged_code_fails_the_gate_no_more_often_than_its_confidence_allows(tmp_path):
+def test_unchanged_code_fails_the_gate_no_more_often_than_its_confidence_allows(tmp_path, sequential_iterations):
     """Twenty pairs of real runs of the same code. The gate promises a false regression in at
     most 1 - confidence (1 %) of reports, so the count of failed pairs is judged against that
     rate with the suite's binomial bound, not required to be zero: at a true rate of 1 %, 20 of
@@ -230,8 +243,8 @@ def test_unchanged_code_fails_the_gate_no_more_often_than_its_confidence_allows(
     must fail the way a regression does (exit 1, listed), never with another code."""
     failed = []
     for i in range(20):
-        a = go_test_profile(tmp_path / f"a{i}.pprof", iterations=ITERATIONS)
-        b = go_test_profile(tmp_path / f"b{i}.pprof", iterations=ITERATIONS)
+        a = go_test_profile(tmp_path / f"a{i}.pprof", iterations=sequential_iterations)
+        b = go_test_profile(tmp_path / f"b{i}.pprof", iterations=sequential_iterations)
         r = goflame("diff", a, b, "--format", "json")
         flagged = [c["function"] for c in json.loads(r.stdout)["regressions"]]
         assert r.returncode == (1 if flagged else 0), (i, flagged, r.returncode, r.stderr)
@@ -241,7 +254,7 @@ def test_unchanged_code_fails_the_gate_no_more_often_than_its_confidence_allows(
 
 
 @pytest.mark.matrix
-def test_the_env_switch_is_caught_in_at_least_4_of_5_trials_and_nothing_else_ever_is(tmp_path):
+def test_the_env_switch_is_caught_in_at_least_4_of_5_trials_and_nothing_else_ever_is(tmp_path, sequential_iterations):
     """Five pairs of real runs, base then checksum 2x slower: nothing but checksum is ever
     flagged, and it is flagged in at least 4. Not 5 of 5: on this shared VM a slow run now and
     then has its memory-bound code 25 % slower too (checksum 2x, yet only +9 pp of share), as
@@ -249,8 +262,8 @@ def test_the_env_switch_is_caught_in_at_least_4_of_5_trials_and_nothing_else_eve
     (--run-noise, docs/diff.md) cannot call that pair."""
     caught = []
     for i in range(5):
-        a = go_test_profile(tmp_path / f"a{i}.pprof", iterations=ITERATIONS)
-        b = go_test_profile(tmp_path / f"b{i}.pprof", iterations=ITERATIONS, slow=True, switch="env")
+        a = go_test_profile(tmp_path / f"a{i}.pprof", iterations=sequential_iterations)
+        b = go_test_profile(tmp_path / f"b{i}.pprof", iterations=sequential_iterations, slow=True, switch="env")
         r = goflame("diff", a, b, "--format", "json")
         flagged = [c["function"] for c in json.loads(r.stdout)["regressions"]]
         assert flagged in ([CHECKSUM], []) and r.returncode == (1 if flagged else 0), (i, flagged, r.returncode)
