@@ -42,7 +42,7 @@ from goflame.unwind.capture import (
     stop_offsets,
 )
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
-from goflame.unwind.stackmap import G0_SLACK, switch_to, system_span
+from goflame.unwind.stackmap import switch_to, system_span
 from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
 
@@ -374,27 +374,18 @@ class Sampler:
         tls = self._g_tls
         in_text = self.t.reader.in_text
 
-        def window(regs: Registers) -> bytes:
-            try:
-                return mem.read(regs.rsp, 0x1000 - (regs.rsp & 0xFFF) or 0x1000)
-            except InvalidMemory:
-                return b""
-
         def while_stopped(tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
             # The stack top, and (amd64) the g the thread runs from its TLS slot, in one read:
             # exact, and it spares reading m.curg after the release.
             if tls is None:
-                try:
-                    return StopCapture(Source.PTRACE, regs, mem.read(regs.rsp, STOPPED_WINDOW), sched=sched)
-                except InvalidMemory:
-                    return StopCapture(Source.PTRACE, regs, window(regs), sched=sched)
+                return StopCapture(Source.PTRACE, regs, mem.read_prefix(regs.rsp, STOPPED_WINDOW), sched=sched)
             m = self._ms.get(tid)
             if m is not None and (not in_text(regs.rip) or self._on_gsignal(m, regs.rsp)):
                 return self._capture_with_machine(tid, m, regs, tls, sched)
             stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
             g = _U64.unpack(word)[0] if word is not None else 0
             if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-                stack = self._to_stack_end(tid, regs.rsp) or window(regs)
+                stack = mem.read_prefix(regs.rsp, STOPPED_WINDOW)
             return StopCapture(Source.PTRACE, regs, stack, g, windows=self._stop_windows(tid, g, regs.rsp, stack),
                                sched=sched)
 
@@ -559,22 +550,6 @@ class Sampler:
             out.append(Sample(ts_ns, 0, tid, "running", frames))
         return out
 
-    def _to_stack_end(self, tid: int, sp: int) -> bytes:
-        """The stack from sp to the end of the system stack (g0, gsignal) holding it, read in
-        the stop: the main thread's g0 is its OS stack, which ends less than a window above."""
-        m = self._ms.get(tid)
-        for a in (m.g0, m.gsignal) if m is not None else ():
-            b = self._g0_bounds.get(a)
-            if b and b[0] <= sp < b[1]:
-                try:
-                    return self._mem.read(sp, min(STOPPED_WINDOW, b[1] + G0_SLACK - sp))
-                except InvalidMemory:
-                    try:
-                        return self._mem.read(sp, min(STOPPED_WINDOW, b[1] - sp))
-                    except InvalidMemory:
-                        return b""
-        return b""
-
     def _on_gsignal(self, m: Machine, sp: int) -> bool:
         b = self._g0_bounds.get(m.gsignal)
         return b is not None and b[0] <= sp < b[1]
@@ -593,7 +568,7 @@ class Sampler:
         (stack, word), st = read_with_machine(self._mem.read_many, [(regs.rsp, STOPPED_WINDOW), (regs.fs_base + tls, 8)],
                                               m.addr, m.g0, m.curg, offs)
         if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-            stack = self._to_stack_end(tid, regs.rsp) or self._page_rest(regs.rsp)
+            stack = self._mem.read_prefix(regs.rsp, STOPPED_WINDOW)
         g = _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
         windows = self._stop_windows(tid, g, regs.rsp, stack)
         if st.syscall is not None and st.syscall[1]:
@@ -604,9 +579,6 @@ class Sampler:
         return StopCapture(Source.PTRACE, regs, stack, g, curg=st.curg, g0_sched_sp=st.g0_sched_sp, vdso=st.vdso,
                            syscall=st.syscall, windows=windows, sched=sched)
 
-    def _page_rest(self, sp: int) -> bytes:
-        return self._mem.read_many([(sp, 0x1000 - (sp & 0xFFF))])[0] or b""
-
     def _stop_windows(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
         """What else the stop of a thread at `sp` on the g `g` reads, besides its stack top:
         the stack the walk goes on to, which the thread changes as soon as it runs on."""
@@ -615,7 +587,7 @@ class Sampler:
             return ()
         gsignal = self._g0_bounds.get(m.gsignal)
         if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
-            return interrupted_window(self._mem.read_many, stack, sp, gsignal)
+            return interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
         return self._goroutine_window(m, g, sp, stack) if g == m.g0 else ()
 
     def _goroutine_window(self, m: Machine, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:

@@ -133,10 +133,9 @@ class StackCollector:
         n = min(STOPPED_WINDOW, bounds[1] - regs.rsp) if bounds is not None else 0
         stack, word = self.proc.memory.read_pair(regs.rsp, max(n, 0), m.addr + self._curg_offset, 8)
         curg = int.from_bytes(word, "little") if word and len(word) == 8 else -1
-        if stack is None:  # past the end of a mapping (an OS thread's stack): its page, the rest live
-            stack = self.proc.memory.read_many([(regs.rsp, 0x1000 - (regs.rsp & 0xFFF))])[0]
-        stack = stack or b""
-        windows = interrupted_window(self.proc.memory.read_many, stack, regs.rsp, gsignal)
+        if stack is None:  # past the end of a mapping (an OS thread's stack): up to there
+            stack = self.proc.memory.read_prefix(regs.rsp, max(n, 0))
+        windows = interrupted_window(self.proc.memory.read_prefix, stack, regs.rsp, gsignal)
         return StopCapture(Source.PTRACE, regs, stack, curg=curg, windows=windows)
 
     # -- walks ------------------------------------------------------------------------------------

@@ -234,6 +234,28 @@ def test_read_pair_gives_the_binarys_bytes_and_none_for_an_unreadable_half(spinn
     assert mem.read_pair(base, 8, 8, 16) == (want[:8], None)
 
 
+@pytest.mark.parametrize("backend", ["vm_readv", "procmem"])
+def test_read_prefix_of_a_window_past_the_stacks_end_is_the_stack_up_to_its_end(spinner: Target, backend: str
+                                                                               ) -> None:
+    """A stop reads 16 KiB from sp; on an OS thread's stack that crosses the mapping's end.
+    The oracle: /proc/PID/maps for where it ends, a plain pread of /proc/PID/mem for the
+    bytes, and the kernel's layout, which puts the program's path (AT_EXECFN) last."""
+    stack = next(m for m in procfs.maps(spinner.pid) if m.path == "[stack]")
+    assert not any(m.start == stack.end for m in procfs.maps(spinner.pid))
+    fd = os.open(f"/proc/{spinner.pid}/mem", os.O_RDONLY)
+    try:
+        truth = os.pread(fd, 0x1800, stack.end - 0x1800)
+    finally:
+        os.close(fd)
+    mem = ProcessMemory(spinner.pid, backend)
+    got = mem.read_prefix(stack.end - 0x1800, 0x4000)
+    assert got == truth
+    assert got.endswith(str(spinner.binary).encode() + b"\0" + bytes(8))
+    assert mem.read_prefix(stack.end - 0x1800, 0x100) == truth[:0x100]
+    assert mem.read_prefix(stack.end, 0x1000) == b""
+    assert mem.read_prefix(8, 16) == b""
+
+
 def test_single_reads_raise_invalid_memory_for_unmapped_addresses(spinner: Target) -> None:
     mem = ProcessMemory(spinner.pid)
     with pytest.raises(InvalidMemory):

@@ -540,7 +540,8 @@ while True:
 """
 
 
-def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: list[str], tmp_path: Path) -> None:
+def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: list[str], tmp_path: Path,
+                                           deeper: float = 0.05) -> None:
     """Under a flood of SIGURG (from the target itself when `args` ask it to, else from a
     Python process), goflame records (in rounds) until 200 of its samples are in the signal
     handler. None of them may be a stack rooted in the handler; a walk that cannot get from
@@ -548,7 +549,7 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
     there: the interrupted code's stack is read inside the stop. perf's kernel sample copies
     only the handler's stack, so there at most 25 % are (binomially: the rate, not the
     count, is the bar). A walk cut further down, in the interrupted code's own stack (at a
-    stack switch, as any walk may be), counts against 5 % (perf: 25 %)."""
+    stack switch, as any walk may be), counts against `deeper` (perf: 25 %)."""
     target = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     flood = None
     try:
@@ -580,7 +581,7 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
     if bar == 0:
         assert at_handler == 0, (at_handler, n, cut)
     assert binomial_upper_ok(at_handler, n, bar), (at_handler, n, bar, cut)
-    assert binomial_upper_ok(sum(cut.values()) - at_handler, n, max(bar, 0.05)), (n, cut)
+    assert binomial_upper_ok(sum(cut.values()) - at_handler, n, max(bar, deeper)), (n, cut)
 
 
 @pytest.mark.parametrize("how", ["perf", "ptrace", pytest.param("native", marks=pytest.mark.matrix)])
@@ -599,12 +600,12 @@ def test_in_a_cgo_binary_samples_in_the_signal_handler_lead_back_too(tmp_path):
     """With cgo the handler is entered through runtime.cgoSigtramp (and the restorer is libc's).
     Signals that interrupt C code, a vDSO call or the scheduler on g0 lead on through what the
     stop reads of the M (m.curg, vdsoSP, g0.sched.sp, the goroutine's syscallsp): none cut at
-    the handler, and at most 5 % cut deeper (0.1 % and 2.7 % in two runs here, the second with
-    CI running beside it: most in the scheduler's g0 frames below a futex the signal
-    interrupted; ~20 % were cut when the interrupted stack was read after the thread was
-    released)."""
+    the handler, and at most 1 % cut deeper (4 of 2,023 here; ~20 % were cut when the
+    interrupted stack was read after the thread was released, and 1 % while the stop read
+    only its first page where it crosses the end of an OS thread's stack)."""
     binary = gt.build(FIXTURES / "cgochain", gt.BuildSpec(cgo=True, stripped=True, pie=True))
-    check_signal_handler_samples_lead_back(binary, ["-mode", "vdso,chain"], ["--engine", "ptrace"], tmp_path)
+    check_signal_handler_samples_lead_back(binary, ["-mode", "vdso,chain"], ["--engine", "ptrace"], tmp_path,
+                                           deeper=0.01)
 
 
 MATRIX_STATIC_STRIPPED = [s for v in gt.MATRIX for s in gt.matrix_specs(v) if s.stripped and not s.cgo and not s.pie]

@@ -148,6 +148,35 @@ class ProcessMemory:
             self._single = "procmem"
         return self.read(addr, size)
 
+    def read_prefix(self, addr: int, size: int) -> bytes:
+        """The bytes at `addr`, `size` of them or fewer: up to the first one that cannot be
+        read (b"" when that is the first).
+
+        A stack window read from sp often crosses the end of its mapping (an OS thread's
+        stack ends a few KiB above where the thread runs), and `read` refuses it whole. The
+        kernel copies page by page and reports how far it got, so one syscall gives the
+        readable prefix: what a stop must read before the thread runs on."""
+        if not 0 <= size <= MAX_READ or not 0 <= addr < _ADDR_LIMIT:
+            return b""
+        if self._single == "procmem":
+            try:
+                return os.pread(self._fd, size, addr)
+            except OSError as e:
+                if e.errno in _BAD_ADDRESS:
+                    return b""
+                raise self._pread_error(e, addr, size) from None
+        buf = self._buf if size <= len(self._buf.data) else self._grow(size)
+        _IOVEC.pack_into(self._riov.data, 0, addr, size)
+        _IOVEC.pack_into(self._liov.data, 0, buf.addr, size)
+        n = _vm_readv(self.pid, self._liov.ptr, 1, self._riov.ptr, 1, 0)
+        if n >= 0:
+            return bytes(buf.view[:n])
+        if ctypes.get_errno() in _BAD_ADDRESS:
+            return b""
+        if self._vm_readv_failed(n, addr, size):
+            self._single = "procmem"
+        return self.read_prefix(addr, size)
+
     def u64(self, addr: int) -> int:
         return _U64.unpack(self.read(addr, 8))[0]
 

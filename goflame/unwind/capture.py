@@ -141,8 +141,8 @@ class StopCapture:
         return next((w for w in self.windows if w.role == role), None)
 
 
-def interrupted_window(read_many: Callable[[Sequence[tuple[int, int]]], list[bytes | None]], stack: bytes,
-                       sp: int, gsignal: tuple[int, int] | None) -> tuple[Window, ...]:
+def interrupted_window(read_prefix: Callable[[int, int], bytes], stack: bytes, sp: int,
+                       gsignal: tuple[int, int] | None) -> tuple[Window, ...]:
     """Inside the stop of a thread in Go's signal handler (sp on gsignal, `stack` read from
     sp): the stack of the code the signal interrupted, at the sp its ucontext saved.
 
@@ -155,9 +155,7 @@ def interrupted_window(read_many: Callable[[Sequence[tuple[int, int]]], list[byt
     if rsp is None:
         return ()
     base = rsp & ~0xFFF
-    data = read_many([(base, INTERRUPTED_WINDOW)])[0]
-    if data is None:  # the window crosses the end of a mapping (an OS thread's stack): its page
-        data = read_many([(base, 0x1000)])[0]
+    data = read_prefix(base, INTERRUPTED_WINDOW)  # short where an OS thread's stack ends
     return (Window(base, data, Role.INTERRUPTED),) if data else ()
 
 

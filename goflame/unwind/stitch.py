@@ -118,7 +118,7 @@ class NativeStitcher:
         if windows:
             other = tuple(Window(base, data, role) for (base, _n, role), data in
                           zip(windows, self.proc.memory.read_many([(a, n) for a, n, _r in windows]), strict=True) if data)
-        other += interrupted_window(self.proc.memory.read_many, bufs[0] or b"", sp, gsignal)
+        other += interrupted_window(self.proc.memory.read_prefix, bufs[0] or b"", sp, gsignal)
         return StopCapture(Source.PTRACE, regs, bufs[0] or b"", curg=st.curg, g0_sched_sp=st.g0_sched_sp,
                            vdso=st.vdso, syscall=st.syscall, windows=other, sched=sched)
 
