@@ -86,10 +86,15 @@ def traces(path: Path, sample_index: str | None = None) -> list[tuple[int, list[
 
 
 def traces_folded(path: Path, sample_index: str | None = None) -> Counter[str]:
-    """`root;...;leaf` -> summed value, from `go tool pprof -traces`."""
+    """`root;...;leaf` -> summed value, from `go tool pprof -traces`.
+
+    A name holding the folded format's separator is written with ":" for ";" (README,
+    "report"): Go spells the struct types of generic shapes with ";" between fields, e.g.
+    `atomic.(*Pointer[go.shape.struct { runtime.spanSetBlockHeader2; runtime.spans ... }]).StoreNoWB`,
+    which the GC's sweeper runs now and then."""
     c: Counter[str] = Counter()
     for v, frames in traces(path, sample_index):
-        c[";".join(name for name, _ in reversed(frames))] += v
+        c[";".join(name.replace(";", ":") for name, _ in reversed(frames))] += v
     return c
 
 
