@@ -585,12 +585,15 @@ def check_vdso_calls_lead_back_to_the_goroutine(spec: gt.BuildSpec, engine: str,
     # here) or be marked truncated, never cut silently.
     # Or at runtime.goexit: the scheduler entered from morestack, whose walk goes on into the
     # goroutine it preempted, is whole there as the runtime's own traceback would be (TOPFRAME).
-    # Or at runtime.morestack, once that goroutine is dropped (newstack → gopreempt_m →
-    # goschedImpl → schedule: m.curg is nil): morestack is SPWRITE, and with no curg to jump
-    # to Go's traceback ends there, as at mcall.
+    # Or at runtime.morestack, once newstack has dropped that goroutine (gopreempt_m →
+    # goschedImpl, or preemptPark: m.curg is nil from there on): morestack is SPWRITE, and with
+    # no curg to jump to Go's traceback ends there, as at mcall. Anywhere else in newstack
+    # curg is set, and a walk that ends at morestack there was cut silently.
+    dropped = {"runtime.gopreempt_m", "runtime.goschedImpl", "runtime.preemptPark"}
+
     def ends_well(s: tuple[str, ...]) -> bool:
-        return (in_clock_loop(s) or s[-1] in ("runtime.mstart", "runtime.mcall", "runtime.morestack", "runtime.goexit")
-                or s[-1].startswith("[truncated"))
+        return (in_clock_loop(s) or s[-1] in ("runtime.mstart", "runtime.mcall", "runtime.goexit")
+                or (s[-1] == "runtime.morestack" and not dropped.isdisjoint(s)) or s[-1].startswith("[truncated"))
     assert all(ends_well(s) for s in in_call), [";".join(s) for s in in_call if not ends_well(s)]
     whole = sum(n for s, n in in_call.items() if in_clock_loop(s))
     assert binomial_upper_ok(total - whole, total, 0.03), (
