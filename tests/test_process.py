@@ -437,36 +437,53 @@ def test_signals_sent_while_pausing_are_delivered_and_preemption_keeps_working(o
                 running = [th.tid for th in proc.threads() if th.running]
                 victim = next((tid for tid, p in proc.pause(running).items()
                                if p.regs.rip in range(*_spin_range(proc, t.binary))), 0)
-            # A separate process floods the victim with SIGURG while we pause it; we aim a
-            # SIGUSR1 at it whenever the previous one was answered (so none can coalesce
-            # with a pending one: each one sent must be answered). We pause until 5 have been
-            # sent, 100 pauses made and a SIGURG handed back (a deadline, not a fixed time:
-            # a loaded machine gets through fewer of each per second).
+            # A separate process floods the victim with SIGURG at random moments while we pause
+            # it. We aim SIGUSR1s at it, each once the previous one was answered (so none can
+            # coalesce with a pending one: each one sent must be answered): every other one
+            # between pauses, and every other one inside a pause, between seize and interrupt,
+            # holding the interrupt until the victim has taken it (it then sits in its
+            # signal-delivery-stop, and the signal exists only in that stop: goflame must hand
+            # it back). Pausing goes on until 6 were sent, 3 of them taken inside a pause, and
+            # 100 pauses made: a deadline, not a count of tries, since a loaded machine gets
+            # through fewer of each per second.
             flood = subprocess.Popen([sys.executable, "-c", _FLOOD, str(t.pid), str(victim)])
             forwarded: dict[int, int] = {}
             pauses = sent = 0
             last_sent = 0.0
+
+            def due() -> bool:
+                return time.monotonic() - last_sent > 0.1 and len(t.signal_lines("SIGUSR1")) == sent
+
+            def send() -> None:
+                nonlocal sent, last_sent
+                tgkill(t.pid, victim, signal.SIGUSR1)
+                sent += 1
+                last_sent = time.monotonic()
+
+            def send_in_the_window(tid: int) -> None:
+                if tid == victim and sent % 2 == 0 and due():
+                    send()
+                    _wait_for_ptrace_stop(t.pid, victim, within=10)
+
             deadline = time.monotonic() + 120
             try:
-                while not (sent >= 5 and pauses > 100 and forwarded.get(signal.SIGURG, 0) > 0):
-                    assert time.monotonic() < deadline, (sent, pauses, forwarded)
+                while not (sent >= 6 and pauses > 100 and forwarded.get(signal.SIGUSR1, 0) >= 3):
+                    assert time.monotonic() < deadline, (
+                        f"after {pauses} pauses: {sent} SIGUSR1s sent, {len(t.signal_lines('SIGUSR1'))} "
+                        f"answered; signals handed back {forwarded}; flood exit code {flood.poll()}")
                     tids = {victim, *(th.tid for th in proc.threads() if th.running)}
-                    for p in proc.pause(tids, overlap=overlap).values():
+                    for p in proc.pause(tids, overlap=overlap, just_before=send_in_the_window).values():
                         pauses += 1
                         if p.signal:
                             forwarded[p.signal] = forwarded.get(p.signal, 0) + 1
-                    now = time.monotonic()
-                    if now - last_sent > 0.1 and len(t.signal_lines("SIGUSR1")) == sent:
-                        tgkill(t.pid, victim, signal.SIGUSR1)
-                        sent += 1
-                        last_sent = now
+                    if sent % 2 == 1 and due():
+                        send()
+                assert flood.poll() is None, "the SIGURG flood died"
             finally:
                 flood.kill()
                 flood.wait()
             loop_end = time.monotonic()
-        # Signals that arrived between seize and stop were handed back, not swallowed...
-        assert forwarded.get(signal.SIGURG, 0) > 0, forwarded
-        # ...and every SIGUSR1 reached the program's own handler.
+        # Every SIGUSR1 reached the program's own handler, those handed back by goflame too.
         wait_until(lambda: len(t.signal_lines("SIGUSR1")) >= sent, f"the answers to {sent} SIGUSR1s")
         lines = t.signal_lines("SIGUSR1")
         assert len(lines) == sent
@@ -477,6 +494,21 @@ def test_signals_sent_while_pausing_are_delivered_and_preemption_keeps_working(o
         assert no_stopped_threads(t.pid) and untraced(t.pid)
     finally:
         t.stop()
+
+
+def _wait_for_ptrace_stop(pid: int, tid: int, within: float) -> None:
+    """Wait until a seized thread sits in a ptrace stop (/proc state 't'), or `within` seconds
+    pass (then the caller's interrupt comes first; nothing is held meanwhile: the thread is
+    seized, not stopped)."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat")
+    give_up = time.monotonic() + within
+    while time.monotonic() < give_up:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "t":
+                return
+        except OSError:
+            return
+        time.sleep(0.0005)
 
 
 def _spin_range(proc: Process, binary: Path) -> tuple[int, int]:
