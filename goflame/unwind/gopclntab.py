@@ -34,6 +34,21 @@ TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.deb
 # Functions the walk treats specially (one set lookup per frame for all of them).
 _SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.morestack"})
 _JUMP_STACK = frozenset({"runtime.systemstack", "runtime.morestack"})
+# What a function's prologue stub calls when its stack must grow (the .abi0 suffix on some
+# releases' symbol names).
+_MORESTACK_ENTRIES = ("runtime.morestack", "runtime.morestack_noctxt")
+# newstack's ways into the scheduler (a preemption request seen at a stack check): each one
+# drops the goroutine (dropg) before it schedules another, so Go's traceback of g0 ends at
+# morestack (go1.26 runtime/traceback.go, unwinder.next: it jumps only while m.curg is set).
+# From their first instructions to dropg, m.curg is still set: a walk through them ends at
+# morestack whole even there, a few instructions' worth of samples.
+_DROPS_GOROUTINE = frozenset({"runtime.gopreempt_m", "runtime.goschedImpl", "runtime.preemptPark"})
+
+
+def _dropped(frames: list[PhysicalFrame]) -> bool:
+    """Whether a walk on g0 that reached morestack went through the scheduler entered from
+    newstack, which had dropped the goroutine."""
+    return any(fr.func.name in _DROPS_GOROUTINE for fr in frames)
 _U64 = struct.Struct("<Q")
 
 
@@ -311,15 +326,31 @@ class GoUnwinder:
             return None
         return None
 
+    def _saved_by_morestack(self, switch: StackSwitch) -> bool:
+        """Whether the goroutine's g.sched, as read, is still what morestack saved in it: its pc
+        returns from a call to morestack (a function's prologue stub) and its sp is set. gogo
+        clears sched.sp when newstack resumes the goroutine, and any later switch saves another
+        pc: read after the sample (perf reads 10-50 ms later), the context is often gone. The
+        walk then ends at morestack, cut."""
+        if not (switch.sp and switch.lo <= switch.sp < switch.hi):
+            return False
+        target = self.call_target(switch.pc)
+        f = self.func_at(target)[0] if target else None
+        return f is not None and f.name.startswith(_MORESTACK_ENTRIES)
+
     def _jump_stack(self, name: str, switch: StackSwitch, frames: list[PhysicalFrame], pc: int, lr: int,
-                    f: Func, spdelta: int | None, mem: StackMemory) -> Walk | _Jump:
+                    f: Func, spdelta: int | None, mem: StackMemory) -> Walk | _Jump | None:
         """Where a walk on g0 goes on at runtime.systemstack or runtime.morestack, as Go's
-        unwinder does (jumpStack): to the goroutine's stack; a Walk if it ends here."""
+        unwinder does (jumpStack): to the goroutine's stack; a Walk if it ends here; None if
+        it cannot go on at morestack (the walk ends there, cut)."""
         if name == "runtime.morestack":
-            # morestack never returns: newstack gogo's to curg.sched. Match that.
+            # morestack never returns: newstack gogo's to curg.sched. Match that, while that
+            # context is still the one morestack saved (None: it is not; see _saved_by_morestack).
+            if not self._saved_by_morestack(switch):
+                return None
             to, delta = self.func_at(switch.pc)
             if to is None:
-                return Walk(frames, Stop.UNKNOWN_PC)
+                return None
             return _Jump(switch.pc, switch.sp, switch.lr, switch.lo, switch.hi, to, delta)
         if pc in switch.chain:  # taken at the sample: exact, where memory may be stale
             return self._along_chain(frames, pc, f, switch.chain)
@@ -367,12 +398,17 @@ class GoUnwinder:
                 if name in _SPECIAL or (from_syscall and innermost):
                     if name == "runtime.cgocallback" or (from_syscall and innermost):
                         flag &= ~FLAG_SPWRITE
+                    if on_system_stack is not None and name == "runtime.morestack" and _dropped(frames):
+                        # The scheduler entered from newstack (a preemption) dropped the
+                        # goroutine: m.curg was nil at the sample, and Go's traceback ends here.
+                        on_system_stack = None
                     if on_system_stack is not None and name in _JUMP_STACK:
                         switch = on_system_stack(name)
-                        if switch is not None:
-                            jump = self._jump_stack(name, switch, frames, pc, lr, f, spdelta, mem)
-                            if isinstance(jump, Walk):
-                                return jump
+                        jump = None if switch is None else self._jump_stack(name, switch, frames, pc, lr, f, spdelta,
+                                                                            mem)
+                        if isinstance(jump, Walk):
+                            return jump
+                        if jump is not None:
                             pc, sp, lr, lo, hi, f, spdelta = jump
                             flag = f.flag & ~FLAG_SPWRITE if name == "runtime.systemstack" else f.flag
                             trap = trap and name == "runtime.systemstack"

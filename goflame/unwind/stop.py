@@ -36,7 +36,7 @@ class Stop(StrEnum):
     EXTERNAL = "external"  # a Go function without a pcsp table
     NO_FRAME_SIZE = "no-frame-size"  # pcsp has no frame size at the pc
     SYSTEMSTACK = "systemstack"  # systemstack's caller on the goroutine's stack not found
-    MORESTACK = "morestack"  # morestack on g0 with no goroutine to jump to
+    MORESTACK = "morestack"  # morestack on g0: no goroutine to jump to, or its saved context is gone
     CHAIN_END = "chain-end"  # the kernel's frame-pointer callchain ended before a TOPFRAME
     SIGNAL = "signal"  # the signal context leads nowhere
     VDSO_CALL = "vdso-call"  # no way out of a vDSO call (time.now, nanotime1)
