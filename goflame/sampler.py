@@ -631,7 +631,9 @@ class Sampler:
         if not self.t.reader.in_text(pc):
             # Native code (vDSO, libc, cgo) or the kernel: Go's own records say where Go left off.
             native = Frame("[native code]", kind=FrameKind.NATIVE, pc=pc)
-            walk = unwinder.vdso.walk(None, sp, r12, mem, self._spans(m, g, r12)) if r12 else None
+            walk = unwinder.vdso.along_chain(pc, False, chain) if chain else None
+            if walk is None and r12:
+                walk = unwinder.vdso.walk(None, sp, r12, mem, self._spans(m, g, r12))
             if g is not None and (syscall is None or syscall[0] != g.addr):
                 syscall = (g.addr, g.syscall_sp, g.syscall_pc)  # not read in the stop: as read after it
             if walk is None and g is not None and syscall is not None and syscall[1] and g.contains_sp(syscall[1]):
@@ -661,7 +663,8 @@ class Sampler:
                 walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
                                        on_system_stack=span.on_system_stack)
         if walk.stop == Stop.SPWRITE and len(walk.frames) == 1:  # the spans only where out_of_call needs them
-            walk = unwinder.vdso.out_of_call(walk, pc, sp, r12, mem, self._spans(m, g, r12))
+            walk = ((unwinder.vdso.along_chain(pc, True, chain) if chain else None)
+                    or unwinder.vdso.out_of_call(walk, pc, sp, r12, mem, self._spans(m, g, r12)))
         if sigframe.ends_in_handler(walk) and not in_signal:
             return self._out_of_signal_handler(walk, mem, m, g, syscall)
         return self._logical(walk)
