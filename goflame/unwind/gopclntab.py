@@ -12,7 +12,7 @@ validated and a bad walk ends early with a reason instead of raising.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple
@@ -243,7 +243,12 @@ class GoUnwinder:
         frameless one that calls nothing but a tail of its own is the rare miss)."""
         i = chain.index(pc)
         frames.append(PhysicalFrame(pc, 0, 0, f, False))
-        for ra in chain[i + 1:]:
+        return self.along_return_addresses(frames, chain[i + 1:])
+
+    def along_return_addresses(self, frames: list[PhysicalFrame], ras: Sequence[int]) -> Walk:
+        """`frames` and then one frame per return address of a callchain (perf's, taken along
+        frame pointers at the sample), up to the first TOPFRAME function."""
+        for ra in ras:
             g, _ = self.func_at(ra)
             if g is None:
                 return Walk(frames, Stop.UNKNOWN_PC)

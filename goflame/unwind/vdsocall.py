@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from goflame.binary.gobinary import GoBinary
-from goflame.binary.pclntab import FLAG_TOPFRAME, Func
+from goflame.binary.pclntab import Func
 from goflame.errors import GoflameError, InvalidMemory
 from goflame.unwind.gopclntab import PTR, GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
 from goflame.unwind.stop import Stop
@@ -138,17 +138,11 @@ class VdsoCalls:
             if c is None:
                 return None
             frames = []
-        for ra in chain[1:]:
-            f = self._go.func_at(ra)[0]
-            if f is None:
-                return None
-            frames.append(PhysicalFrame(ra, 0, 0, f, False))
-            if f.flag & FLAG_TOPFRAME:
-                return Walk(frames, Stop.TOP)
-        # Short of goexit or mstart: the chain ended where Go's rules decide (mcall and
+        walk = self._go.along_return_addresses(frames, chain[1:])
+        # Short of goexit or mstart, the chain ended where Go's rules decide (mcall and
         # morestack clear BP; their end is whole or cut by whether m.curg was set), which
         # the walk from R12 applies.
-        return None
+        return walk if walk.stop == Stop.TOP else None
 
     def out_of_call(self, walk: Walk, pc: int, sp: int, r12: int, mem: StackMemory, spans: Sequence[StackSpan],
                     exact: bool = True) -> Walk:
