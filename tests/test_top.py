@@ -225,18 +225,19 @@ def test_functions_view_ranks_hot1_first_with_the_workloads_own_shares_and_stops
         s = t.wait_for(lambda s: samples(s)[0] >= 1000, "1,000 samples", timeout=180)
         rows = {r.function: r for r in function_rows(s)}
         assert set(HOT) <= set(rows), s
-        window = samples(s)[1]
+        total, window = samples(s)
         hog.terminate()
         own_text, _ = hog.communicate(timeout=60)
         own = {m[1]: float(m[2]) for m in re.finditer(r"share (\S+) ([\d.]+)%", own_text)}
         by_time = normalised({h: rows[h].own_s for h in HOT})
         by_pct = normalised({h: rows[h].own_pct for h in HOT})
-        # %Own covers the last refresh only: allow its binomial noise (4 σ), at least 5 points.
-        n = window * sum(rows[h].own_pct for h in HOT) / 100
+        # Each share is judged on the samples behind it, with their binomial noise (4 σ) and at
+        # least 5 points: Own (s) on every sample so far, %Own on the last refresh's.
+        hot_share = sum(rows[h].own_pct for h in HOT) / 100
         for h in HOT:
-            assert abs(by_time[h] - own[h]) <= 5.0, (h, by_time, own)
-            sigma = 100 * math.sqrt(own[h] / 100 * (1 - own[h] / 100) / max(n, 1))
-            assert abs(by_pct[h] - own[h]) <= max(5.0, 4 * sigma), (h, by_pct, own, n)
+            for got, n in ((by_time, total * hot_share), (by_pct, window * hot_share)):
+                sigma = 100 * math.sqrt(own[h] / 100 * (1 - own[h] / 100) / max(n, 1))
+                assert abs(got[h] - own[h]) <= max(5.0, 4 * sigma), (h, got, own, n)
         # The target exited: top says so, returns to the shell with status 0, terminal intact.
         s = t.wait_for(prompt_is_back, "top to stop after the target exited", timeout=30)
         assert f"goflame: process {hog.pid} exited" in s and "[process exited]" in s, s
