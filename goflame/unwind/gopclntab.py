@@ -44,11 +44,6 @@ _MORESTACK_ENTRIES = ("runtime.morestack", "runtime.morestack_noctxt")
 # morestack whole even there, a few instructions' worth of samples.
 _DROPS_GOROUTINE = frozenset({"runtime.gopreempt_m", "runtime.goschedImpl", "runtime.preemptPark"})
 
-
-def _dropped(frames: list[PhysicalFrame]) -> bool:
-    """Whether a walk on g0 that reached morestack went through the scheduler entered from
-    newstack, which had dropped the goroutine."""
-    return any(fr.func.name in _DROPS_GOROUTINE for fr in frames)
 _U64 = struct.Struct("<Q")
 
 
@@ -141,6 +136,12 @@ class StackMemory:
         if o + 8 > len(chunk):
             return int.from_bytes(chunk[o:] + self._read(page + 0x1000, 8 - (len(chunk) - o)), "little")
         return struct.unpack_from("<Q", chunk, o)[0]
+
+
+def _dropped(frames: list[PhysicalFrame]) -> bool:
+    """Whether a walk on g0 that reached morestack went through the scheduler entered from
+    newstack, which had dropped the goroutine."""
+    return any(fr.func.name in _DROPS_GOROUTINE for fr in frames)
 
 
 class GoUnwinder:
