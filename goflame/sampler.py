@@ -11,12 +11,14 @@ Ticks are jittered around the rate so periodic work is not aliased; lag is accou
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import math
 import random
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone, T
 from goflame.frame import Frame, FrameKind
 from goflame.labels import LabelReader
 from goflame.process import Registers
+from goflame.process.cpu import CpuPin, current_cpu
 from goflame.process.perf import KernelSample, PerfSampling, PerfUnavailable
 from goflame.profile import Sample
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
@@ -50,12 +53,30 @@ if TYPE_CHECKING:
     from goflame.process import PausedThread
 
 NOT_IN_SYSCALL = (1 << 64) - 1  # orig_rax of a thread stopped outside a syscall (-1)
-# x86-64 syscalls in which a thread waits (sleeps, yields its CPU) rather than works: read,
-# poll, pread64, readv, select, sched_yield, pause, nanosleep, connect, accept, recvfrom,
-# recvmsg, wait4, rt_sigtimedwait, rt_sigsuspend, epoll_wait, futex, clock_nanosleep,
-# waitid, pselect6, ppoll, epoll_pwait, accept4, epoll_pwait2, futex_waitv.
-WAITING_SYSCALLS = frozenset({0, 7, 17, 19, 23, 24, 34, 35, 42, 43, 45, 47, 61, 128, 130, 232, 202, 230, 247,
-                              270, 271, 281, 288, 441, 449})
+# Syscalls in which a thread sleeps or yields its CPU, whatever the file (a Go program's reads
+# and accepts never block): poll, select, sched_yield, pause, nanosleep, wait4, rt_sigtimedwait,
+# rt_sigsuspend, futex, clock_nanosleep, epoll_wait, waitid, pselect6, ppoll, epoll_pwait,
+# epoll_pwait2, futex_waitv. A thread found in one may have been woken and not run since.
+SLEEPING_SYSCALLS = frozenset({7, 23, 24, 34, 35, 61, 128, 130, 202, 230, 232, 247, 270, 271, 281, 441, 449})
+_FUTEX, _EPOLL_WAIT, _EPOLL_PWAIT = 202, 232, 281
+# futex operations that never sleep (FUTEX_WAKE, _REQUEUE, _CMP_REQUEUE, _WAKE_OP, _UNLOCK_PI,
+# _WAKE_BITSET), the operation being the low 7 bits of the second argument.
+_FUTEX_WAKING = frozenset({1, 3, 4, 5, 7, 10})
+
+
+def _working(regs: Registers) -> bool:
+    """Whether a thread stopped with these registers was at work rather than asleep or just
+    woken: in user mode, in a syscall that does not sleep, waking others with futex, or
+    polling epoll without a timeout (Go's netpoll(0)). Arguments stay in their registers
+    across a syscall on x86-64."""
+    nr = regs.orig_rax
+    if nr == NOT_IN_SYSCALL or nr not in SLEEPING_SYSCALLS:
+        return True
+    if nr == _FUTEX:
+        return regs.rsi & 0x7F in _FUTEX_WAKING
+    if nr in (_EPOLL_WAIT, _EPOLL_PWAIT):
+        return regs.r10 & 0xFFFFFFFF == 0
+    return False
 M_REFRESH_S = 1.0
 M_UNKNOWN_REFRESH_S = 0.05  # sooner when a thread to sample is no M we know (a new M, or C's own)
 _U64 = struct.Struct("<Q")
@@ -143,6 +164,7 @@ class Sampler:
         self._rng = random.Random()
         self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
         self._kernel_credit: dict[int, float] = {}  # tid -> the part of its credit owed to kernel time
+        self._kernel_share: dict[int, float] = {}  # tid -> the share of its CPU time in the kernel (_split)
         self._switched_in: dict[int, tuple[int, int, int]] = {}  # see _counts_before
         self._ticks: dict[int, tuple[int, int]] = {}  # tid -> (user, system) ticks when first seen
         self._credit: dict[int, float] = {}  # tid -> CPU time accrued towards its next sample, in intervals
@@ -170,6 +192,12 @@ class Sampler:
         self._engine_chosen = False
         self._owners_time = float("-inf")
         self._owners_every = STACK_OWNERS_S
+        self._weights: dict[int, int] = {}  # tid -> the weight of its sample this tick: see _frozen_first
+        self._frozen: set[int] = set()  # the threads this tick froze by taking their CPU: see _frozen_first
+        self._ran_at_tick: set[int] = set()  # of those, the ones that were running then, not queued
+        self._delay_before: dict[int, int] = {}
+        self._tick_start = 0.0
+        self._pin = CpuPin() if not config.nonblocking else None
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -224,7 +252,7 @@ class Sampler:
         if self.cfg.idle:
             out += self._sample_idle(ts_ns, on_cpu_goids)
         self._resolve_labels()
-        self.stats.samples += len(out)
+        self.stats.samples += sum(s.weight for s in out)
         return out
 
     def _threads(self, now: float) -> list[int]:
@@ -248,7 +276,7 @@ class Sampler:
         of the kind it is owed (see `_where_it_ran`). A thread whose run time has not grown for
         QUIET_S (an idle M parked in the kernel: most of a server's threads) is looked at only
         every QUIET_RECHECK_S; the CPU time it ran in between is credited all the same.
-        Yielded one at a time: each is interrupted right away, before the next is looked at.
+        Which of the due threads are taken, and with what weight: `_frozen_first`.
         """
         proc = self.t.proc
         schedstat = proc.schedstat
@@ -258,6 +286,9 @@ class Sampler:
         max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
         per_ns = self.cfg.rate / 1e9  # credit per ns of CPU time
         seen = 0
+        due: list[tuple[int, int, float]] = []  # (tid, its CPU, its credit) of threads in state R
+        delay = self._delay_before = {}  # tid -> its run-queue wait so far (schedstat): see _stop_reader
+        self._tick_start = now
         for tid in tids:
             prev = run_ns.get(tid)
             if prev is not None and now - grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
@@ -272,8 +303,10 @@ class Sampler:
             if prev is None or now <= prev[1]:
                 grew[tid] = now
                 self._split(tid, 0.0)
-                if proc.thread_state(tid) == "R":
-                    yield tid
+                rs = proc.run_state(tid)
+                if rs is not None and rs[0] == "R":
+                    due.append((tid, rs[1], 0.0))
+                    delay[tid] = st[1]
                 continue
             # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
             # tick, every few ms), and at a high rate most intervals see none, some several ms.
@@ -288,12 +321,13 @@ class Sampler:
             if c >= 1.0:
                 # Owed a sample but not on a CPU now: taken at a later tick, not lost, so every
                 # thread's count of samples still follows its CPU time.
-                if proc.thread_state(tid) == "R":
-                    credit[tid] = c - 1.0
-                    yield tid
-                    continue
+                rs = proc.run_state(tid)
                 c = min(c, max_credit)
+                if rs is not None and rs[0] == "R":
+                    due.append((tid, rs[1], c))
+                    delay[tid] = st[1]
             credit[tid] = c
+        yield from self._frozen_first(due)
         if not seen:  # every thread listed is gone: the process exited (ProcessGone), or list them again
             self._tids_time = float("-inf")
             self._threads(now)
@@ -304,8 +338,85 @@ class Sampler:
             self._credit = {t: c for t, c in credit.items() if t in keep}
             self._grew = {t: g for t, g in grew.items() if t in keep}
             self._kernel_credit = {t: k for t, k in self._kernel_credit.items() if t in keep}
+            self._kernel_share = {t: k for t, k in self._kernel_share.items() if t in keep}
             self._ticks = {t: v for t, v in self._ticks.items() if t in keep}
             self._switched_in = {t: v for t, v in self._switched_in.items() if t in keep}
+
+    def _frozen_first(self, due: list[tuple[int, int, float]]) -> Iterator[int]:
+        """The due threads to interrupt, and the CPU to wake on next (`CpuPin`).
+
+        goflame took a CPU when it woke, so a thread of the target there is frozen where it
+        was at this tick's moment, and its stop shows exactly that. The threads on the other
+        CPUs ran on meanwhile, short of the one goflame preempted: a thread spinning for a lock
+        that one holds, or handing it work, was sampled in that wait (a two-thread hand-off
+        measured 83 % spinning where perf and the program's own clock say 64 % and 72 %). So
+        only frozen threads are taken, each with all of its whole credits as its sample's
+        weight, and goflame wakes next on a CPU, drawn at random, where a thread owed samples
+        was seen: at a moment unrelated to what the threads do (drawn by who is owed the most,
+        the wakeups followed context switches, and code right after them came out high).
+        Without a CPU to wake on (none allowed to goflame, or --nonblocking), every due thread
+        is taken, where the tick finds it (`_where_it_ran`)."""
+        weights = self._weights = {}
+        pin = self._pin
+        here = current_cpu() if pin is not None else -1
+        frozen = [d for d in due if d[1] == here]
+        self._frozen = {d[0] for d in frozen}
+        self._ran_at_tick = set()
+        credit = self._credit
+        take = frozen if frozen or (pin is not None and pin.pinned is not None) else due
+        for tid, _cpu, c in take:
+            w = max(int(c), 1)
+            if c >= 1.0:
+                credit[tid] -= w
+            weights[tid] = w
+            yield tid
+        if pin is not None:
+            cpus = sorted({cpu for tid, cpu, c in due if c >= 1.0 and pin.allows(cpu)})
+            pin.wake_on(self._rng.choice(cpus) if cpus else None)
+
+    def _weight(self, tid: int, p: PausedThread[StopCapture]) -> int:
+        """How many samples of the thread's CPU time its stop stands for (0: none, its credit is
+        kept for a later tick). `_frozen_first` took all its whole credits out for it."""
+        taken = self._weights.get(tid, 1)
+        credit = self._credit
+        frozen = tid in self._frozen
+        if p.extra is None or (frozen and tid not in self._ran_at_tick):  # queued, not running
+            credit[tid] = credit.get(tid, 0.0) + taken
+            return 0
+        if frozen and _working(p.regs):  # in user mode, or working in a syscall: where it ran
+            self._spent_frozen(tid, taken)
+            return taken
+        credit[tid] = credit.get(tid, 0.0) + taken - 1
+        if not self._where_it_ran(tid, p.regs, p.extra.sched):
+            credit[tid] += 1.0
+            return 0
+        if p.regs.orig_rax != NOT_IN_SYSCALL:
+            return 1
+        # In user mode on another CPU, in a tick that froze no one: a sample of its user time.
+        more = min(taken - 1, max(int(credit[tid] - self._kernel_credit.get(tid, 0.0)), 0))
+        credit[tid] -= more
+        return 1 + more
+
+    def _was_running(self, tid: int) -> None:
+        """Read in the stop of a thread on goflame's CPU: whether it was running when goflame
+        took the CPU, or already queued there (preempted earlier, or woken and not yet run: its
+        registers are then no sample of CPU time). The kernel adds a thread's wait in the run
+        queue to its schedstat when it gets a CPU again: since the tick began for the first,
+        since some earlier moment for the second."""
+        st = self.t.proc.schedstat(tid)
+        before = self._delay_before.get(tid)
+        if st is None or before is None:
+            return
+        lag_ns = (time.monotonic() - self._tick_start) * 1e9 - (st[1] - before)
+        if -RAN_AT_TICK_SLACK_NS <= lag_ns <= RAN_AT_TICK_LAG_NS:
+            self._ran_at_tick.add(tid)
+
+    def _spent_frozen(self, tid: int, weight: int) -> None:
+        """A frozen sample stands for `weight` intervals of the thread's CPU time, user and
+        kernel alike, where the split itself is seen: the kernel's share of them is no longer
+        owed to a syscall stop."""
+        k = self._kernel_credit.get(tid, 0.0) - weight * self._kernel_share.get(tid, 0.0)
+        self._kernel_credit[tid] = max(k, 0.0)
 
     def _split(self, tid: int, earned: float) -> None:
         """The part of a thread's new credit owed to its time in the kernel, by the kernel's own
@@ -316,7 +427,7 @@ class Sampler:
             return
         first = self._ticks.setdefault(tid, ticks)
         user, system = ticks[0] - first[0], ticks[1] - first[1]
-        share = (system + KERNEL_PRIOR) / (user + system + 1.0)
+        share = self._kernel_share[tid] = (system + KERNEL_PRIOR) / (user + system + 1.0)
         k = self._kernel_credit.get(tid, 0.0) + earned * share
         self._kernel_credit[tid] = min(k, MAX_KERNEL_CREDIT)
 
@@ -399,6 +510,8 @@ class Sampler:
         schedstat = self.t.proc.schedstat
 
         def reads(tid: int, regs: Registers) -> StopCapture:
+            if tid in self._frozen:
+                self._was_running(tid)
             if regs.orig_rax == NOT_IN_SYSCALL:
                 return while_stopped(tid, regs, None)
             st, sw = schedstat(tid), switches(tid)  # for _on_its_cpu
@@ -419,11 +532,14 @@ class Sampler:
         busy = pauser.skipped_busy - busy_before
         self.stats.busy += busy
         self.stats.errors += len(tids) - len(paused) - busy
+        weights = self._weights
         for tid, p in list(paused.items()):
             self.stats.pause_ns.append(p.held_ns)
-            if p.extra is None or not self._where_it_ran(tid, p.regs, p.extra.sched):
+            w = self._weight(tid, p)
+            if w:
+                weights[tid] = w
+            else:
                 del paused[tid]
-                self._credit[tid] = self._credit.get(tid, 0.0) + 1.0  # owed still: taken at a later tick
                 self.stats.deferred += 1
         # After the threads are released: which goroutine was each running?
         order = [tid for tid in paused if tid in self._ms]
@@ -443,7 +559,7 @@ class Sampler:
                 continue
             if g is not None:
                 on_cpu.add(g.goid)
-            out.append(self._labelled(Sample(ts_ns, g.goid if g else 0, tid, "running", frames), g))
+            out.append(self._labelled(Sample(ts_ns, g.goid if g else 0, tid, "running", frames, weights.get(tid, 1)), g))
         if self._native is not None:
             out += self._sample_foreign(ts_ns, foreign, paused)
         return out
@@ -547,7 +663,7 @@ class Sampler:
             if not frames:
                 self.stats.errors += 1
                 continue
-            out.append(Sample(ts_ns, 0, tid, "running", frames))
+            out.append(Sample(ts_ns, 0, tid, "running", frames, self._weights.get(tid, 1)))
         return out
 
     def _on_gsignal(self, m: Machine, sp: int) -> bool:
@@ -827,7 +943,8 @@ class Sampler:
                 # more than it can do must still leave the CPU to others.
                 wake = max(clock.next, now + busy * REST_SHARE)
                 if now < wake:
-                    time.sleep(wake - now)
+                    with self.waking():
+                        time.sleep(wake - now)
                     now = time.monotonic()
                 clock.take(now)
                 try:
@@ -848,6 +965,10 @@ class Sampler:
             st.elapsed = time.monotonic() - start
         return st
 
+    def waking(self) -> AbstractContextManager[None]:
+        """Where a ptrace-sampling loop sleeps between ticks (see `CpuPin`)."""
+        return self._pin.waking() if self._pin is not None else contextlib.nullcontext()
+
     # -- the kernel samples (perf) ----------------------------------------------------------------
     def choose_engine(self) -> str:
         """Decide how running threads are sampled and open the perf events now: `--engine perf`
@@ -860,6 +981,8 @@ class Sampler:
         return self.stats.engine
 
     def close(self) -> None:
+        if self._pin is not None:
+            self._pin.close()
         kernel, self._kernel = self._kernel, None
         if kernel is not None:
             kernel.close()
@@ -1108,6 +1231,10 @@ def _drain_interval(rate: float) -> float:
 REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time (CPU use <= 80 %)
 # Samples a thread can be owed (while its interrupt is carried over, or it is not running at
 # the ticks it is due): at least 3, or 20 ms of its CPU time. Bounds the burst that follows.
+# How much longer than the tick so far a frozen thread may have waited for its CPU and still
+# count as running when the tick began: the tick's own start is read a little after goflame woke.
+RAN_AT_TICK_SLACK_NS = 20_000
+RAN_AT_TICK_LAG_NS = 120_000
 MAX_CREDIT = 3.0
 MAX_CREDIT_S = 0.1
 # A thread's kernel time is owed as samples taken in a syscall; what exceeds this many (time

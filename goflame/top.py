@@ -233,16 +233,19 @@ class FunctionCounts:
     def add(self, samples: Sequence[Sample]) -> None:
         pending, stacks, new = self._pending, self._stacks, self._new
         get = pending.get
+        n = 0
         for s in samples:
             k = (s.state, *map(id, s.frames))
             c = get(k)
+            w = s.weight  # a ptrace sample may stand for several intervals (Sampler._frozen_first)
+            n += w
             if c is None:
-                pending[k] = 1
+                pending[k] = w
                 if k not in stacks and k not in new:
                     new[k] = s  # keeps its frames alive until folded
             else:
-                pending[k] = c + 1
-        self.pending_samples += len(samples)
+                pending[k] = c + w
+        self.pending_samples += n
 
     # -- interning --------------------------------------------------------------------------------
     def _function(self, name: str, frame: Frame | None) -> int:
@@ -1070,9 +1073,12 @@ def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopR
         timeout = min(clock.next, next_refresh) - time.monotonic()
         if screen is None:
             if timeout > 0:
-                time.sleep(timeout)
+                with session.sampler.waking():
+                    time.sleep(timeout)
             continue
-        for key in screen.wait_keys(timeout):
+        with session.sampler.waking():
+            keys = screen.wait_keys(timeout)
+        for key in keys:
             if key == screen.curses.KEY_RESIZE:
                 screen.resized = True
                 redraw = True

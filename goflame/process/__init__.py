@@ -84,6 +84,10 @@ class Process:
         """(clock ticks in user mode, in kernel mode) of one thread so far; None if it exited."""
         return self._task.cpu_split(tid)
 
+    def run_state(self, tid: int) -> tuple[str, int] | None:
+        """(state letter, the CPU it runs or last ran on) of one thread; None if it exited."""
+        return self._task.run_state(tid)
+
     def thread_state(self, tid: int) -> str | None:
         """One thread's state letter (R, S, D, t...), None if it exited."""
         return self._task.state(tid)

@@ -293,14 +293,25 @@ class TaskDir:
         i = data.rfind(b")")  # the name, in parentheses, may hold anything
         return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
 
+    def _stat_after_name(self, tid: int) -> list[bytes]:
+        """One thread's stat fields from the third (state) on; [] if it is gone. The name before
+        them, in parentheses, may hold anything."""
+        data = self._pread(self._stat, tid, "stat")
+        i = data.rfind(b")")
+        return data[i + 2:].split() if i >= 0 else []
+
+    def run_state(self, tid: int) -> tuple[str, int] | None:
+        """(state letter, the CPU it runs or last ran on) of one thread; None if it is gone."""
+        f = self._stat_after_name(tid)
+        try:
+            return chr(f[0][0]), int(f[36])  # fields 3 and 39 of proc(5)
+        except (ValueError, IndexError):
+            return None
+
     def cpu_split(self, tid: int) -> tuple[int, int] | None:
         """(clock ticks in user mode, in kernel mode) of one thread so far; None if gone. The
         kernel's own account of where a thread's CPU time went, tick by tick."""
-        data = self._pread(self._stat, tid, "stat")
-        i = data.rfind(b")")
-        if i < 0:
-            return None
-        f = data[i + 2:].split()
+        f = self._stat_after_name(tid)
         try:
             return int(f[11]), int(f[12])
         except (ValueError, IndexError):

@@ -1,0 +1,84 @@
+"""The CPU the sampling thread runs on, and the CPU it wakes on next.
+
+The ptrace engine's samples are the registers of threads it stops, and stopping takes a CPU:
+the thread goflame preempts there is frozen where it was at goflame's wakeup, while threads on
+the other CPUs run on without it, and a program whose threads wait for each other (locks,
+spinning, hand-offs) reacts within microseconds. So the threads goflame preempts are the
+tick's samples (see `Sampler._frozen_first`), and goflame moves itself, before it sleeps, to a
+CPU where a thread owed samples runs: each CPU the target runs on is visited in turn. Only the calling thread is moved, within the CPUs it was allowed
+when it started; `close` gives it back its own set.
+
+The thread there must be frozen at the moment goflame's timer fires, not at the next point
+where the kernel would switch anyway (a page fault, a syscall's return, its scheduler tick):
+samples of allocating code piled up at those points. So the sampler sleeps real-time
+(`waking`): a real-time thread that wakes takes its CPU at once. It is ordinary again the
+moment it is awake, before it does anything: the rest of its work cannot starve the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.sched_getcpu.restype = ctypes.c_int
+
+
+def current_cpu() -> int:
+    """The CPU the calling thread runs on now; -1 if the kernel will not say."""
+    return int(_LIBC.sched_getcpu())
+
+
+class CpuPin:
+    """Moves the calling thread to one CPU for its next wakeup, or lets it run anywhere."""
+
+    def __init__(self) -> None:
+        self._allowed = frozenset(os.sched_getaffinity(0))
+        self._pinned: int | None = None
+
+    @property
+    def pinned(self) -> int | None:
+        """The CPU the thread is held to, None when it may run anywhere it was allowed."""
+        return self._pinned
+
+    def allows(self, cpu: int) -> bool:
+        return cpu in self._allowed
+
+    def wake_on(self, cpu: int | None) -> None:
+        """Run the calling thread on `cpu` from now on (None: anywhere it was allowed)."""
+        if cpu is not None and cpu not in self._allowed:
+            cpu = None
+        if cpu == self._pinned:
+            return
+        try:
+            os.sched_setaffinity(0, self._allowed if cpu is None else {cpu})
+        except OSError:  # the CPU went offline, or a cpuset changed under us: run anywhere
+            cpu = None
+            try:
+                os.sched_setaffinity(0, self._allowed)
+            except OSError:
+                return
+        self._pinned = cpu
+
+    @contextlib.contextmanager
+    def waking(self) -> Iterator[None]:
+        """Sleep inside this block as a real-time thread (SCHED_FIFO 1), when allowed and the
+        thread has no policy of someone else's choosing; ordinary again on the way out."""
+        try:
+            if os.sched_getscheduler(0) != os.SCHED_OTHER:
+                yield
+                return
+            param = os.sched_getparam(0)
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        except OSError:  # not permitted (no CAP_SYS_NICE): sleep as we are
+            yield
+            return
+        try:
+            yield
+        finally:
+            os.sched_setscheduler(0, os.SCHED_OTHER, param)
+
+    def close(self) -> None:
+        self.wake_on(None)
