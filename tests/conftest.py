@@ -243,6 +243,26 @@ def folded_file(path: Path) -> dict[str, int]:
     return out
 
 
+def record_then_ask(fixture: list[str], record_args: list[str], answer_lines: int,
+                    timeout: float = 150) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Start a fixture that prints "ready ..." and, on a line "stop" on stdin, its own account
+    of the run in `answer_lines` lines; run `goflame record --pid PID RECORD_ARGS` on it in
+    between. Returns goflame's result and the fixture's lines."""
+    fx = subprocess.Popen(fixture, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert fx.stdin is not None and fx.stdout is not None
+        assert fx.stdout.readline().startswith("ready")
+        r = subprocess.run([sys.executable, "-m", "goflame.cli", "record", "--pid", str(fx.pid), *record_args],
+                           capture_output=True, text=True, timeout=timeout)
+        fx.stdin.write("stop\n")
+        fx.stdin.flush()
+        lines = [fx.stdout.readline().strip() for _ in range(answer_lines)]
+    finally:
+        fx.kill()
+        fx.wait()
+    return r, lines
+
+
 def record_until(pid: int, tmp_path: Path, args: list[str], enough: Callable[[dict[str, int]], bool], what: str,
                  *, seconds: float = 3, max_seconds: float = 180) -> dict[str, int]:
     """`goflame record --pid PID ARGS -d SECONDS -f folded` in rounds, their stacks summed

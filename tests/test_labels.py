@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gotoolchain as gt
-from conftest import FIXTURES, share_tolerance
+from conftest import FIXTURES, record_then_ask, share_tolerance
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.layout import layout_from_table
 from goflame.labels import EMPTY, LabelCaps, LabelError, LabelReader, Labels, LabelStore
@@ -794,19 +794,9 @@ def test_cpu_by_label_in_goflames_pprof_equals_the_workers_own_clocks_and_the_ru
     # ptrace at 100 Hz: beyond the ticks it can keep on a loaded machine (missed, and counted),
     # a thread that sleeps between bursts loses owed samples that one running on takes later.
     rate, samples = (1000, 10000) if engine == "perf" else (100, 3000)
-    fx = subprocess.Popen([str(gt.build(FIXTURES / "labelcpu")), "-cpuprofile", str(theirs)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True)
-    try:
-        assert fx.stdout is not None and fx.stdout.readline().startswith("ready")
-        r = subprocess.run([sys.executable, "-m", "goflame.cli", "record", "--engine", engine, "-r", str(rate),
-                            "--samples", str(samples), "-d", "60", "--pid", str(fx.pid), "-o", str(ours)],
-                           capture_output=True, text=True, timeout=120)
-        fx.stdin.write("stop\n")
-        fx.stdin.flush()
-        lines = [fx.stdout.readline().strip() for _ in range(3)]
-    finally:
-        fx.kill()
-        fx.wait()
+    r, lines = record_then_ask([str(gt.build(FIXTURES / "labelcpu")), "-cpuprofile", str(theirs)],
+                               ["--engine", engine, "-r", str(rate), "--samples", str(samples), "-d", "60",
+                                "-o", str(ours)], 3, timeout=120)
     assert r.returncode == 0, r.stderr
     assert lines[2] == "done", lines
     clock = {m.group(1): int(m.group(2)) for m in (re.match(r"cpu worker=(\w) (\d+)", x) for x in lines[:2]) if m}
