@@ -235,6 +235,13 @@ class Sampler:
 
     # -- one tick ---------------------------------------------------------------------------------
     def sample(self, ts_ns: int) -> list[Sample]:
+        try:
+            return self._sample_tick(ts_ns)
+        finally:
+            if self._pin is not None:
+                self._pin.ordinary()
+
+    def _sample_tick(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
         tids = self._threads(now)
         since = now - self._ms_time
@@ -286,10 +293,13 @@ class Sampler:
         max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
         per_ns = self.cfg.rate / 1e9  # credit per ns of CPU time
         seen = 0
+        pin = self._pin
         due: list[tuple[int, int, float]] = []  # (tid, its CPU, its credit) of threads in state R
         delay = self._delay_before = {}  # tid -> its run-queue wait so far (schedstat): see _stop_reader
         self._tick_start = now
         for tid in tids:
+            if pin is not None and pin.overdue():
+                pin.ordinary()
             prev = run_ns.get(tid)
             if prev is not None and now - grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
                 seen += 1
@@ -364,6 +374,8 @@ class Sampler:
         self._ran_at_tick = set()
         credit = self._credit
         take = frozen if frozen or (pin is not None and pin.pinned is not None) else due
+        if pin is not None and not frozen:
+            pin.ordinary()  # a pause of many threads boosts itself, within its own bound
         for tid, _cpu, c in take:
             w = max(int(c), 1)
             if c >= 1.0:
@@ -524,6 +536,9 @@ class Sampler:
         busy_before = pauser.skipped_busy
         tids: list[int] = []
         paused = self.t.proc.pause(_kept(due, tids), self._stop_reader(), just_before=self._counts_before)
+        if self._pin is not None:  # real-time through the stops of the frozen threads only
+            self._pin.ordinary()
+            self._pin.release()
         if not tids:
             return []
         now = time.monotonic()
@@ -961,13 +976,20 @@ class Sampler:
                 clock.advance()
                 busy = time.monotonic() - now
         finally:
+            self.ordinary()
             gc.unfreeze()
             st.elapsed = time.monotonic() - start
         return st
 
     def waking(self) -> AbstractContextManager[None]:
-        """Where a ptrace-sampling loop sleeps between ticks (see `CpuPin`)."""
+        """Where a ptrace-sampling loop sleeps between ticks (see `CpuPin`); it leaves the
+        thread real-time until `sample` (or `ordinary`) runs."""
         return self._pin.waking() if self._pin is not None else contextlib.nullcontext()
+
+    def ordinary(self) -> None:
+        """Back to normal priority after `waking`, when no tick follows the wakeup."""
+        if self._pin is not None:
+            self._pin.ordinary()
 
     # -- the kernel samples (perf) ----------------------------------------------------------------
     def choose_engine(self) -> str:

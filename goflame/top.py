@@ -1075,9 +1075,13 @@ def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopR
             if timeout > 0:
                 with session.sampler.waking():
                     time.sleep(timeout)
+                if time.monotonic() < clock.next:
+                    session.sampler.ordinary()  # woken for a refresh, not for a tick
             continue
         with session.sampler.waking():
             keys = screen.wait_keys(timeout)
+        if keys or time.monotonic() < clock.next:
+            session.sampler.ordinary()  # woken for a key or a refresh, not for a tick
         for key in keys:
             if key == screen.curses.KEY_RESIZE:
                 screen.resized = True
