@@ -358,8 +358,8 @@ class Sampler:
         goflame took a CPU when it woke, so a thread of the target there is frozen where it
         was at this tick's moment, and its stop shows exactly that. The threads on the other
         CPUs ran on meanwhile, short of the one goflame preempted: a thread spinning for a lock
-        that one holds, or handing it work, was sampled in that wait (a two-thread hand-off
-        measured 83 % spinning where perf and the program's own clock say 64 % and 72 %). So
+        that one holds, or handing it work, was sampled in that wait (tests/fixtures/handoff:
+        77 % of the samples waiting where the threads' own CPU clocks say 53 %). So
         only frozen threads are taken, each with all of its whole credits as its sample's
         weight, and goflame wakes next on a CPU, drawn at random, where a thread owed samples
         was seen: at a moment unrelated to what the threads do (drawn by who is owed the most,

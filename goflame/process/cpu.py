@@ -5,14 +5,15 @@ the thread goflame preempts there is frozen where it was at goflame's wakeup, wh
 the other CPUs run on without it, and a program whose threads wait for each other (locks,
 spinning, hand-offs) reacts within microseconds. So the threads goflame preempts are the
 tick's samples (see `Sampler._frozen_first`), and goflame moves itself, before it sleeps, to a
-CPU where a thread owed samples runs: each CPU the target runs on is visited in turn. Only the calling thread is moved, within the CPUs it was allowed
-when it started; `close` gives it back its own set.
+CPU where a thread owed samples runs: each CPU the target runs on is visited in turn. Only the
+calling thread is moved, within the CPUs it was allowed when it started; `close` gives it back
+its own set.
 
 The thread there must be frozen at the moment goflame's timer fires, not at the next point
-where the kernel would switch anyway (a page fault, a syscall's return, its scheduler tick):
-samples of allocating code piled up at those points. So the sampler sleeps real-time
-(`waking`): a real-time thread that wakes takes its CPU at once. It is ordinary again before
-its first stop, and after at most WAKE_REALTIME_NS: the rest of its work cannot starve the
+where the kernel would switch anyway (a page fault, a syscall's return, its scheduler tick),
+and must stay frozen until goflame has stopped it. So the sampler sleeps real-time (`waking`):
+a real-time thread that wakes takes its CPU at once. It is ordinary again once the frozen
+threads are read, and after at most WAKE_REALTIME_NS: the rest of its work cannot starve the
 target.
 """
 
