@@ -75,8 +75,9 @@ class StopGuard:
         self._mask_before = mask_before
 
     @classmethod
-    def start(cls) -> StopGuard | None:
-        """A guard for the calling thread, or None where it cannot be had."""
+    def start(cls, cpus: frozenset[int] | None = None) -> StopGuard | None:
+        """A guard for the calling thread, or None where it cannot be had. It runs on `cpus`
+        (the calling thread may be held to one CPU for the moment: see process/cpu.py)."""
         tid = gettid()
         shared = mmap.mmap(-1, mmap.PAGESIZE, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         parent = os.getpid()
@@ -85,7 +86,7 @@ class StopGuard:
         except OSError:
             return None
         if child == 0:  # pragma: no cover - runs in the guard process
-            _guard_main(parent, tid, shared)
+            _guard_main(parent, tid, shared, cpus)
         _libc.prctl(PR_SET_PTRACER, child, 0, 0, 0)
         deadline = time.monotonic() + START_TIMEOUT_S
         while shared[READY] == 0 and time.monotonic() < deadline:
@@ -134,11 +135,15 @@ def _end(child: int) -> None:
         os.waitpid(child, 0)
 
 
-def _guard_main(parent: int, tid: int, shared: mmap.mmap) -> None:  # pragma: no cover - guard process
+def _guard_main(parent: int, tid: int, shared: mmap.mmap,
+                cpus: frozenset[int] | None) -> None:  # pragma: no cover - guard process
     """The guard process: trace goflame's thread and serve its stops until it is gone."""
     code = 0
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cpus)
         if os.getppid() != parent:
             os._exit(0)
         os.setsid()

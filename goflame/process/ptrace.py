@@ -226,6 +226,7 @@ class Pauser:
         self.skipped_busy = 0  # pauses skipped because another tracer held the thread
         self.not_ours = 0  # thread ids asked for that are no task of the target: never touched
         self._seized_before = False
+        self._cpus = frozenset(os.sched_getaffinity(0))  # for the stop guard: see StopGuard.start
 
     @property
     def guarded(self) -> bool:
@@ -284,7 +285,7 @@ class Pauser:
         (started on first use, in the thread that pauses) and the real-time boost."""
         if self._want_guard and not self._guard_tried:
             self._guard_tried = True
-            self._guard = StopGuard.start()
+            self._guard = StopGuard.start(self._cpus)
         guard = self._guard.holding() if self._guard is not None else contextlib.nullcontext()
         with guard:
             self._boost_due = self.boost  # from the first seize on: see _boost_spent
