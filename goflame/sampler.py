@@ -976,7 +976,8 @@ class Sampler:
                 clock.advance()
                 busy = time.monotonic() - now
         finally:
-            self.ordinary()
+            if self._pin is not None:  # the calling thread as it came: its own policy and CPUs
+                self._pin.close()
             gc.unfreeze()
             st.elapsed = time.monotonic() - start
         return st

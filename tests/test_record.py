@@ -384,12 +384,15 @@ def test_sampler_runs_at_its_normal_priority_between_pauses():
     hog = start_cpuhog("-d", "60s")
     try:
         before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+        cpus = os.sched_getaffinity(0)
         seen: list[tuple[int, int]] = []
         with goflame.attach(hog.pid) as t:
             for engine in ("ptrace", "perf"):
                 Sampler(t, SamplerConfig(rate=200, engine=engine)).run(
                     lambda s: None, duration=0.5,
                     on_tick=lambda st: seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))))
+                # The ptrace sampler holds itself to one CPU between ticks (process/cpu.py): not after.
+                assert os.sched_getaffinity(0) == cpus, engine
         assert seen and set(seen) == {before}, seen
         assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)) == before
     finally:
