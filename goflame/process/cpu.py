@@ -38,6 +38,20 @@ def current_cpu() -> int:
     return int(_LIBC.sched_getcpu())
 
 
+def _to_realtime() -> os.sched_param | None:
+    """Make the calling thread SCHED_FIFO 1 and return what to restore; None (and nothing
+    changed) where not permitted (no CAP_SYS_NICE) or the thread has a policy of someone
+    else's choosing."""
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            return None
+        param = os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except OSError:
+        return None
+    return param
+
+
 class CpuPin:
     """Moves the calling thread to one CPU for its next wakeup, or lets it run anywhere."""
 
@@ -91,20 +105,13 @@ class CpuPin:
         goflame lost its CPU to the very thread it had frozen, for a scheduler slice: the
         thread ran on, and most ticks came too late."""
         self.ordinary()
-        try:
-            if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                self._move(self._next)
-                yield
-                return
-            param = os.sched_getparam(0)
-            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-        except OSError:  # not permitted (no CAP_SYS_NICE): sleep as we are
-            self._move(self._next)
-            yield
-            return
+        param = _to_realtime()
         # Moved only now, real-time: moved as an ordinary thread onto a CPU a thread of the
         # target keeps busy, goflame waited there for that thread's scheduler tick.
         self._move(self._next)
+        if param is None:
+            yield
+            return
         self._ordinary_param = param
         try:
             yield
