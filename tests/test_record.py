@@ -502,7 +502,10 @@ def test_ptrace_splits_threads_that_wait_on_each_other_as_their_own_cpu_clocks_d
     stops = got["main.waitTurn (stops)"] + got["main.work (stops)"]
     share = 100 * got["main.waitTurn"] / (got["main.waitTurn"] + got["main.work"])
     assert stops >= 1000, (got, r.stderr)
-    assert abs(share - own) <= share_tolerance(own, stops, floor=3.0), (share, own, got)
+    # The old rule erred by +23 points; the frozen rule is within 2 on a quiet machine and
+    # within 4 with a whole second test suite running beside it (the threads then wait more
+    # and are preempted mid-turn): a floor of 6 keeps the verdict, whatever else runs.
+    assert abs(share - own) <= share_tolerance(own, stops, floor=6.0), (share, own, got)
 
 
 def deny_perf_event_open() -> None:
