@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -551,6 +552,11 @@ class TopSession:
             self.poller.close()
             self.poller = None
         self.sampler.close()
+
+    def waking(self) -> AbstractContextManager[None]:
+        """Where the loop sleeps: real-time only for the ptrace engine's ticks (`CpuPin`);
+        the perf engine's reads of its buffers run at normal priority."""
+        return self.sampler.waking() if self.poller is None else contextlib.nullcontext()
 
     def sample(self, ts_ns: int) -> None:
         if self.poller is not None:
@@ -1073,12 +1079,12 @@ def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopR
         timeout = min(clock.next, next_refresh) - time.monotonic()
         if screen is None:
             if timeout > 0:
-                with session.sampler.waking():
+                with session.waking():
                     time.sleep(timeout)
                 if time.monotonic() < clock.next:
                     session.sampler.ordinary()  # woken for a refresh, not for a tick
             continue
-        with session.sampler.waking():
+        with session.waking():
             keys = screen.wait_keys(timeout)
         if keys or time.monotonic() < clock.next:
             session.sampler.ordinary()  # woken for a key or a refresh, not for a tick
