@@ -195,6 +195,9 @@ class Sampler:
         self._weights: dict[int, int] = {}  # tid -> the weight of its sample this tick: see _frozen_first
         self._frozen: set[int] = set()  # the threads this tick froze by taking their CPU: see _frozen_first
         self._ran_at_tick: set[int] = set()  # of those, the ones that were running then, not queued
+        self._stamped = False  # whether the scheduler's stamps told the frozen thread (_taken_from)
+        self._cpu_of: dict[int, int] = {}  # tid -> the CPU it was last seen on
+        self._looked: int | None = None  # the thread _taken_from looked at this tick
         self._delay_before: dict[int, int] = {}
         self._tick_start = 0.0
         self._pin = CpuPin() if not config.nonblocking else None
@@ -244,18 +247,25 @@ class Sampler:
     def _sample_tick(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
         tids = self._threads(now)
+        self._weights = {}
+        first = self._taken_from(now) if not self.cfg.nonblocking else None
         since = now - self._ms_time
-        if since > M_REFRESH_S or (self._native is not None and since > M_UNKNOWN_REFRESH_S
-                                   and not self._ms.keys() >= set(tids)):
+        if self._native is not None and since > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(tids):
             self._refresh_ms(now)  # --native reads an M in the stop: known before
         out: list[Sample] = []
         on_cpu_goids: set[int] = set()
         if self.cfg.nonblocking:
             out += self._sample_running_nonblocking(ts_ns, list(self._on_cpu(tids, now)), on_cpu_goids)
+        elif self._stamped:
+            # The frozen thread is stopped and let go first; the others are looked at after.
+            out += self._sample_running(ts_ns, [first] if first is not None else [], on_cpu_goids)
+            self._frozen_first(self._scan(tids, now))
         else:
             # Each thread is interrupted the moment it is found due (its state and schedstat
             # just read): see _where_it_ran.
             out += self._sample_running(ts_ns, self._on_cpu(tids, now), on_cpu_goids)
+        if time.monotonic() - self._ms_time > M_REFRESH_S:
+            self._refresh_ms(time.monotonic())
         if self.cfg.idle:
             out += self._sample_idle(ts_ns, on_cpu_goids)
         self._resolve_labels()
@@ -272,119 +282,196 @@ class Sampler:
         return self._tids
 
     def _on_cpu(self, tids: list[int], now: float) -> Iterator[int]:
-        """The threads to sample this tick: those on a CPU, as many times as their CPU time says.
+        """The threads to interrupt this tick when the scheduler's stamps do not tell the one
+        goflame froze (`_taken_from`): those `_frozen_first` picks among the due ones."""
+        yield from self._frozen_first(self._scan(tids, now))
+
+    def _scan(self, tids: list[int], now: float) -> list[tuple[int, int, float, bool]]:
+        """The threads owed samples: each one's credit brought up to date (`_look`).
 
         Each thread accrues as credit the CPU time it actually ran since the last look
-        (schedstat), in units of the sampling interval, and is sampled once per whole credit,
-        if it is in state R then: the samples are an unbiased estimate of CPU time even when
-        the machine is overloaded (R also means queued for a CPU), and systematic, without
-        coin-flip noise. Only a thread due a sample has its state read; a due thread that is
-        not running now keeps its credit for the next tick, and so does one whose stop is not
-        of the kind it is owed (see `_where_it_ran`). A thread whose run time has not grown for
-        QUIET_S (an idle M parked in the kernel: most of a server's threads) is looked at only
-        every QUIET_RECHECK_S; the CPU time it ran in between is credited all the same.
-        Which of the due threads are taken, and with what weight: `_frozen_first`.
+        (schedstat), in units of the sampling interval, and is sampled once per whole credit:
+        the samples are an unbiased estimate of CPU time even when the machine is overloaded,
+        and systematic, without coin-flip noise. A thread owed a sample that is not taken now
+        keeps its credit for a later tick. A thread whose run time has not grown for QUIET_S
+        (an idle M parked in the kernel: most of a server's threads) is looked at only every
+        QUIET_RECHECK_S; the CPU time it ran in between is credited all the same.
         """
-        proc = self.t.proc
-        schedstat = proc.schedstat
-        credit = self._credit
-        run_ns = self._run_ns
-        grew = self._grew
-        max_credit = max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate)
-        per_ns = self.cfg.rate / 1e9  # credit per ns of CPU time
-        seen = 0
-        pin = self._pin
-        due: list[tuple[int, int, float]] = []  # (tid, its CPU, its credit) of threads in state R
-        delay = self._delay_before = {}  # tid -> its run-queue wait so far (schedstat): see _stop_reader
         self._tick_start = now
+        self._delay_before = {}
+        due: list[tuple[int, int, float, bool]] = []
+        seen = self._looked is not None
         for tid in tids:
-            if pin is not None and pin.overdue():
-                pin.ordinary()
-            prev = run_ns.get(tid)
-            if prev is not None and now - grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
-                seen += 1
+            if self._pin is not None and self._pin.overdue():
+                self._pin.ordinary()
+            if tid == self._looked:
                 continue
-            st = schedstat(tid)
-            if st is None:
+            d = self._look(tid, now)
+            if d is None:
                 continue
-            rt = st[0]
-            seen += 1
-            run_ns[tid] = (rt, now)
-            if prev is None or now <= prev[1]:
-                grew[tid] = now
-                self._split(tid, 0.0)
-                rs = proc.run_state(tid)
-                if rs is not None and rs[0] == "R":
-                    due.append((tid, rs[1], 0.0))
-                    delay[tid] = st[1]
-                continue
-            # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
-            # tick, every few ms), and at a high rate most intervals see none, some several ms.
-            c = credit.get(tid)
-            if c is None:
-                c = self._rng.random()  # random start: no phase lock between threads
-            if rt > prev[0]:
-                grew[tid] = now
-                earned = (rt - prev[0]) * per_ns
-                c += earned
-                self._split(tid, earned)
-            if c >= 1.0:
-                # Owed a sample but not on a CPU now: taken at a later tick, not lost, so every
-                # thread's count of samples still follows its CPU time.
-                rs = proc.run_state(tid)
-                c = min(c, max_credit)
-                if rs is not None and rs[0] == "R":
-                    due.append((tid, rs[1], c))
-                    delay[tid] = st[1]
-            credit[tid] = c
-        yield from self._frozen_first(due)
+            seen = True
+            if d:
+                due.append(d)
         if not seen:  # every thread listed is gone: the process exited (ProcessGone), or list them again
             self._tids_time = float("-inf")
             self._threads(now)
-            return
-        if len(run_ns) > 4 * len(tids) + 1024:  # forget threads not seen for a while
-            keep = {t for t, v in run_ns.items() if now - v[1] < 10}
-            self._run_ns = {t: run_ns[t] for t in keep}
-            self._credit = {t: c for t, c in credit.items() if t in keep}
-            self._grew = {t: g for t, g in grew.items() if t in keep}
-            self._kernel_credit = {t: k for t, k in self._kernel_credit.items() if t in keep}
-            self._kernel_share = {t: k for t, k in self._kernel_share.items() if t in keep}
-            self._ticks = {t: v for t, v in self._ticks.items() if t in keep}
-            self._switched_in = {t: v for t, v in self._switched_in.items() if t in keep}
+            return due
+        self._forget_old(tids, now)
+        return due
 
-    def _frozen_first(self, due: list[tuple[int, int, float]]) -> Iterator[int]:
-        """The due threads to interrupt, and the CPU to wake on next (`CpuPin`).
+    def _look(self, tid: int, now: float) -> tuple[int, int, float, bool] | tuple[()] | None:
+        """Credit one thread with the CPU time it ran since the last look: (tid, its CPU, its
+        credit, whether in state R) if it is owed a sample and running, queued or asleep (the
+        thread goflame took the CPU from may have gone to sleep since); () if not; None if it
+        is gone."""
+        run_ns = self._run_ns
+        prev = run_ns.get(tid)
+        if prev is not None and now - self._grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
+            return ()
+        proc = self.t.proc
+        st = proc.schedstat(tid)
+        if st is None:
+            return None
+        rt = st[0]
+        run_ns[tid] = (rt, now)
+        if prev is None or now <= prev[1]:
+            self._grew[tid] = now
+            rs = proc.run_state_and_split(tid)
+            self._split(tid, 0.0, rs)
+            if rs is None:
+                return ()
+            self._cpu_of[tid] = rs[1]
+            if rs[0] != "R":
+                return ()
+            self._delay_before[tid] = st[1]
+            return tid, rs[1], 0.0, True
+        # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
+        # tick, every few ms), and at a high rate most intervals see none, some several ms.
+        c = self._credit.get(tid)
+        if c is None:
+            c = self._rng.random()  # random start: no phase lock between threads
+        rs = None
+        if rt > prev[0]:
+            self._grew[tid] = now
+            earned = (rt - prev[0]) * self.cfg.rate / 1e9
+            c += earned
+            rs = proc.run_state_and_split(tid)
+            self._split(tid, earned, rs)
+            if rs is not None:
+                self._cpu_of[tid] = rs[1]
+        due: tuple[int, int, float, bool] | tuple[()] = ()
+        if c >= 1.0:
+            if rs is None:
+                rs = proc.run_state_and_split(tid)
+                if rs is not None:
+                    self._cpu_of[tid] = rs[1]
+            c = min(c, max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate))
+            if rs is not None and rs[0] in "RS":
+                due = (tid, rs[1], c, rs[0] == "R")
+                self._delay_before[tid] = st[1]
+        self._credit[tid] = c
+        return due
+
+    def _forget_old(self, tids: list[int], now: float) -> None:
+        """Drop what is kept of threads not seen for a while."""
+        run_ns = self._run_ns
+        if len(run_ns) <= 4 * len(tids) + 1024:
+            return
+        keep = {t for t, v in run_ns.items() if now - v[1] < 10}
+        self._run_ns = {t: run_ns[t] for t in keep}
+        for name in ("_credit", "_grew", "_kernel_credit", "_kernel_share", "_ticks", "_switched_in", "_cpu_of"):
+            setattr(self, name, {t: v for t, v in getattr(self, name).items() if t in keep})
+
+    def _taken_from(self, now: float) -> int | None:
+        """The thread of the target that goflame's wakeup took this CPU from, if it is owed a
+        sample; its credits are taken out as its weight.
+
+        The switch that put goflame on its CPU stamped the run-queue clock on both
+        (`CpuPin.switched_in_ns`): among the threads last seen on this CPU, the one with
+        goflame's stamp ran there at the tick's moment, whether it waits in the run queue now
+        or went to sleep in a syscall since (kernel code runs on to its sleep before it yields
+        the CPU). Looked for first thing: queued, it is soon pulled to another CPU that goes
+        idle, and runs on there. Sets `_stamped` when the stamps are known (not when no
+        wakeup came before this tick, or the kernel has no sched files); without them every
+        thread queued on goflame's CPU is taken and judged in its stop (`_was_running`)."""
+        pin = self._pin
+        stamp = pin.switched_in_ns if pin is not None else None
+        self._looked = None
+        self._frozen = set()
+        self._ran_at_tick = set()
+        self._stamped = False
+        if stamp is None:
+            return None
+        here = current_cpu()
+        exec_start = self.t.proc.exec_start
+        grew = self._grew
+        # The threads that ran lately, last seen here, latest first: a thread quiet for a while
+        # (an M parked in the kernel: most of a server's) is not read each tick.
+        last_here = sorted((t for t, cpu in self._cpu_of.items() if cpu == here and now - grew[t] <= QUIET_S),
+                           key=grew.__getitem__, reverse=True)
+        for tid in last_here:
+            at = exec_start(tid)
+            if at is None and tid in self._tids:
+                return None  # the kernel will not say (a live thread): judged in the stop
+            if at != stamp:
+                continue
+            self._stamped = True
+            self._looked = tid
+            d = self._look(tid, now)
+            if not d or d[2] < 1.0:
+                return None
+            w = int(d[2])
+            self._credit[tid] -= w
+            self._weights[tid] = w
+            self._frozen = self._ran_at_tick = {tid}
+            return tid
+        self._stamped = True
+        return None
+
+    def _frozen_first(self, due: list[tuple[int, int, float, bool]]) -> Iterator[int]:
+        """The due threads to interrupt when `_taken_from` could not tell, and the CPU to wake
+        on next.
 
         goflame took a CPU when it woke, so a thread of the target there is frozen where it
         was at this tick's moment, and its stop shows exactly that. The threads on the other
         CPUs ran on meanwhile, short of the one goflame preempted: a thread spinning for a lock
         that one holds, or handing it work, was sampled in that wait (tests/fixtures/handoff:
-        77 % of the samples waiting where the threads' own CPU clocks say 53 %). So
-        only frozen threads are taken, each with all of its whole credits as its sample's
-        weight, and goflame wakes next on a CPU, drawn at random, where a thread owed samples
-        was seen: at a moment unrelated to what the threads do (drawn by who is owed the most,
-        the wakeups followed context switches, and code right after them came out high).
-        Without a CPU to wake on (none allowed to goflame, or --nonblocking), every due thread
-        is taken, where the tick finds it (`_where_it_ran`)."""
-        weights = self._weights = {}
+        77 % of the samples waiting where the threads' own CPU clocks say 53 %). So only the
+        frozen thread is taken, with all of its whole credits as its sample's weight, and
+        goflame wakes next on a CPU, drawn at random, where a thread owed samples was seen: at
+        a moment unrelated to what the threads do (drawn by who is owed the most, the wakeups
+        followed context switches, and code right after them came out high). Without the
+        scheduler's stamps, every thread queued on goflame's CPU is taken and judged in its
+        stop (`_was_running`). Without a CPU to wake on (none allowed to goflame, or
+        --nonblocking), every due running thread is taken, where the tick finds it
+        (`_where_it_ran`)."""
+        pin = self._pin
+        running = [d for d in due if d[3]]
+        if pin is not None:
+            cpus = sorted({cpu for _tid, cpu, c, _running in running if c >= 1.0 and pin.allows(cpu)})
+            pin.wake_on(self._rng.choice(cpus or pin.allowed))
+        if self._stamped:
+            return iter(())
+        return self._queued_here(due, running)
+
+    def _queued_here(self, due: list[tuple[int, int, float, bool]], running: list[tuple[int, int, float, bool]]
+                     ) -> Iterator[int]:
+        """The due threads queued on goflame's CPU (or, unpinned, all running ones), each with
+        its whole credits as weight."""
         pin = self._pin
         here = current_cpu() if pin is not None else -1
-        frozen = [d for d in due if d[1] == here]
+        frozen = [d for d in due if d[1] == here and d[3]]
         self._frozen = {d[0] for d in frozen}
-        self._ran_at_tick = set()
-        credit = self._credit
-        take = frozen if frozen or (pin is not None and pin.pinned is not None) else due
+        take = frozen if frozen or (pin is not None and pin.pinned is not None) else running
         if pin is not None and not frozen:
             pin.ordinary()  # a pause of many threads boosts itself, within its own bound
-        for tid, _cpu, c in take:
+        credit = self._credit
+        for tid, _cpu, c, _running in take:
             w = max(int(c), 1)
             if c >= 1.0:
                 credit[tid] -= w
-            weights[tid] = w
+            self._weights[tid] = w
             yield tid
-        if pin is not None:
-            cpus = sorted({cpu for tid, cpu, c in due if c >= 1.0 and pin.allows(cpu)})
-            pin.wake_on(self._rng.choice(cpus) if cpus else None)
 
     def _weight(self, tid: int, p: PausedThread[StopCapture]) -> int:
         """How many samples of the thread's CPU time its stop stands for (0: none, its credit is
@@ -395,7 +482,7 @@ class Sampler:
         if p.extra is None or (frozen and tid not in self._ran_at_tick):  # queued, not running
             credit[tid] = credit.get(tid, 0.0) + taken
             return 0
-        if frozen and _working(p.regs):  # in user mode, or working in a syscall: where it ran
+        if frozen and (self._stamped or _working(p.regs)):  # where it ran, in user mode or the kernel
             self._spent_frozen(tid, taken)
             return taken
         credit[tid] = credit.get(tid, 0.0) + taken - 1
@@ -430,15 +517,14 @@ class Sampler:
         k = self._kernel_credit.get(tid, 0.0) - weight * self._kernel_share.get(tid, 0.0)
         self._kernel_credit[tid] = max(k, 0.0)
 
-    def _split(self, tid: int, earned: float) -> None:
+    def _split(self, tid: int, earned: float, stat: tuple[str, int, int, int] | None) -> None:
         """The part of a thread's new credit owed to its time in the kernel, by the kernel's own
         account of its user and system ticks since goflame first looked (a prior of one tick
-        in ten until it has some)."""
-        ticks = self.t.proc.cpu_split(tid)
-        if ticks is None:
+        in ten until it has some). `stat`: the thread's `run_state_and_split`."""
+        if stat is None:
             return
-        first = self._ticks.setdefault(tid, ticks)
-        user, system = ticks[0] - first[0], ticks[1] - first[1]
+        first = self._ticks.setdefault(tid, (stat[2], stat[3]))
+        user, system = stat[2] - first[0], stat[3] - first[1]
         share = self._kernel_share[tid] = (system + KERNEL_PRIOR) / (user + system + 1.0)
         k = self._kernel_credit.get(tid, 0.0) + earned * share
         self._kernel_credit[tid] = min(k, MAX_KERNEL_CREDIT)
@@ -522,7 +608,7 @@ class Sampler:
         schedstat = self.t.proc.schedstat
 
         def reads(tid: int, regs: Registers) -> StopCapture:
-            if tid in self._frozen:
+            if tid in self._frozen and not self._stamped:
                 self._was_running(tid)
             if regs.orig_rax == NOT_IN_SYSCALL:
                 return while_stopped(tid, regs, None)

@@ -771,3 +771,33 @@ def test_ctrl_c_landing_anywhere_in_a_pause_leaves_no_thread_stopped(spinner: Ta
     assert no_stopped_threads(spinner.pid)
     assert untraced(spinner.pid)
     spinner.poke()
+
+
+def test_a_realtime_wakeup_stamps_the_thread_it_took_the_cpu_from() -> None:
+    """The sampler tells the thread it froze by the run-queue clock the kernel stamps on both
+    sides of the switch (`CpuPin.switched_in_ns` against /proc/TID/sched): on a CPU where
+    only our spinner's busy thread runs, its wakeups name that thread, and never two threads
+    at once. Sampled until 10 wakeups name it (another program may hold the CPU at times)."""
+    from goflame.process.cpu import CpuPin
+
+    cpu = max(os.sched_getaffinity(0))
+    t = Target(Path("/usr/bin/taskset"), "-c", str(cpu), str(spinner_binary()), "-spinners", "1")
+    pin = CpuPin()
+    try:
+        proc = Process.open(t.pid)
+        named_busy = wakeups = 0
+        while named_busy < 10 and wakeups < 400:
+            busy = max(proc.threads(), key=lambda th: th.utime + th.stime).tid
+            pin.wake_on(cpu)
+            with pin.waking():
+                time.sleep(0.002)
+            stamp = pin.switched_in_ns
+            pin.ordinary()
+            wakeups += 1
+            named = [tid for tid in proc.tids() if stamp is not None and proc.exec_start(tid) == stamp]
+            assert len(named) <= 1, named
+            named_busy += named == [busy]
+        assert named_busy >= 10, f"{named_busy} of {wakeups} wakeups named the busy thread"
+    finally:
+        pin.close()
+        t.stop()

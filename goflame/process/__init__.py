@@ -80,9 +80,15 @@ class Process:
     def threads(self) -> list[ThreadInfo]:
         return self._task.threads()
 
-    def cpu_split(self, tid: int) -> tuple[int, int] | None:
-        """(clock ticks in user mode, in kernel mode) of one thread so far; None if it exited."""
-        return self._task.cpu_split(tid)
+    def run_state_and_split(self, tid: int) -> tuple[str, int, int, int] | None:
+        """(state letter, its CPU, clock ticks in user mode, in kernel mode) of one thread, from
+        one read; None if it exited."""
+        return self._task.run_state_and_split(tid)
+
+    def exec_start(self, tid: int) -> int | None:
+        """The run-queue clock (ns) when the thread last started or stopped running (see
+        `CpuPin.switched_in_ns`); None if it exited or the kernel will not say."""
+        return self._task.exec_start(tid)
 
     def run_state(self, tid: int) -> tuple[str, int] | None:
         """(state letter, the CPU it runs or last ran on) of one thread; None if it exited."""

@@ -9,6 +9,12 @@ CPU where a thread owed samples runs: each CPU the target runs on is visited in 
 calling thread is moved, within the CPUs it was allowed when it started; `close` gives it back
 its own set.
 
+Which thread goflame took the CPU from, it learns from the kernel's scheduler: the switch that
+put goflame on the CPU stamped the run-queue clock on both (`se.exec_start` in
+/proc/TID/sched), so the thread whose stamp equals goflame's own is that thread, whether it
+waits in the run queue now (preempted) or sleeps (it ran kernel code, which this kernel does
+not preempt, into a futex or a poll). `switched_in_ns` is goflame's stamp of its last wakeup.
+
 The thread there must be frozen at the moment goflame's timer fires, not at the next point
 where the kernel would switch anyway (a page fault, a syscall's return, its scheduler tick),
 and must stay frozen until goflame has stopped it. So the sampler sleeps real-time (`waking`):
@@ -22,8 +28,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 import time
 from collections.abc import Iterator
+
+from goflame.process.procfs import parse_exec_start
 
 # How long the sampler may stay real-time after a wakeup to look at the target's threads
 # before it stops the ones it froze.
@@ -61,11 +70,18 @@ class CpuPin:
         self._next: int | None = None
         self._ordinary_param: os.sched_param | None = None  # set while `waking` left it real-time
         self._woke_ns = 0
+        self._switched_in_ns: int | None = None
+        self._own_files: tuple[int, int, int] | None = None  # (thread id, fds of its sched, schedstat)
 
     @property
     def pinned(self) -> int | None:
         """The CPU the thread is held to, None when it may run anywhere it was allowed."""
         return self._pinned
+
+    @property
+    def allowed(self) -> list[int]:
+        """The CPUs the thread was allowed when it started, in order."""
+        return sorted(self._allowed)
 
     def allows(self, cpu: int) -> bool:
         return cpu in self._allowed
@@ -113,12 +129,61 @@ class CpuPin:
             yield
             return
         self._ordinary_param = param
+        self._switched_in_ns = None
+        before = self._own_runs()
         try:
             yield
         except BaseException:
             self.ordinary()
             raise
+        stamp = parse_exec_start(self._own_read(0, 256))
         self._woke_ns = time.perf_counter_ns()
+        # Put on a CPU once since: by the wakeup. More, and the last switch-in was not the
+        # wakeup's (a tracer such as strace stopped goflame on its way out of the sleep).
+        after = self._own_runs()
+        self._switched_in_ns = stamp if before is not None and after == before + 1 else None
+
+    @property
+    def switched_in_ns(self) -> int | None:
+        """The run-queue clock when the last real-time wakeup put this thread on its CPU (the
+        thread switched out then holds the same stamp); None if not known: no such wakeup yet,
+        or the kernel has no sched file. Read first thing after the wakeup, as a real-time
+        thread: only a scheduler tick, rarely, moves the stamp before the sampler compares it."""
+        return self._switched_in_ns
+
+    def _own_runs(self) -> int | None:
+        """How often the calling thread was put on a CPU so far (schedstat's third field)."""
+        fields = self._own_read(1, 128).split()
+        return int(fields[2]) if len(fields) == 3 else None
+
+    def _own_read(self, which: int, size: int) -> bytes:
+        """The calling thread's /proc/thread-self/sched (0) or schedstat (1); b"" if the kernel
+        has none. Kept open per thread: read each tick."""
+        tid = threading.get_native_id()
+        if self._own_files is None or self._own_files[0] != tid:
+            self._close_own_files()
+            self._own_files = (tid, *(self._open_own(name) for name in ("sched", "schedstat")))
+        fd = self._own_files[1 + which]
+        if fd < 0:
+            return b""
+        try:
+            return os.pread(fd, size, 0)
+        except OSError:
+            return b""
+
+    @staticmethod
+    def _open_own(name: str) -> int:
+        try:
+            return os.open(f"/proc/thread-self/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1  # not asked again: the kernel has no such file
+
+    def _close_own_files(self) -> None:
+        if self._own_files is not None:
+            for fd in self._own_files[1:]:
+                if fd >= 0:
+                    os.close(fd)
+            self._own_files = None
 
     def overdue(self) -> bool:
         """Real-time for WAKE_REALTIME_NS since the wakeup already."""
@@ -133,3 +198,4 @@ class CpuPin:
     def close(self) -> None:
         self.ordinary()
         self._move(None)
+        self._close_own_files()

@@ -22,6 +22,27 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # utime/stime unit
 _DEAD_STATES = frozenset("ZXx")
 
 
+def _sched_field(data: bytes, name: bytes) -> bytes | None:
+    """The value after "name  :" on its line of a /proc/TID/sched file."""
+    i = data.find(name + b" ")
+    if i < 0:
+        return None
+    j = data.find(b":", i)
+    k = data.find(b"\n", j)
+    return data[j + 1:k if k >= 0 else None].strip()
+
+
+def parse_exec_start(data: bytes) -> int | None:
+    """`se.exec_start` of a /proc/TID/sched file, in ns; None if absent. The kernel prints it
+    as milliseconds with six decimals ("%Ld.%06ld"): exact to the ns."""
+    v = _sched_field(data, b"se.exec_start")
+    ms, _, ns = (v or b"").partition(b".")
+    try:
+        return int(ms) * 1_000_000 + int(ns)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadInfo:
     """One line of /proc/PID/task/TID/stat, the fields a sampler needs."""
@@ -225,6 +246,7 @@ class TaskDir:
         self._schedstat: dict[int, int] = {}  # tid -> open fd of its schedstat, read with pread
         self._stat: dict[int, int] = {}  # tid -> open fd of its stat, likewise
         self._status: dict[int, int] = {}  # tid -> open fd of its status, likewise
+        self._sched: dict[int, int] = {}  # tid -> open fd of its sched, likewise
         # Both kept under a quarter of the fd limit (a process with thousands of threads)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._max_open = max(16, min(4096, soft // 8)) if soft != resource.RLIM_INFINITY else 4096
@@ -308,13 +330,23 @@ class TaskDir:
         except (ValueError, IndexError):
             return None
 
-    def cpu_split(self, tid: int) -> tuple[int, int] | None:
-        """(clock ticks in user mode, in kernel mode) of one thread so far; None if gone. The
-        kernel's own account of where a thread's CPU time went, tick by tick."""
+    def run_state_and_split(self, tid: int) -> tuple[str, int, int, int] | None:
+        """`run_state` and the kernel's own account of where the thread's CPU time went, tick
+        by tick, from one read: (state letter, its CPU, clock ticks in user mode, in kernel
+        mode); None if it is gone."""
         f = self._stat_after_name(tid)
         try:
-            return int(f[11]), int(f[12])
+            return chr(f[0][0]), int(f[36]), int(f[11]), int(f[12])  # fields 3, 39, 14 and 15
         except (ValueError, IndexError):
+            return None
+
+    def exec_start(self, tid: int) -> int | None:
+        """The run-queue clock (ns) when the thread last started or stopped running, or its CPU
+        time was last added up while it ran (`se.exec_start`); None if it is gone or the
+        kernel has no sched file (built without CONFIG_SCHED_DEBUG)."""
+        try:
+            return parse_exec_start(self._pread(self._sched, tid, "sched", 320))
+        except PermissionError:
             return None
 
     def schedstat(self, tid: int) -> tuple[int, int, int] | None:
@@ -368,13 +400,13 @@ class TaskDir:
             return b""
 
     def _drop(self, tid: int) -> None:
-        for fds in (self._schedstat, self._stat, self._status):
+        for fds in (self._schedstat, self._stat, self._status, self._sched):
             fd = fds.pop(tid, None)
             if fd is not None:
                 os.close(fd)
 
     def _close_files(self) -> None:
-        for fds in (self._schedstat, self._stat, self._status):
+        for fds in (self._schedstat, self._stat, self._status, self._sched):
             while fds:
                 os.close(fds.popitem()[1])
 
