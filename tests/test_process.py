@@ -737,7 +737,7 @@ def test_pausing_threads_that_come_and_go_skips_the_ones_that_ended() -> None:
         t.stop()
 
 
-def test_ctrl_c_landing_anywhere_in_a_pause_leaves_no_thread_stopped(spinner: Target) -> None:
+def test_ctrl_c_landing_anywhere_in_a_pause_leaves_no_thread_stopped_nor_the_pauser_real_time(spinner: Target) -> None:
     armed = [False]
 
     def interrupt(signum: int, frame: object) -> None:
@@ -770,6 +770,7 @@ def test_ctrl_c_landing_anywhere_in_a_pause_leaves_no_thread_stopped(spinner: Ta
         signal.signal(signal.SIGALRM, old)
     assert no_stopped_threads(spinner.pid)
     assert untraced(spinner.pid)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "a Ctrl-C left the pausing thread real-time"
     spinner.poke()
 
 
@@ -780,6 +781,7 @@ def test_a_realtime_wakeup_stamps_the_thread_it_took_the_cpu_from() -> None:
     at once. Sampled until 10 wakeups name it (another program may hold the CPU at times)."""
     from goflame.process.cpu import CpuPin
 
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "an earlier test left this thread real-time"
     cpu = max(os.sched_getaffinity(0))
     t = Target(Path("/usr/bin/taskset"), "-c", str(cpu), str(spinner_binary()), "-spinners", "1")
     pin = CpuPin()

@@ -47,18 +47,23 @@ def current_cpu() -> int:
     return int(_LIBC.sched_getcpu())
 
 
-def _to_realtime() -> os.sched_param | None:
-    """Make the calling thread SCHED_FIFO 1 and return what to restore; None (and nothing
-    changed) where not permitted (no CAP_SYS_NICE) or the thread has a policy of someone
-    else's choosing."""
+def _ordinary_param() -> os.sched_param | None:
+    """The calling thread's parameters if it runs SCHED_OTHER (what `waking` restores); None
+    if it has a policy of someone else's choosing, left alone."""
     try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            return None
-        param = os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+        return os.sched_getparam(0) if os.sched_getscheduler(0) == os.SCHED_OTHER else None
     except OSError:
         return None
-    return param
+
+
+def _to_realtime() -> bool:
+    """Make the calling thread SCHED_FIFO 1; False (nothing changed) where not permitted (no
+    CAP_SYS_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except OSError:
+        return False
+    return True
 
 
 class CpuPin:
@@ -121,15 +126,18 @@ class CpuPin:
         goflame lost its CPU to the very thread it had frozen, for a scheduler slice: the
         thread ran on, and most ticks came too late."""
         self.ordinary()
-        param = _to_realtime()
+        self._switched_in_ns = None
+        # What to restore is kept before the switch: a Ctrl-C landing between the two still
+        # finds it (`ordinary`, `close`).
+        self._ordinary_param = _ordinary_param()
+        if self._ordinary_param is not None and not _to_realtime():
+            self._ordinary_param = None
         # Moved only now, real-time: moved as an ordinary thread onto a CPU a thread of the
         # target keeps busy, goflame waited there for that thread's scheduler tick.
         self._move(self._next)
-        if param is None:
+        if self._ordinary_param is None:
             yield
             return
-        self._ordinary_param = param
-        self._switched_in_ns = None
         before = self._own_runs()
         try:
             yield

@@ -288,11 +288,15 @@ class Pauser:
             self._guard = StopGuard.start(self._cpus)
         guard = self._guard.holding() if self._guard is not None else contextlib.nullcontext()
         with guard:
+            came_with = _policy()
             self._boost_due = self.boost  # from the first seize on: see _boost_spent
             try:
                 yield
             finally:
                 self._end_boost()
+                if came_with is not None and _policy() != came_with:
+                    # A Ctrl-C (KeyboardInterrupt) landed between the boost and its record.
+                    _unboost(came_with)
 
     def _start_boost(self) -> None:
         """Real-time from the moment a thread of the target is first seized: what the caller
@@ -599,6 +603,14 @@ class Pauser:
 
 _RELEASE_TURNS = 8
 BOOST_NS = 1_000_000  # the longest stretch of a pause run SCHED_FIFO
+
+
+def _policy() -> tuple[int, os.sched_param] | None:
+    """The calling thread's scheduling policy and parameters; None if not readable."""
+    try:
+        return os.sched_getscheduler(0), os.sched_getparam(0)
+    except OSError:
+        return None
 
 
 def _unboost(saved: tuple[int, os.sched_param]) -> None:
