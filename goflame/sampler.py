@@ -387,8 +387,8 @@ class Sampler:
         sample; its credits are taken out as its weight.
 
         The switch that put goflame on its CPU stamped the run-queue clock on both
-        (`CpuPin.switched_in_ns`): among the threads last seen on this CPU, the one with
-        goflame's stamp ran there at the tick's moment, whether it waits in the run queue now
+        (`CpuPin.switched_in_ns`): among the threads that ran lately, the one with goflame's
+        stamp ran there at the tick's moment, whether it waits in the run queue now
         or went to sleep in a syscall since (kernel code runs on to its sleep before it yields
         the CPU). Looked for first thing: queued, it is soon pulled to another CPU that goes
         idle, and runs on there. Sets `_stamped` when the stamps are known (not when no
@@ -405,11 +405,13 @@ class Sampler:
         here = current_cpu()
         exec_start = self.t.proc.exec_start
         grew = self._grew
-        # The threads that ran lately, last seen here, latest first: a thread quiet for a while
-        # (an M parked in the kernel: most of a server's) is not read each tick.
-        last_here = sorted((t for t, cpu in self._cpu_of.items() if cpu == here and now - grew[t] <= QUIET_S),
-                           key=grew.__getitem__, reverse=True)
-        for tid in last_here:
+        cpu_of = self._cpu_of
+        # The threads that ran lately, those last seen here first (a thread moves between
+        # CPUs between looks), latest first, at most MAX_STAMP_READS: a thread quiet for a
+        # while (an M parked in the kernel: most of a server's) is not read each tick.
+        lately = sorted((t for t in cpu_of if now - grew[t] <= QUIET_S),
+                        key=lambda t: (cpu_of[t] == here, grew[t]), reverse=True)
+        for tid in lately[:MAX_STAMP_READS]:
             at = exec_start(tid)
             if at is None and tid in self._tids:
                 return None  # the kernel will not say (a live thread): judged in the stop
@@ -1345,6 +1347,8 @@ REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time 
 RAN_AT_TICK_SLACK_NS = 20_000
 RAN_AT_TICK_LAG_NS = 120_000
 MAX_CREDIT = 3.0
+# The most threads whose sched file a tick reads to find the one goflame's wakeup preempted.
+MAX_STAMP_READS = 8
 MAX_CREDIT_S = 0.1
 # A thread's kernel time is owed as samples taken in a syscall; what exceeds this many (time
 # in page faults or interrupts, which no syscall stands for) goes to samples in user mode.
