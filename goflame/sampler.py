@@ -425,7 +425,7 @@ class Sampler:
             w = int(d[2])
             self._credit[tid] -= w
             self._weights[tid] = w
-            self._frozen = self._ran_at_tick = {tid}
+            self._frozen, self._ran_at_tick = {tid}, {tid}
             return tid
         self._stamped = True
         return None
