@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -28,6 +28,9 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 
 import gotoolchain as gt  # noqa: E402
+
+if TYPE_CHECKING:
+    from goflame.profile import Sample
 
 FIXTURES = TESTS / "fixtures"
 ROOT = TESTS.resolve().parent
@@ -285,6 +288,23 @@ def record_until(pid: int, tmp_path: Path, args: list[str], enough: Callable[[di
             stacks[stack] = stacks.get(stack, 0) + n
         i += 1
     return stacks
+
+
+def effective_samples(tmp_path: Path, keep: Callable[[Sample], bool]) -> float:
+    """The number of independent moments that the samples `keep` selects are worth, over the
+    rounds of `record_until` run with --keep-raw: (sum of weights)^2 / sum of squares. A
+    ptrace sample of a thread goflame could not freeze at earlier ticks stands for several
+    intervals but is one moment, so a share's binomial bound is on this, not on the weights'
+    sum (their count in a folded file)."""
+    from goflame.profile import read_recording
+
+    total = squares = 0
+    for raw in sorted(tmp_path.glob("round*.folded.goflame")):
+        for s in read_recording(raw).samples:
+            if keep(s):
+                total += s.weight
+                squares += s.weight * s.weight
+    return total * total / squares if squares else 0.0
 
 
 def streamed_samples(raw: Path) -> int:

@@ -15,13 +15,24 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import gotoolchain as gt
-from conftest import FIXTURES, binomial_upper_ok, read_ready_line, share_tolerance, wait_until
+from conftest import (
+    FIXTURES,
+    binomial_upper_ok,
+    effective_samples,
+    read_ready_line,
+    share_tolerance,
+    wait_until,
+)
 from conftest import record_until as rounds_until
 from test_dump import parse_dump
+
+if TYPE_CHECKING:
+    from goflame.profile import Sample
 
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
@@ -301,13 +312,15 @@ def full_chain(stack: tuple[str, ...]) -> bool:
 
 
 def record_alongside_perf(pid: int, tmp_path: Path, *, want: int, max_seconds: float
-                          ) -> tuple[Counter[tuple[str, ...]], Counter[tuple[str, ...]]]:
-    """goflame --native and `perf record --call-graph dwarf` on the same process at once.
+                          ) -> tuple[Counter[tuple[str, ...]], Counter[tuple[str, ...]], float]:
+    """goflame --native and `perf record --call-graph dwarf` on the same process at once, and
+    the moments goflame's C samples are worth (`effective_samples`).
 
-    goflame records in rounds until it has `want` C samples: on a loaded machine the target
-    gets less CPU and both profilers fewer samples, and a share measured on n samples is only
-    good to ~50/sqrt(n) points. `max_seconds` is a cap no machine that can run the suite
-    reaches (a round yields ~3,000 C samples with a CPU to itself).
+    goflame records in rounds until its C samples are worth `want` moments: on a loaded
+    machine the target gets less CPU and both profilers fewer samples, and a share measured on
+    n moments is only good to ~50/sqrt(n) points. `max_seconds` is a cap no machine that can
+    run the suite reaches (a round yields ~1,500 moments with a CPU to itself: the fixture's
+    idle Ms take the other CPU now and then, and goflame freezes one CPU per tick).
     """
     perf_data = tmp_path / "perf.data"
     perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf,512",
@@ -317,19 +330,23 @@ def record_alongside_perf(pid: int, tmp_path: Path, *, want: int, max_seconds: f
         # perf has its file open (it writes the header first) before goflame starts: the
         # workload is stationary, so perf's window need only cover goflame's.
         wait_until(lambda: perf_data.exists() and perf_data.stat().st_size > 0, "perf record to start")
-        ours = record_until(pid, tmp_path, ["--native", "-r", "500"],
-                            lambda st: sum(n for s, n in st.items() if s[0] in C_CHAIN) >= want,
-                            f"{want} C samples", seconds=6, max_seconds=max_seconds)
+        ours = record_until(pid, tmp_path, ["--native", "-r", "500", "--keep-raw"],
+                            lambda st: effective_samples(tmp_path, in_c) >= want,
+                            f"C samples worth {want} moments", seconds=6, max_seconds=max_seconds)
     finally:
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=120)
-    return ours, perf_stacks(perf_data)
+    return ours, perf_stacks(perf_data), effective_samples(tmp_path, in_c)
+
+
+def in_c(sample: Sample) -> bool:
+    return bool(sample.frames) and sample.frames[0].function in C_CHAIN
 
 
 def check_cpu_samples_through_cgo_as_perf_sees_them(tmp_path: Path, frame_pointers: bool) -> None:
     binary = cgochain(tmp_path, frame_pointers)
     with Fixture(binary, "-mode", "chain", "-workers", "1") as fx:
-        ours, theirs = record_alongside_perf(fx.pid, tmp_path, want=6000, max_seconds=300)
+        ours, theirs, moments = record_alongside_perf(fx.pid, tmp_path, want=6000, max_seconds=300)
     # Every C sample: the C chain up to the leaf, the cgo wrapper, then the whole Go chain.
     c_samples = Counter({s: n for s, n in ours.items() if s[0] in C_CHAIN})
     complete = sum(n for s, n in c_samples.items() if full_chain(s))
@@ -348,10 +365,11 @@ def check_cpu_samples_through_cgo_as_perf_sees_them(tmp_path: Path, frame_pointe
             if [strip_wrapper(f) for f in stack[: depth + 1]] == [*reversed(C_CHAIN[:depth]), "_cgo_Cfunc_c_outer"]:
                 perf_complete += n
     assert perf_c >= 1000 and binomial_upper_ok(perf_c - perf_complete, perf_c, 0.05), (perf_complete, perf_c)
-    ours_shares, n_ours = c_leaf_shares(c_samples)
+    ours_shares, _ = c_leaf_shares(c_samples)
     theirs_shares, n_theirs = c_leaf_shares(theirs)
+    n_ours = int(moments)
     # Within 2 points of perf and 3 of the construction, or Z binomial standard errors of the
-    # counts when those are more (each profiler has thousands of samples: ~3-4 points).
+    # moments when those are more (each profiler has thousands: ~3 points).
     for name in C_CHAIN:
         p = OWN_SHARES[name]
         between = share_tolerance(p, n_ours, n_theirs, floor=2.0)

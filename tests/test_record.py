@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,7 @@ from conftest import (
     FIXTURES,
     binomial_upper_ok,
     cpu_ns,
+    effective_samples,
     hog_shares,
     read_ready_line,
     record_until,
@@ -32,6 +34,9 @@ from conftest import (
     wait_until,
 )
 from test_dump import Fixture, parse_dump
+
+if TYPE_CHECKING:
+    from goflame.profile import Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 GOFLAME = [sys.executable, "-m", "goflame.cli"]
@@ -97,11 +102,17 @@ def hot_samples(stacks: Counter[str] | dict[str, int]) -> int:
     return sum(n for st, n in stacks.items() if any(h in st.split(";") for h in HOT))
 
 
+def is_hot(sample: Sample) -> bool:
+    return any(f.function in HOT for f in sample.frames)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["perf", pytest.param("ptrace", marks=pytest.mark.matrix)])
 def test_cpu_shares_match_the_workloads_own_clock_and_perf(engine, tmp_path):
-    # goflame records (in rounds) until it has 3,000 samples in the hot functions: a 50 % share
-    # then has a binomial sigma of 0.9 points; perf at 499 Hz has ~2x as many. One goroutine
+    # goflame records (in rounds) until its samples in the hot functions are worth 3,000
+    # moments (`effective_samples`; ptrace freezes one CPU per tick, so with both CPUs busy a
+    # sample stands for ~2 intervals): a 50 % share then has a binomial sigma of 0.9 points;
+    # perf at 499 Hz has ~2x as many. One goroutine
     # per P: with more goroutines than Ps the workload's own clock also counts the time a
     # goroutine waits for a P, in 10 ms lumps (Go's preemption slice) — noise in the oracle itself.
     workers = os.cpu_count() or 2
@@ -112,8 +123,9 @@ def test_cpu_shares_match_the_workloads_own_clock_and_perf(engine, tmp_path):
                                  "-o", str(perf_data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: perf_data.exists() and perf_data.stat().st_size > 0, "perf record to start")
-            ours_stacks = Counter(record_until(hog.pid, tmp_path, ["-r", "300", "--engine", engine],
-                                               lambda st: hot_samples(st) >= 3000, "3,000 hot samples"))
+            ours_stacks = Counter(record_until(hog.pid, tmp_path, ["-r", "300", "--engine", engine, "--keep-raw"],
+                                               lambda st: effective_samples(tmp_path, is_hot) >= 3000,
+                                               "hot samples worth 3,000 moments"))
         finally:
             perf.send_signal(signal.SIGINT)
             perf.wait(timeout=120)
@@ -125,10 +137,10 @@ def test_cpu_shares_match_the_workloads_own_clock_and_perf(engine, tmp_path):
     own = hog_shares(own_text)
     perf = perf_stacks(perf_data)
     ours, theirs = shares(ours_stacks), shares(perf)
-    n_ours, n_perf = hot_samples(ours_stacks), hot_samples(perf)
+    n_ours, n_perf = int(effective_samples(tmp_path, is_hot)), hot_samples(perf)
     assert n_perf >= 1000, f"perf took only {n_perf} samples in the hot functions"
     for h in HOT:
-        # 2 points, or Z binomial standard errors of the sample counts when that is more.
+        # 2 points, or Z binomial standard errors of the moments sampled when that is more.
         assert abs(ours[h] - own[h]) <= share_tolerance(own[h], n_ours, floor=2.0), (h, ours, own, n_ours)
         assert abs(ours[h] - theirs[h]) <= share_tolerance(own[h], n_ours, n_perf, floor=2.0), (
             h, ours, theirs, n_ours, n_perf)
@@ -625,6 +637,11 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
             flood.wait()
         target.kill()
         target.wait()
+    assert_handler_samples_lead_back(folded, opts, deeper)
+
+
+def assert_handler_samples_lead_back(folded: dict[str, int], opts: list[str], deeper: float) -> None:
+    """The verdict of `check_signal_handler_samples_lead_back` on folded stacks."""
     stacks = {tuple(st.split(";")): n for st, n in folded.items()}
     in_handler = {s: n for s, n in stacks.items() if SIGNAL_FRAMES & set(s)}
     rooted_in_handler = {s: n for s, n in in_handler.items() if s[0] in SIGNAL_FRAMES}
@@ -662,6 +679,56 @@ def test_in_a_cgo_binary_samples_in_the_signal_handler_lead_back_too(tmp_path):
     binary = gt.build(FIXTURES / "cgochain", gt.BuildSpec(cgo=True, stripped=True, pie=True))
     check_signal_handler_samples_lead_back(binary, ["-mode", "vdso,chain"], ["--engine", "ptrace"], tmp_path,
                                            deeper=0.01)
+
+
+# Sends SIGURG to each thread of a process in turn (tgkill), listing them again each round:
+# threads that live a few ms get their share of the flood.
+_THREAD_FLOOD = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pid = int(sys.argv[1])
+while True:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        for _ in range(20):
+            libc.syscall(234, pid, int(tid), 23)  # tgkill(pid, tid, SIGURG)
+"""
+
+
+@pytest.mark.matrix  # ~10 s
+def test_threads_just_started_are_sampled_like_any_other(tmp_path):
+    """cgochain -mode churn ends its thread and starts another M every 20 ms, each in the Go
+    chain into C, under SIGURG aimed at every thread in turn. Every thread is an M (the fixture
+    starts none in C), so at most 1 % of the stops may be errors (binomially), and samples in
+    the handler lead back to what it interrupted, as on any other thread: a new thread is
+    looked for among the Ms as soon as it is listed. Before, a new M's stops were read as a
+    stranger's: errors (4 % of the stops here), or walked out of the handler with what it
+    interrupted as read after the release."""
+    binary = gt.build(FIXTURES / "cgochain", gt.BuildSpec(cgo=True))
+    target = subprocess.Popen([str(binary), "-mode", "churn"], stdout=subprocess.PIPE, text=True)
+    flood = None
+    try:
+        read_ready_line(target, binary.name)
+        flood = subprocess.Popen([sys.executable, "-c", _THREAD_FLOOD, str(target.pid)])
+        out = tmp_path / "churn.folded"
+        r = subprocess.run([*GOFLAME, "record", "--pid", str(target.pid), "--engine", "ptrace", "-r", "1000",
+                            "--samples", "3000", "-d", "120", "-f", "folded", "-o", str(out)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert no_thread_stopped(target.pid)
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+        target.kill()
+        target.wait()
+    m = re.search(r"([\d,]+) samples, ([\d,]+) errors", r.stderr)
+    assert m, r.stderr
+    samples, errors = (int(x.replace(",", "")) for x in m.groups())
+    assert samples >= 3000, r.stderr
+    assert binomial_upper_ok(errors, samples + errors, 0.01), r.stderr
+    folded = dict(folded_counts(out))
+    assert sum(n for st, n in folded.items() if "main.churnWorker.func1" in st.split(";")) >= 1000, folded
+    assert_handler_samples_lead_back(folded, ["--engine", "ptrace"], deeper=0.01)
 
 
 MATRIX_STATIC_STRIPPED = [s for v in gt.MATRIX for s in gt.matrix_specs(v) if s.stripped and not s.cgo and not s.pie]
