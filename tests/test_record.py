@@ -3,6 +3,7 @@ clock and against perf, wall-clock states against the runtime's dump, every stop
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -608,6 +609,25 @@ while True:
 """
 
 
+@contextlib.contextmanager
+def flooded(binary: Path, args: list[str], flood: str | None) -> Iterator[subprocess.Popen]:
+    """The fixture `binary` run with `args` until its ready line, then `flood` (a Python script
+    given the fixture's pid) sending it signals; both killed on the way out."""
+    target = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    flooder = None
+    try:
+        read_ready_line(target, binary.name)
+        if flood is not None:
+            flooder = subprocess.Popen([sys.executable, "-c", flood, str(target.pid)])
+        yield target
+    finally:
+        if flooder is not None:
+            flooder.kill()
+            flooder.wait()
+        target.kill()
+        target.wait()
+
+
 def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: list[str], tmp_path: Path,
                                            deeper: float = 0.05) -> None:
     """Under a flood of SIGURG (from the target itself when `args` ask it to, else from a
@@ -618,12 +638,7 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
     only the handler's stack, so there at most 25 % are (binomially: the rate, not the
     count, is the bar). A walk cut further down, in the interrupted code's own stack (at a
     stack switch, as any walk may be), counts against `deeper` (perf: 25 %)."""
-    target = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    flood = None
-    try:
-        read_ready_line(target, binary.name)
-        if "-sigurg" not in args:
-            flood = subprocess.Popen([sys.executable, "-c", _FLOOD, str(target.pid)])
+    with flooded(binary, args, None if "-sigurg" in args else _FLOOD) as target:
 
         def handler_samples(stacks: dict[str, int]) -> int:
             return sum(n for st, n in stacks.items() if SIGNAL_FRAMES & set(st.split(";")))
@@ -631,12 +646,6 @@ def check_signal_handler_samples_lead_back(binary: Path, args: list[str], opts: 
         folded = record_until(target.pid, tmp_path, [*opts, "-r", "1000"], lambda st: handler_samples(st) >= 200,
                               "200 samples in the signal handler")
         assert no_thread_stopped(target.pid)
-    finally:
-        if flood is not None:
-            flood.kill()
-            flood.wait()
-        target.kill()
-        target.wait()
     assert_handler_samples_lead_back(folded, opts, deeper)
 
 
@@ -704,23 +713,13 @@ def test_threads_just_started_are_sampled_like_any_other(tmp_path):
     stranger's: errors (4 % of the stops here), or walked out of the handler with what it
     interrupted as read after the release."""
     binary = gt.build(FIXTURES / "cgochain", gt.BuildSpec(cgo=True))
-    target = subprocess.Popen([str(binary), "-mode", "churn"], stdout=subprocess.PIPE, text=True)
-    flood = None
-    try:
-        read_ready_line(target, binary.name)
-        flood = subprocess.Popen([sys.executable, "-c", _THREAD_FLOOD, str(target.pid)])
+    with flooded(binary, ["-mode", "churn"], _THREAD_FLOOD) as target:
         out = tmp_path / "churn.folded"
         r = subprocess.run([*GOFLAME, "record", "--pid", str(target.pid), "--engine", "ptrace", "-r", "1000",
                             "--samples", "3000", "-d", "120", "-f", "folded", "-o", str(out)],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert no_thread_stopped(target.pid)
-    finally:
-        if flood is not None:
-            flood.kill()
-            flood.wait()
-        target.kill()
-        target.wait()
     m = re.search(r"([\d,]+) samples, ([\d,]+) errors", r.stderr)
     assert m, r.stderr
     samples, errors = (int(x.replace(",", "")) for x in m.groups())
