@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from goflame.credit import CreditScheduler, Due
 from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone, TargetExeced
 from goflame.frame import Frame, FrameKind
 from goflame.labels import LabelReader
 from goflame.process import Registers
-from goflame.process.cpu import CpuPin, current_cpu
+from goflame.process.cpu import CpuPin
 from goflame.process.perf import KernelSample, PerfSampling, PerfUnavailable
 from goflame.profile import Sample
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
+from goflame.stackcache import StackCache
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
 from goflame.unwind import sigframe
@@ -52,31 +54,6 @@ from goflame.unwind.vdsocall import StackSpan
 if TYPE_CHECKING:
     from goflame.process import PausedThread
 
-NOT_IN_SYSCALL = (1 << 64) - 1  # orig_rax of a thread stopped outside a syscall (-1)
-# Syscalls in which a thread sleeps or yields its CPU, whatever the file (a Go program's reads
-# and accepts never block): poll, select, sched_yield, pause, nanosleep, wait4, rt_sigtimedwait,
-# rt_sigsuspend, futex, clock_nanosleep, epoll_wait, waitid, pselect6, ppoll, epoll_pwait,
-# epoll_pwait2, futex_waitv. A thread found in one may have been woken and not run since.
-SLEEPING_SYSCALLS = frozenset({7, 23, 24, 34, 35, 61, 128, 130, 202, 230, 232, 247, 270, 271, 281, 441, 449})
-_FUTEX, _EPOLL_WAIT, _EPOLL_PWAIT = 202, 232, 281
-# futex operations that never sleep (FUTEX_WAKE, _REQUEUE, _CMP_REQUEUE, _WAKE_OP, _UNLOCK_PI,
-# _WAKE_BITSET), the operation being the low 7 bits of the second argument.
-_FUTEX_WAKING = frozenset({1, 3, 4, 5, 7, 10})
-
-
-def _working(regs: Registers) -> bool:
-    """Whether a thread stopped with these registers was at work rather than asleep or just
-    woken: in user mode, in a syscall that does not sleep, waking others with futex, or
-    polling epoll without a timeout (Go's netpoll(0)). Arguments stay in their registers
-    across a syscall on x86-64."""
-    nr = regs.orig_rax
-    if nr == NOT_IN_SYSCALL or nr not in SLEEPING_SYSCALLS:
-        return True
-    if nr == _FUTEX:
-        return regs.rsi & 0x7F in _FUTEX_WAKING
-    if nr in (_EPOLL_WAIT, _EPOLL_PWAIT):
-        return regs.r10 & 0xFFFFFFFF == 0
-    return False
 M_REFRESH_S = 1.0
 # A thread listed this long before an M refresh that found no M for it is not one (C's own): a
 # new M's thread is listed before it has stored its tid in the M (minit), microseconds later.
@@ -167,13 +144,6 @@ class Sampler:
         self._ms_time = 0.0
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
-        self._run_ns: dict[int, tuple[int, float]] = {}  # tid -> (CPU ns, when read)
-        self._kernel_credit: dict[int, float] = {}  # tid -> the part of its credit owed to kernel time
-        self._kernel_share: dict[int, float] = {}  # tid -> the share of its CPU time in the kernel (_split)
-        self._switched_in: dict[int, tuple[int, int, int]] = {}  # see _counts_before
-        self._ticks: dict[int, tuple[int, int]] = {}  # tid -> (user, system) ticks when first seen
-        self._credit: dict[int, float] = {}  # tid -> CPU time accrued towards its next sample, in intervals
-        self._grew: dict[int, float] = {}  # tid -> when its run time was last seen to grow
         mem = target.proc.memory
         self._mem = mem
         lay = target.reader
@@ -187,9 +157,7 @@ class Sampler:
         self._stop_offsets = stop_offsets(lay)  # see _capture_with_machine
         self._tids: list[int] = []
         self._tids_time = float("-inf")
-        self._stacks: dict[tuple[int | str, ...], tuple[Frame, ...]] = {}  # see _stack_of
-        # sym_pc -> (its frames, last funcID) when none is a wrapper, else (): see _symbolize
-        self._plain_frames: dict[int, tuple[tuple[Frame, ...], int] | tuple[()]] = {}
+        self._cache = StackCache(self._sym)
         self._owners: list[tuple[int, int, int]] = []  # (stack lo, hi, g address): see _stack_owner
         self._kernel: PerfSampling | None = None  # opened by choose_engine, taken by run
         self._unlabelled: list[tuple[Sample, int]] = []  # see _labelled
@@ -197,16 +165,8 @@ class Sampler:
         self._engine_chosen = False
         self._owners_time = float("-inf")
         self._owners_every = STACK_OWNERS_S
-        self._weights: dict[int, int] = {}  # tid -> the weight of its sample this tick: see _frozen_first
-        self._frozen: set[int] = set()  # the threads this tick froze by taking their CPU: see _frozen_first
-        self._ran_at_tick: set[int] = set()  # of those, the ones that were running then, not queued
-        self._stamped = False  # whether the scheduler's stamps told the frozen thread (_taken_from)
-        self._cpu_of: dict[int, int] = {}  # tid -> the CPU it was last seen on
-        self._running_on: dict[int, int] = {}  # tid -> its CPU: in state R, and it ran since its last look
-        self._looked: int | None = None  # the thread _taken_from looked at this tick
-        self._delay_before: dict[int, int] = {}
-        self._tick_start = 0.0
         self._pin = CpuPin() if not config.nonblocking else None
+        self._credits = CreditScheduler(target.proc, config.rate, self._pin, self._rng)
 
     # -- Ms (threads) -----------------------------------------------------------------------------
     def _refresh_ms(self, now: float) -> None:
@@ -255,8 +215,9 @@ class Sampler:
     def _sample_tick(self, ts_ns: int) -> list[Sample]:
         now = time.monotonic()
         tids = self._threads(now)
-        self._weights = {}
-        first = self._taken_from(now) if not self.cfg.nonblocking else None
+        credits = self._credits
+        credits.weights = {}
+        first = credits.taken_from(now, tids, self._known) if not self.cfg.nonblocking else None
         since = now - self._ms_time
         if self._native is not None and since > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(tids):
             self._refresh_ms(now)  # --native reads an M in the stop: known before
@@ -264,16 +225,16 @@ class Sampler:
         on_cpu_goids: set[int] = set()
         if self.cfg.nonblocking:
             out += self._sample_running_nonblocking(ts_ns, list(self._on_cpu(tids, now)), on_cpu_goids)
-        elif self._stamped:
+        elif credits.stamped:
             # The frozen thread is stopped and let go first; the others are looked at after.
             out += self._sample_running(ts_ns, [first] if first is not None else [], on_cpu_goids)
             due = self._scan(tids, now)
-            if self._looked is not None:
-                self._where_it_went(self._looked)
-            self._frozen_first(due)
+            if credits.looked is not None:
+                credits.where_it_went(credits.looked)
+            credits.frozen_first(due)
         else:
             # Each thread is interrupted the moment it is found due (its state and schedstat
-            # just read): see _where_it_ran.
+            # just read): see CreditScheduler._where_it_ran.
             out += self._sample_running(ts_ns, self._on_cpu(tids, now), on_cpu_goids)
         if time.monotonic() - self._ms_time > M_REFRESH_S:
             self._refresh_ms(time.monotonic())
@@ -300,334 +261,25 @@ class Sampler:
                 self._refresh_ms(now)
         return self._tids
 
+    def _known(self, tid: int) -> bool:
+        """Whether the last M refresh told what the thread is: an M, or C's own thread."""
+        return tid in self._ms or tid in self._foreign
+
     def _on_cpu(self, tids: list[int], now: float) -> Iterator[int]:
         """The threads to interrupt this tick when the scheduler's stamps do not tell the one
-        goflame froze (`_taken_from`): those `_frozen_first` picks among the due ones."""
-        yield from self._frozen_first(self._scan(tids, now))
+        goflame froze (`CreditScheduler.taken_from`): those it picks among the due ones."""
+        yield from self._credits.frozen_first(self._scan(tids, now))
 
-    def _scan(self, tids: list[int], now: float) -> list[tuple[int, int, float, bool]]:
-        """The threads owed samples: each one's credit brought up to date (`_look`).
-
-        Each thread accrues as credit the CPU time it actually ran since the last look
-        (schedstat), in units of the sampling interval, and is sampled once per whole credit:
-        the samples are an unbiased estimate of CPU time even when the machine is overloaded,
-        and systematic, without coin-flip noise. A thread owed a sample that is not taken now
-        keeps its credit for a later tick. A thread whose run time has not grown for QUIET_S
-        (an idle M parked in the kernel: most of a server's threads) is looked at only every
-        QUIET_RECHECK_S; the CPU time it ran in between is credited all the same.
-        """
-        self._tick_start = now
-        self._delay_before = {}
-        self._running_on = {}
-        due: list[tuple[int, int, float, bool]] = []
-        seen = self._looked is not None
-        for tid in tids:
-            if self._pin is not None and self._pin.overdue():
-                self._pin.ordinary()
-            if tid == self._looked:
-                continue
-            d = self._look(tid, now)
-            if d is None:
-                continue
-            seen = True
-            if d:
-                due.append(d)
-        if not seen:  # every thread listed is gone: the process exited (ProcessGone), or list them again
+    def _scan(self, tids: list[int], now: float) -> list[Due]:
+        """The threads owed samples (`CreditScheduler.scan`); with every thread listed gone,
+        the threads are listed again (ProcessGone if the process exited)."""
+        due = self._credits.scan(tids, now)
+        if due is None:
             self._tids_time = float("-inf")
             self._threads(now)
-            return due
-        self._forget_old(tids, now)
+            return []
         return due
 
-    def _look(self, tid: int, now: float) -> tuple[int, int, float, bool] | tuple[()] | None:
-        """Credit one thread with the CPU time it ran since the last look: (tid, its CPU, its
-        credit, whether in state R) if it is owed a sample and running, queued or asleep (the
-        thread goflame took the CPU from may have gone to sleep since); () if not; None if it
-        is gone."""
-        run_ns = self._run_ns
-        prev = run_ns.get(tid)
-        if prev is not None and now - self._grew[tid] > QUIET_S and now - prev[1] < QUIET_RECHECK_S:
-            return ()
-        proc = self.t.proc
-        st = proc.schedstat(tid)
-        if st is None:
-            return None
-        rt = st[0]
-        run_ns[tid] = (rt, now)
-        if prev is None or now <= prev[1]:
-            self._grew[tid] = now
-            rs = proc.run_state_and_split(tid)
-            self._split(tid, 0.0, rs)
-            if rs is None:
-                return ()
-            self._cpu_of[tid] = rs[1]
-            if rs[0] != "R":
-                return ()
-            self._delay_before[tid] = st[1]
-            return tid, rs[1], 0.0, True
-        # Not clipped: the kernel adds a running thread's time in lumps (at its scheduler
-        # tick, every few ms), and at a high rate most intervals see none, some several ms.
-        c = self._credit.get(tid)
-        if c is None:
-            c = self._rng.random()  # random start: no phase lock between threads
-        rs = None
-        if rt > prev[0]:
-            self._grew[tid] = now
-            earned = (rt - prev[0]) * self.cfg.rate / 1e9
-            c += earned
-            rs = proc.run_state_and_split(tid)
-            self._split(tid, earned, rs)
-            if rs is not None:
-                self._cpu_of[tid] = rs[1]
-        due: tuple[int, int, float, bool] | tuple[()] = ()
-        if c >= 1.0:
-            if rs is None:
-                rs = proc.run_state_and_split(tid)
-                if rs is not None:
-                    self._cpu_of[tid] = rs[1]
-            c = min(c, max(MAX_CREDIT, MAX_CREDIT_S * self.cfg.rate))
-            if rs is not None and rs[0] in "RS":
-                due = (tid, rs[1], c, rs[0] == "R")
-                self._delay_before[tid] = st[1]
-        self._credit[tid] = c
-        if rs is not None and rs[0] == "R" and rt > prev[0]:
-            self._running_on[tid] = rs[1]
-        return due
-
-    def _forget_old(self, tids: list[int], now: float) -> None:
-        """Drop what is kept of threads not seen for a while."""
-        run_ns = self._run_ns
-        if len(run_ns) <= 4 * len(tids) + 1024:
-            return
-        keep = {t for t, v in run_ns.items() if now - v[1] < 10}
-        self._run_ns = {t: run_ns[t] for t in keep}
-        for name in ("_credit", "_grew", "_kernel_credit", "_kernel_share", "_ticks", "_switched_in", "_cpu_of"):
-            setattr(self, name, {t: v for t, v in getattr(self, name).items() if t in keep})
-
-    def _taken_from(self, now: float) -> int | None:
-        """The thread of the target that goflame's wakeup took this CPU from, if it is owed a
-        sample; its credits are taken out as its weight.
-
-        The switch that put goflame on its CPU stamped the run-queue clock on both
-        (`CpuPin.switched_in_ns`): among the threads that ran lately, the one with goflame's
-        stamp ran there at the tick's moment, whether it waits in the run queue now
-        or went to sleep in a syscall since (kernel code runs on to its sleep before it yields
-        the CPU). Looked for first thing: queued, it is soon pulled to another CPU that goes
-        idle, and runs on there. Sets `_stamped` when the stamps are known (not when no
-        wakeup came before this tick, or the kernel has no sched files); without them every
-        thread queued on goflame's CPU is taken and judged in its stop (`_was_running`)."""
-        pin = self._pin
-        stamp = pin.switched_in_ns if pin is not None else None
-        self._looked = None
-        self._frozen = set()
-        self._ran_at_tick = set()
-        self._stamped = False
-        if stamp is None:
-            return None
-        here = current_cpu()
-        exec_start = self.t.proc.exec_start
-        grew = self._grew
-        cpu_of = self._cpu_of
-        # The threads that ran lately, those last seen here first (a thread moves between
-        # CPUs between looks), latest first, at most MAX_STAMP_READS: a thread quiet for a
-        # while (an M parked in the kernel: most of a server's) is not read each tick.
-        lately = sorted((t for t in cpu_of if now - grew[t] <= QUIET_S),
-                        key=lambda t: (cpu_of[t] == here, grew[t]), reverse=True)
-        for tid in lately[:MAX_STAMP_READS]:
-            at = exec_start(tid)
-            if at is None and tid in self._tids:
-                return None  # the kernel will not say (a live thread): judged in the stop
-            if at != stamp:
-                continue
-            self._stamped = True
-            if tid not in self._ms and tid not in self._foreign:
-                return None  # an M not known yet (see _threads): taken once it is, its credit kept
-            self._looked = tid
-            d = self._look(tid, now)
-            if not d or d[2] < 1.0:
-                return None
-            w = int(d[2])
-            self._credit[tid] -= w
-            self._weights[tid] = w
-            self._frozen, self._ran_at_tick = {tid}, {tid}
-            return tid
-        self._stamped = True
-        return None
-
-    def _where_it_went(self, tid: int) -> None:
-        """The CPU the thread `_taken_from` looked at runs on now (`_running_on`): let go from its
-        stop, it is mostly woken on the CPU that idled while goflame held its own, and the next
-        wakeup must be there to freeze it again (on the cgochain fixture, a third of the ticks
-        found no thread of the target where goflame woke, against 7 % with this)."""
-        rs = self.t.proc.run_state_and_split(tid)
-        if rs is None:
-            return
-        self._cpu_of[tid] = rs[1]
-        if rs[0] == "R":
-            self._running_on[tid] = rs[1]
-
-    def _frozen_first(self, due: list[tuple[int, int, float, bool]]) -> Iterator[int]:
-        """The due threads to interrupt when `_taken_from` could not tell, and the CPU to wake
-        on next.
-
-        goflame took a CPU when it woke, so a thread of the target there is frozen where it
-        was at this tick's moment, and its stop shows exactly that. The threads on the other
-        CPUs ran on meanwhile, short of the one goflame preempted: a thread spinning for a lock
-        that one holds, or handing it work, was sampled in that wait (tests/fixtures/handoff:
-        77 % of the samples waiting where the threads' own CPU clocks say 53 %). So only the
-        frozen thread is taken, with all of its whole credits as its sample's weight, and
-        goflame wakes next on a CPU drawn at random (`_wake_cpu`), by what the threads ran
-        lately, never by what they do at that moment: drawn by who was owed the most, the
-        wakeups followed context switches, and code right after them came out high. Without the
-        scheduler's stamps, every thread queued on goflame's CPU is taken and judged in its
-        stop (`_was_running`). Without a CPU to wake on (none allowed to goflame, or
-        --nonblocking), every due running thread is taken, where the tick finds it
-        (`_where_it_ran`)."""
-        pin = self._pin
-        running = [d for d in due if d[3]]
-        if pin is not None:
-            pin.wake_on(self._wake_cpu(pin))
-        if self._stamped:
-            return iter(())
-        return self._queued_here(due, running)
-
-    def _wake_cpu(self, pin: CpuPin) -> int:
-        """A CPU drawn at random among those where a thread of the target in state R that ran
-        since its last look is owed a sample; if none is, among those where such a thread runs
-        at all (`_running_on`); else among all allowed. Owed first: a thread that runs in
-        bursts is owed samples that a wakeup elsewhere does not take, and its credit is capped
-        (a labelled worker that slept between bursts got 26 % of the samples where its own
-        clock said 33 %, when every CPU of a running thread was drawn alike). Then the others:
-        the thread just sampled is owed none, but a wakeup on another CPU finds no thread of
-        the target, and its next sample stands for more intervals (on cgochain a third of the
-        wakeups found none when only CPUs of owed threads were drawn; 7 % with this)."""
-        credit = self._credit
-        running = {tid: cpu for tid, cpu in self._running_on.items() if pin.allows(cpu)}
-        owed = {cpu for tid, cpu in running.items() if credit.get(tid, 0.0) >= 1.0}
-        cpus = sorted(owed or set(running.values()))
-        return self._rng.choice(cpus or pin.allowed)
-
-    def _queued_here(self, due: list[tuple[int, int, float, bool]], running: list[tuple[int, int, float, bool]]
-                     ) -> Iterator[int]:
-        """The due threads queued on goflame's CPU (or, unpinned, all running ones), each with
-        its whole credits as weight."""
-        pin = self._pin
-        here = current_cpu() if pin is not None else -1
-        frozen = [d for d in due if d[1] == here and d[3]]
-        self._frozen = {d[0] for d in frozen}
-        take = frozen if frozen or (pin is not None and pin.pinned is not None) else running
-        if pin is not None and not frozen:
-            pin.ordinary()  # a pause of many threads boosts itself, within its own bound
-        credit = self._credit
-        for tid, _cpu, c, _running in take:
-            w = max(int(c), 1)
-            if c >= 1.0:
-                credit[tid] -= w
-            self._weights[tid] = w
-            yield tid
-
-    def _weight(self, tid: int, p: PausedThread[StopCapture]) -> int:
-        """How many samples of the thread's CPU time its stop stands for (0: none, its credit is
-        kept for a later tick). `_frozen_first` took all its whole credits out for it."""
-        taken = self._weights.get(tid, 1)
-        credit = self._credit
-        frozen = tid in self._frozen
-        if p.extra is None or (frozen and tid not in self._ran_at_tick):  # queued, not running
-            credit[tid] = credit.get(tid, 0.0) + taken
-            return 0
-        if frozen and (self._stamped or _working(p.regs)):  # where it ran, in user mode or the kernel
-            self._spent_frozen(tid, taken)
-            return taken
-        credit[tid] = credit.get(tid, 0.0) + taken - 1
-        if not self._where_it_ran(tid, p.regs, p.extra.sched):
-            credit[tid] += 1.0
-            return 0
-        if p.regs.orig_rax != NOT_IN_SYSCALL:
-            return 1
-        # In user mode on another CPU, in a tick that froze no one: a sample of its user time.
-        more = min(taken - 1, max(int(credit[tid] - self._kernel_credit.get(tid, 0.0)), 0))
-        credit[tid] -= more
-        return 1 + more
-
-    def _was_running(self, tid: int) -> None:
-        """Read in the stop of a thread on goflame's CPU: whether it was running when goflame
-        took the CPU, or already queued there (preempted earlier, or woken and not yet run: its
-        registers are then no sample of CPU time). The kernel adds a thread's wait in the run
-        queue to its schedstat when it gets a CPU again: since the tick began for the first,
-        since some earlier moment for the second."""
-        st = self.t.proc.schedstat(tid)
-        before = self._delay_before.get(tid)
-        if st is None or before is None:
-            return
-        lag_ns = (time.monotonic() - self._tick_start) * 1e9 - (st[1] - before)
-        if -RAN_AT_TICK_SLACK_NS <= lag_ns <= RAN_AT_TICK_LAG_NS:
-            self._ran_at_tick.add(tid)
-
-    def _spent_frozen(self, tid: int, weight: int) -> None:
-        """A frozen sample stands for `weight` intervals of the thread's CPU time, user and
-        kernel alike, where the split itself is seen: the kernel's share of them is no longer
-        owed to a syscall stop."""
-        k = self._kernel_credit.get(tid, 0.0) - weight * self._kernel_share.get(tid, 0.0)
-        self._kernel_credit[tid] = max(k, 0.0)
-
-    def _split(self, tid: int, earned: float, stat: tuple[str, int, int, int] | None) -> None:
-        """The part of a thread's new credit owed to its time in the kernel, by the kernel's own
-        account of its user and system ticks since goflame first looked (a prior of one tick
-        in ten until it has some). `stat`: the thread's `run_state_and_split`."""
-        if stat is None:
-            return
-        first = self._ticks.setdefault(tid, (stat[2], stat[3]))
-        user, system = stat[2] - first[0], stat[3] - first[1]
-        share = self._kernel_share[tid] = (system + KERNEL_PRIOR) / (user + system + 1.0)
-        k = self._kernel_credit.get(tid, 0.0) + earned * share
-        self._kernel_credit[tid] = min(k, MAX_KERNEL_CREDIT)
-
-    def _counts_before(self, tid: int) -> None:
-        """Read right before the interrupt (the thread is seized, not stopped): how often the
-        thread was switched in, slept and was preempted so far (see `_on_its_cpu`)."""
-        proc = self.t.proc
-        st = proc.schedstat(tid)  # first: a thread switched in between the reads is not taken as running
-        seen = proc.switches(tid)
-        if st is None or seen is None:
-            self._switched_in.pop(tid, None)
-        else:
-            self._switched_in[tid] = (st[2], seen[1], seen[2])
-
-    def _on_its_cpu(self, tid: int, in_stop: SchedCounts | None) -> bool:
-        """Whether a thread stopped in a syscall was on its CPU from right before our interrupt
-        to our stop: never switched in again (or only after it was preempted), and it slept
-        only to enter our stop (that is one voluntary switch itself)."""
-        before = self._switched_in.get(tid)
-        if in_stop is None or before is None or in_stop[1] - before[1] > 1:
-            return False
-        return in_stop[0] == before[0] or in_stop[2] > before[2]
-
-    def _where_it_ran(self, tid: int, regs: Registers, in_stop: SchedCounts | None) -> bool:
-        """Whether a stopped thread's registers are a sample of the CPU time it is owed.
-
-        A thread in state R when the tick looked may have been running, or waiting for a CPU
-        after a wakeup, or it went to sleep in a syscall in the tens of microseconds before our
-        interrupt landed: it enters our stop on its way out of futex, epoll_wait or nanosleep.
-        Taken as they come, half the samples of busy Go programs were such syscall wrappers,
-        where perf sees a twentieth to a quarter of the CPU time in the kernel. So a thread's
-        CPU time is split as the kernel itself accounts it, tick by tick, between user mode
-        and kernel mode (/proc/TID/stat), and each sample is taken where the thread is of the
-        kind it is owed: a stop in user mode (orig_rax -1) for user time, a stop in a syscall
-        (kernel time, charged to its wrapper, as perf's callchains would) for system time. A
-        stop of the other kind leaves the credit for a later tick. Kernel time that no syscall
-        stands for (page faults, interrupts) overflows MAX_KERNEL_CREDIT into user samples,
-        where perf charges it too: to the function that faulted.
-        """
-        kernel = self._kernel_credit.get(tid, 0.0)
-        if regs.orig_rax != NOT_IN_SYSCALL:
-            # A syscall it was working in when interrupted, first; one it was waiting in (woken
-            # by our interrupt or before it) only for kernel time no such stop comes for: the
-            # scheduler's own work of sleeping and waking, in futex, nanosleep, epoll_wait.
-            if kernel >= 1.0 and (self._on_its_cpu(tid, in_stop) or kernel >= MAX_KERNEL_CREDIT - 0.5):
-                self._kernel_credit[tid] = kernel - 1.0
-                return True
-            return False
-        return self._credit.get(tid, 0.0) + 1.0 - kernel >= 1.0 or kernel >= MAX_KERNEL_CREDIT
 
     def _stop_reader(self) -> Callable[[int, Registers], StopCapture]:
         """What the ptrace engine reads inside each stop (`Pauser.pause`'s callback): as little
@@ -657,16 +309,10 @@ class Sampler:
                 gsignal = self._g0_bounds.get(m.gsignal) if m is not None else None
                 return self._native.while_stopped(m, regs, STOPPED_WINDOW, sched, gsignal)
 
-        switches = self.t.proc.switches
-        schedstat = self.t.proc.schedstat
+        in_stop = self._credits.in_stop
 
         def reads(tid: int, regs: Registers) -> StopCapture:
-            if tid in self._frozen and not self._stamped:
-                self._was_running(tid)
-            if regs.orig_rax == NOT_IN_SYSCALL:
-                return while_stopped(tid, regs, None)
-            st, sw = schedstat(tid), switches(tid)  # for _on_its_cpu
-            return while_stopped(tid, regs, SchedCounts(st[2], sw[1], sw[2]) if st and sw else None)
+            return while_stopped(tid, regs, in_stop(tid, regs))
 
         return reads
 
@@ -674,7 +320,7 @@ class Sampler:
         pauser = self.t.proc.pauser
         busy_before = pauser.skipped_busy
         tids: list[int] = []
-        paused = self.t.proc.pause(_kept(due, tids), self._stop_reader(), just_before=self._counts_before)
+        paused = self.t.proc.pause(_kept(due, tids), self._stop_reader(), just_before=self._credits.counts_before)
         if self._pin is not None:  # real-time through the stops of the frozen threads only
             self._pin.ordinary()
             self._pin.release()
@@ -686,10 +332,11 @@ class Sampler:
         busy = pauser.skipped_busy - busy_before
         self.stats.busy += busy
         self.stats.errors += len(tids) - len(paused) - busy
-        weights = self._weights
+        credits = self._credits
+        weights = credits.weights
         for tid, p in list(paused.items()):
             self.stats.pause_ns.append(p.held_ns)
-            w = self._weight(tid, p)
+            w = credits.weight(tid, p)
             if w:
                 weights[tid] = w
             else:
@@ -813,11 +460,11 @@ class Sampler:
         for tid in tids:
             p = paused[tid]
             walk = self._native.thread(None, None, p.regs, p.extra.memory(self._mem.read), {})
-            frames = self._native.logical(walk, self._sym)
+            frames = self._cache.of_mixed(walk)
             if not frames:
                 self.stats.errors += 1
                 continue
-            out.append(Sample(ts_ns, 0, tid, "running", frames, self._weights.get(tid, 1)))
+            out.append(Sample(ts_ns, 0, tid, "running", frames, self._credits.weights.get(tid, 1)))
         return out
 
     def _on_gsignal(self, m: Machine, sp: int) -> bool:
@@ -885,7 +532,7 @@ class Sampler:
         """The logical frames of a sampled thread's stack, from what its sample captured."""
         if self._native is not None:
             walk = self._native.thread(m, g, cap.regs, cap.memory(self._mem.read), self._g0_bounds, cap)
-            return self._native.logical(walk, self._sym)
+            return self._cache.of_mixed(walk)
         r = cap.regs
         return self._walk_live(m, g, r.pc, r.sp, cap.memory(self._mem.read), r.r12, cap.chain, syscall=cap.syscall)
 
@@ -910,11 +557,11 @@ class Sampler:
                 walk = unwinder.unwind(syscall[2], syscall[1], 0, mem, g.stack_lo, g.stack_hi, from_syscall=True)
             if walk is None:  # where this thread left Go is not known: never shown as complete
                 return (native, Frame(_NATIVE_MARKER, kind=FrameKind.UNKNOWN))
-            return (native, *self._logical(walk))
+            return (native, *self._cache.of_walk(walk))
         if g is not None and g.contains_sp(sp):
             key = unwinder.live_pcs(pc, sp, mem, g.stack_lo, g.stack_hi)
             if key is not None and not (key[-1] == Stop.SPWRITE and len(key) == 2):
-                return self._stack_of(key)
+                return self._cache.frames(key)
             walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
         else:
             span = self._system_span(m, g, sp, chain)
@@ -925,7 +572,7 @@ class Sampler:
                 owner = self._owner_bounds(sp)
                 lo, hi = owner if owner is not None else (sp, sp + UNKNOWN_STACK_SPAN)
                 walk = unwinder.unwind(pc, sp, 0, mem, lo, hi, exact=True)
-                return self._logical(walk) if walk.frames else ()
+                return self._cache.of_walk(walk) if walk.frames else ()
             f = unwinder.func_at(pc)[0] if unwinder.vdso.caller_at(pc) is not None else None
             if f is not None:  # a vDSO caller on g0: its pcsp says nothing there
                 walk = Walk([PhysicalFrame(pc, sp, sp, f, True)], Stop.SPWRITE)
@@ -937,7 +584,7 @@ class Sampler:
                     or unwinder.vdso.out_of_call(walk, pc, sp, r12, mem, self._spans(m, g, r12)))
         if sigframe.ends_in_handler(walk) and not in_signal:
             return self._out_of_signal_handler(walk, mem, m, g, syscall)
-        return self._logical(walk)
+        return self._cache.of_walk(walk)
 
     def _out_of_signal_handler(self, walk: Walk, mem: StackMemory, m: Machine, g: Goroutine | None,
                                syscall: tuple[int, int, int] | None = None) -> tuple[Frame, ...]:
@@ -952,7 +599,7 @@ class Sampler:
                 inner = self._walk_live(m, g, ctx.pc, ctx.sp, mem, r12=ctx.r12, in_signal=True, syscall=syscall)
             except InvalidMemory:
                 inner = ()
-        handler = self._logical(sigframe.handler_part(walk))
+        handler = self._cache.of_walk(sigframe.handler_part(walk))
         return (*handler, *(inner or (Frame(_SIGNAL_MARKER, kind=FrameKind.UNKNOWN),)))
 
     def _spans(self, m: Machine, g: Goroutine | None, sp: int) -> list[StackSpan]:
@@ -973,45 +620,6 @@ class Sampler:
         if g is None and not chain:
             return StackSpan(b[0], b[1])
         return StackSpan(b[0], b[1], switch_to(g or _NO_G, self._owner_bounds, chain))
-
-    def _logical(self, walk: Walk) -> tuple[Frame, ...]:
-        return self._stack_of((*[pf.sym_pc for pf in walk.frames], walk.stop))
-
-    def _stack_of(self, key: tuple[int | Stop, ...]) -> tuple[Frame, ...]:
-        """The logical frames of a walk given as its sym_pcs and stop reason (`key`).
-
-        A busy loop is sampled in the same few stacks over and over: each distinct one is
-        symbolized once, and its one frames tuple lets the recording writer find it by id.
-        """
-        hit = self._stacks.get(key)
-        if hit is None:
-            if len(self._stacks) >= 1 << 16:
-                self._stacks.clear()
-            hit = self._stacks[key] = self._symbolize(key)
-        return hit
-
-    def _symbolize(self, key: tuple[int | Stop, ...]) -> tuple[Frame, ...]:
-        sym = self._sym
-        plain = self._plain_frames
-        out: list[Frame] = []
-        callee = 0
-        for pc in key[:-1]:
-            hit = plain.get(pc)  # type: ignore[arg-type]
-            if hit is None:
-                pairs = sym.expand(pc)  # type: ignore[arg-type]
-                # No wrapper among them: elision keeps them all, whatever the callee.
-                hit = plain[pc] = ((tuple(f for f, _ in pairs), pairs[-1][1])  # type: ignore[index]
-                                   if not any(sym.is_wrapper(fid) for _, fid in pairs) else ())
-            if hit:
-                out += hit[0]
-                callee = hit[1]
-            else:
-                kept, callee = sym.elide(sym.expand(pc), callee)  # type: ignore[arg-type]
-                out += kept
-        marker = key[-1].marker  # type: ignore[union-attr]
-        if marker is not None:
-            out.append(Frame(marker, kind=FrameKind.UNKNOWN))
-        return tuple(out)
 
     def _sample_running_nonblocking(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
         """No ptrace: a running goroutine is shown at its last saved context (stale by design)."""
@@ -1391,24 +999,6 @@ def _drain_interval(rate: float) -> float:
 
 
 REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time (CPU use <= 80 %)
-# Samples a thread can be owed (while its interrupt is carried over, or it is not running at
-# the ticks it is due): at least 3, or 20 ms of its CPU time. Bounds the burst that follows.
-# How much longer than the tick so far a frozen thread may have waited for its CPU and still
-# count as running when the tick began: the tick's own start is read a little after goflame woke.
-RAN_AT_TICK_SLACK_NS = 20_000
-RAN_AT_TICK_LAG_NS = 120_000
-MAX_CREDIT = 3.0
-# The most threads whose sched file a tick reads to find the one goflame's wakeup preempted.
-MAX_STAMP_READS = 8
-MAX_CREDIT_S = 0.1
-# A thread's kernel time is owed as samples taken in a syscall; what exceeds this many (time
-# in page faults or interrupts, which no syscall stands for) goes to samples in user mode.
-MAX_KERNEL_CREDIT = 3.0
-KERNEL_PRIOR = 0.1  # kernel ticks assumed before any are seen (one in ten)
-# A thread whose CPU time has not grown for QUIET_S (longer than a few scheduler ticks, at
-# which the kernel adds a running thread's time) is read only every QUIET_RECHECK_S.
-QUIET_S = 0.05
-QUIET_RECHECK_S = 0.02
 # Ticks due at most this long ago are still taken, late (TickClock): a few scheduler slices,
 # what a stall of this machine or a slow tick costs; older ones are missed.
 CATCH_UP_S = 0.02

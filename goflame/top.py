@@ -238,7 +238,7 @@ class FunctionCounts:
         for s in samples:
             k = (s.state, *map(id, s.frames))
             c = get(k)
-            w = s.weight  # a ptrace sample may stand for several intervals (Sampler._frozen_first)
+            w = s.weight  # a ptrace sample may stand for several intervals (CreditScheduler.frozen_first)
             n += w
             if c is None:
                 pending[k] = w

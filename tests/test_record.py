@@ -428,7 +428,7 @@ def sample_busy_hog(engine: str, rate: float, samples: int, *, before: Callable[
         got: Counter[str] = Counter()
 
         def add(samples) -> None:
-            # A ptrace sample stands for `weight` intervals (Sampler._frozen_first).
+            # A ptrace sample stands for `weight` intervals (CreditScheduler.frozen_first).
             got["(all)"] += sum(s.weight for s in samples)
             for s in samples:
                 names = [f.function for f in s.frames]
@@ -491,7 +491,7 @@ def test_ptrace_splits_threads_that_wait_on_each_other_as_their_own_cpu_clocks_d
     change. goflame takes a CPU when it wakes, and the thread it preempts there stops the
     other one's work within microseconds: stopping every running thread one after the other
     put 77 % of the samples in the wait where the threads' clocks said 53 %. Only the thread
-    frozen on goflame's own CPU is a sample of that moment (Sampler._frozen_first)."""
+    frozen on goflame's own CPU is a sample of that moment (CreditScheduler.frozen_first)."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("the two threads must run at once")
     import goflame

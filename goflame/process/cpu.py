@@ -4,7 +4,7 @@ The ptrace engine's samples are the registers of threads it stops, and stopping 
 the thread goflame preempts there is frozen where it was at goflame's wakeup, while threads on
 the other CPUs run on without it, and a program whose threads wait for each other (locks,
 spinning, hand-offs) reacts within microseconds. So the threads goflame preempts are the
-tick's samples (see `Sampler._frozen_first`), and goflame moves itself, before it sleeps, to a
+tick's samples (see `CreditScheduler.frozen_first`, goflame/credit.py), and goflame moves itself, before it sleeps, to a
 CPU where a thread owed samples runs: each CPU the target runs on is visited in turn. Only the
 calling thread is moved, within the CPUs it was allowed when it started; `close` gives it back
 its own set.

@@ -70,7 +70,7 @@ class WalkRegs(Protocol):
 
 class SchedCounts(NamedTuple):
     """A thread's scheduler counts (/proc/TID/schedstat and status), taken in a syscall stop:
-    whether it stayed on its CPU from the tick to the stop (`Sampler._on_its_cpu`)."""
+    whether it stayed on its CPU from the tick to the stop (`CreditScheduler._on_its_cpu`)."""
 
     timeslices: int
     voluntary: int

@@ -40,7 +40,6 @@ from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
     from goflame.runtime import Goroutine, Machine, RuntimeReader
-    from goflame.symbolize import Symbolizer
     from goflame.unwind.gopclntab import GoUnwinder
 
 # ... a stopped thread's own stack pointer is surely mapped, so a miss means the maps are stale
@@ -351,23 +350,6 @@ class NativeStitcher:
             self._machines = {x.addr: x for x in ms}
             hit = self._machines.get(addr)
         return hit
-
-    # presentation
-    def logical(self, walk: MixedWalk, sym: Symbolizer) -> tuple[Frame, ...]:
-        """Logical frames of a mixed walk the way the sampler shows Go walks (wrappers elided)."""
-        out: list[Frame] = []
-        callee = 0
-        for pf in walk.frames:
-            if isinstance(pf, NativeFrame):
-                out.append(pf.frame)
-                callee = 0
-                continue
-            kept, callee = sym.elide(sym.expand(pf.sym_pc), callee)
-            out.extend(kept)
-        marker = walk.stop.marker
-        if marker is not None:
-            out.append(Frame(marker, kind=FrameKind.UNKNOWN))
-        return tuple(out)
 
     def close(self) -> None:
         self.native.cache.close()
