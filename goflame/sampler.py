@@ -10,7 +10,6 @@ Ticks are jittered around the rate so periodic work is not aliased; lag is accou
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import gc
 import math
@@ -31,6 +30,7 @@ from goflame.process import Registers
 from goflame.process.cpu import CpuPin
 from goflame.process.perf import KernelSample, PerfSampling, PerfUnavailable
 from goflame.profile import Sample
+from goflame.resolver import GoroutineResolver
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stackcache import StackCache
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
@@ -54,11 +54,6 @@ from goflame.unwind.vdsocall import StackSpan
 if TYPE_CHECKING:
     from goflame.process import PausedThread
 
-M_REFRESH_S = 1.0
-# A thread listed this long before an M refresh that found no M for it is not one (C's own): a
-# new M's thread is listed before it has stored its tid in the M (minit), microseconds later.
-M_START_S = 0.01
-M_UNKNOWN_REFRESH_S = 0.05  # sooner when a thread to sample is no M we know (a new M, or C's own)
 _U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
 # The frames that end stacks the sampler cuts itself: where a thread left Go is not known, or
@@ -136,20 +131,13 @@ class Sampler:
         self.t = target
         self.cfg = config
         self.stats = SamplerStats()
-        self._ms: dict[int, Machine] = {}
-        self._foreign: set[int] = set()  # threads listed M_START_S before the last M refresh, not Ms then
-        self._listed_at: dict[int, float] = {}  # tid -> when goflame first listed it
-        self._g0_bounds: dict[int, tuple[int, int]] = {}  # g0/gsignal address -> stack bounds
-        self._g0_sched_sp: dict[int, int] = {}  # g0 address -> g0.sched.sp: where systemstack switches to
-        self._ms_time = 0.0
         self._parked: dict[tuple[int, int, int, int, int], tuple[Frame, ...]] = {}
         self._rng = random.Random()
         mem = target.proc.memory
         self._mem = mem
         lay = target.reader
-        self._g_size = lay.g.size
-        self._m_size = lay.m.size
         self._collector = target.stacks
+        self._gs = GoroutineResolver(lay, mem, target.stacks.unwinder.vdso)
         self._sym = target.stacks.symbolizer
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
@@ -158,30 +146,12 @@ class Sampler:
         self._tids: list[int] = []
         self._tids_time = float("-inf")
         self._cache = StackCache(self._sym)
-        self._owners: list[tuple[int, int, int]] = []  # (stack lo, hi, g address): see _stack_owner
         self._kernel: PerfSampling | None = None  # opened by choose_engine, taken by run
         self._unlabelled: list[tuple[Sample, int]] = []  # see _labelled
         self._label_reader = _label_reader(target) if config.labels else None
         self._engine_chosen = False
-        self._owners_time = float("-inf")
-        self._owners_every = STACK_OWNERS_S
         self._pin = CpuPin() if not config.nonblocking else None
         self._credits = CreditScheduler(target.proc, config.rate, self._pin, self._rng)
-
-    # -- Ms (threads) -----------------------------------------------------------------------------
-    def _refresh_ms(self, now: float) -> None:
-        ms, _bad = self.t.reader.machines()
-        self._ms = {m.tid: m for m in ms if m.tid}
-        for m in ms:
-            for a in (m.g0, m.gsignal):
-                if a and a not in self._g0_bounds:
-                    g = self.t.reader.read_g(a)
-                    if g is not None:
-                        self._g0_bounds[a] = (g.stack_lo, g.stack_hi)
-                        self._g0_sched_sp[a] = g.sched_sp
-        self._ms_time = now
-        listed = self._listed_at
-        self._foreign = {t for t in self._tids if t not in self._ms and now - listed.get(t, now) >= M_START_S}
 
     # -- labels -----------------------------------------------------------------------------------
     def _labelled(self, sample: Sample, g: Goroutine | None) -> Sample:
@@ -217,10 +187,9 @@ class Sampler:
         tids = self._threads(now)
         credits = self._credits
         credits.weights = {}
-        first = credits.taken_from(now, tids, self._known) if not self.cfg.nonblocking else None
-        since = now - self._ms_time
-        if self._native is not None and since > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(tids):
-            self._refresh_ms(now)  # --native reads an M in the stop: known before
+        first = credits.taken_from(now, tids, self._gs.known) if not self.cfg.nonblocking else None
+        if self._native is not None:
+            self._gs.refresh_for(tids, now)  # --native reads an M in the stop: known before
         out: list[Sample] = []
         on_cpu_goids: set[int] = set()
         if self.cfg.nonblocking:
@@ -236,8 +205,7 @@ class Sampler:
             # Each thread is interrupted the moment it is found due (its state and schedstat
             # just read): see CreditScheduler._where_it_ran.
             out += self._sample_running(ts_ns, self._on_cpu(tids, now), on_cpu_goids)
-        if time.monotonic() - self._ms_time > M_REFRESH_S:
-            self._refresh_ms(time.monotonic())
+        self._gs.refresh_for((), time.monotonic())
         if self.cfg.idle:
             out += self._sample_idle(ts_ns, on_cpu_goids)
         self._resolve_labels()
@@ -254,16 +222,8 @@ class Sampler:
             self._tids = self.t.proc.tids()
             self.t.proc.check_alive()  # exited, its pid reused, or exec'd: ProcessGone
             self._tids_time = now
-            listed = self._listed_at
-            self._listed_at = {t: listed.get(t, now) for t in self._tids}
-            known = self._ms.keys() | self._foreign
-            if now - self._ms_time > M_UNKNOWN_REFRESH_S and not known >= set(self._tids):
-                self._refresh_ms(now)
+            self._gs.listed(self._tids, now)
         return self._tids
-
-    def _known(self, tid: int) -> bool:
-        """Whether the last M refresh told what the thread is: an M, or C's own thread."""
-        return tid in self._ms or tid in self._foreign
 
     def _on_cpu(self, tids: list[int], now: float) -> Iterator[int]:
         """The threads to interrupt this tick when the scheduler's stamps do not tell the one
@@ -293,8 +253,8 @@ class Sampler:
             # exact, and it spares reading m.curg after the release.
             if tls is None:
                 return StopCapture(Source.PTRACE, regs, mem.read_prefix(regs.rsp, STOPPED_WINDOW), sched=sched)
-            m = self._ms.get(tid)
-            if m is not None and (not in_text(regs.rip) or self._on_gsignal(m, regs.rsp)):
+            m = self._gs.ms.get(tid)
+            if m is not None and (not in_text(regs.rip) or self._gs.on_gsignal(m, regs.rsp)):
                 return self._capture_with_machine(tid, m, regs, tls, sched)
             stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
             g = _U64.unpack(word)[0] if word is not None else 0
@@ -305,8 +265,8 @@ class Sampler:
 
         if self._native is not None:
             def while_stopped(tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
-                m = self._ms.get(tid)
-                gsignal = self._g0_bounds.get(m.gsignal) if m is not None else None
+                m = self._gs.ms.get(tid)
+                gsignal = self._gs.g0_bounds.get(m.gsignal) if m is not None else None
                 return self._native.while_stopped(m, regs, STOPPED_WINDOW, sched, gsignal)
 
         in_stop = self._credits.in_stop
@@ -327,8 +287,7 @@ class Sampler:
         if not tids:
             return []
         now = time.monotonic()
-        if now - self._ms_time > M_UNKNOWN_REFRESH_S and not self._ms.keys() >= set(tids):
-            self._refresh_ms(now)  # a thread to sample is no M we know (a new M, or C's own)
+        self._gs.refresh_for(tids, now)  # a thread to sample may be no M we know (a new M, or C's own)
         busy = pauser.skipped_busy - busy_before
         self.stats.busy += busy
         self.stats.errors += len(tids) - len(paused) - busy
@@ -343,8 +302,8 @@ class Sampler:
                 del paused[tid]
                 self.stats.deferred += 1
         # After the threads are released: which goroutine was each running?
-        order = [tid for tid in paused if tid in self._ms]
-        foreign = [tid for tid in paused if tid not in self._ms]  # threads the Go runtime does not own
+        order = [tid for tid in paused if tid in self._gs.ms]
+        foreign = [tid for tid in paused if tid not in self._gs.ms]  # threads the Go runtime does not own
         if self._native is None:
             self.stats.errors += len(foreign)
         gs = self._running_gs(order, paused)
@@ -354,7 +313,7 @@ class Sampler:
             if g is False:
                 self.stats.errors += 1
                 continue
-            frames = self._walk_capture(self._ms[tid], g, paused[tid].extra)
+            frames = self._walk_capture(self._gs.ms[tid], g, paused[tid].extra)
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -368,90 +327,13 @@ class Sampler:
     def _running_gs(self, order: list[int], paused: dict[int, PausedThread[StopCapture]]
                     ) -> dict[int, Goroutine | None]:
         """tid -> the goroutine it was running (None: none, on g0 in the scheduler); left out:
-        unreadable. See `_goroutines_of`."""
-        items = [(self._ms[tid], paused[tid].extra) for tid in order]
+        unreadable. See `GoroutineResolver.of`."""
+        items = [(self._gs.ms[tid], paused[tid].extra) for tid in order]
         if self._native is not None:  # m.curg as it was in the stop, consistent with the registers
-            gs = self._goroutines_of([(m, max(c.curg, 0), c.regs.sp, True) for m, c in items])
+            gs = self._gs.of([(m, max(c.curg, 0), c.regs.sp, True) for m, c in items])
         else:
-            gs = self._goroutines_by_stack(items)
+            gs = self._gs.by_capture(items)
         return {tid: g for tid, g in zip(order, gs, strict=True) if g is not False}
-
-    def _goroutines_by_stack(self, items: list[tuple[Machine, StopCapture]]) -> list[Goroutine | None | bool]:
-        """`_goroutines_of` for threads by their captures. In the vDSO or a vDSO call sp is on
-        g0 and, in C, the g register is whatever C left there: the goroutine is the one whose
-        stack holds the SP those calls save in R12 (vdsocall.py)."""
-        vdso = self._unwinder.vdso
-        in_text = self.t.reader.in_text
-        hints = [vdso.saved_sp(c.regs.pc, in_text(c.regs.pc), c.regs.sp, c.regs.r12) for _m, c in items]
-        # m.curg read in the stop (outside Go, in the handler) is exact; the g word is checked.
-        gs = self._goroutines_of([(m, c.curg, h, True) if c.curg >= 0 else (m, c.g_word, h, False)
-                                  for (m, c), h in zip(items, hints, strict=True)])
-        for i, (m, c) in enumerate(items):
-            sp = c.regs.sp
-            h = hints[i]
-            g = gs[i]
-            if h != sp and not (isinstance(g, Goroutine) and g.contains_sp(h)):
-                gs[i] = self._stack_owner(h) or g
-            elif (h == sp and not (isinstance(g, Goroutine) and g.contains_sp(sp))
-                  and self._system_span(m, None, sp) is None):
-                # On a goroutine's stack that the g found does not hold (it moved on, or the g
-                # register held data): the one that does, or none known.
-                gs[i] = self._stack_owner(sp, any_status=True)
-        return gs
-
-    def _goroutines_of(self, items: list[tuple[Machine, int, int, bool]]) -> list[Goroutine | None | bool]:
-        """For each (M, g word, sp, exact) the goroutine the thread was running: None if none
-        (on g0 in the scheduler), False if unreadable. Batched reads: the g's named by the
-        words (the thread's TLS slot read in the stop, or Go's g register in a kernel sample),
-        and for the rest (on g0 or gsignal, word unknown) m.curg first. `exact`: the word is
-        m.curg as it was at the sample (--native), taken as it is.
-
-        The word is exact; m.curg is read after the sample and with more goroutines than Ps
-        is often already another goroutine (preempted, moved to another M): taking it dropped
-        ~1.5 % of samples at GOMAXPROCS=2 with 4 busy goroutines, the TLS g none. A word is
-        trusted if the g it names still says it runs on this M, or if the thread's sp was on
-        its stack (by now it may have been preempted and moved on); anything else (a torn
-        TLS word; R14, which assembly may use as it likes) is checked against m.curg.
-        """
-        reader = self.t.reader
-        mem = self._mem
-        n = len(items)
-        out: list[Goroutine | None | bool] = [False] * n
-        addr: list[int] = [0] * n
-        via_m: list[int] = []
-        todo: list[int] = []
-        for i, (m, a, _sp, exact) in enumerate(items):
-            if exact or (a and a not in (m.g0, m.gsignal)):
-                addr[i] = a
-                todo.append(i)
-            else:
-                via_m.append(i)  # 0: no g there (C code?), or the system stack: ask the M
-        for attempt in range(2):
-            if via_m:
-                mbufs = mem.read_many([(items[i][0].addr, self._m_size) for i in via_m])
-                for i, buf in zip(via_m, mbufs, strict=True):
-                    if buf is not None:
-                        addr[i] = reader.m.get(buf, "curg")
-                        todo.append(i)
-                via_m = []
-            gbufs = mem.read_many([(addr[i], self._g_size) for i in todo if addr[i]])
-            git = iter(gbufs)
-            for i in todo:
-                a = addr[i]
-                if not a:
-                    out[i] = None
-                    continue
-                buf = next(git)
-                g = reader.decode_g(a, buf) if buf is not None else None
-                m, _a, sp, exact = items[i]
-                if g is not None and (exact or attempt or g.m_addr == m.addr or g.contains_sp(sp)):
-                    out[i] = g
-                elif attempt == 0 and not exact:
-                    via_m.append(i)
-            todo = []
-            if not via_m:
-                break
-        return out
 
     def _sample_foreign(self, ts_ns: int, tids: list[int], paused: dict[int, PausedThread[StopCapture]]
                         ) -> list[Sample]:
@@ -466,10 +348,6 @@ class Sampler:
                 continue
             out.append(Sample(ts_ns, 0, tid, "running", frames, self._credits.weights.get(tid, 1)))
         return out
-
-    def _on_gsignal(self, m: Machine, sp: int) -> bool:
-        b = self._g0_bounds.get(m.gsignal)
-        return b is not None and b[0] <= sp < b[1]
 
     def _capture_with_machine(self, tid: int, m: Machine, regs: Registers, tls: int, sched: SchedCounts | None
                               ) -> StopCapture:
@@ -499,10 +377,10 @@ class Sampler:
     def _stop_windows(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
         """What else the stop of a thread at `sp` on the g `g` reads, besides its stack top:
         the stack the walk goes on to, which the thread changes as soon as it runs on."""
-        m = self._ms.get(tid)
+        m = self._gs.ms.get(tid)
         if m is None:
             return ()
-        gsignal = self._g0_bounds.get(m.gsignal)
+        gsignal = self._gs.g0_bounds.get(m.gsignal)
         if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
             return interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
         return self._goroutine_window(m, g, sp, stack) if g == m.g0 else ()
@@ -515,7 +393,7 @@ class Sampler:
         GoUnwinder._systemstack_caller). systemstack switches to g0.sched.sp, so the first
         frame on g0 saved the goroutine's frame pointer just below it: the goroutine's stack
         around that address is read now, in the stop."""
-        top = self._g0_sched_sp.get(g, 0)
+        top = self._gs.g0_sched_sp.get(g, 0)
         off = top - 2 * 8 - sp
         if not 0 <= off <= len(stack) - 8:
             return ()
@@ -531,7 +409,7 @@ class Sampler:
     def _walk_capture(self, m: Machine, g: Goroutine | None, cap: StopCapture) -> tuple[Frame, ...]:
         """The logical frames of a sampled thread's stack, from what its sample captured."""
         if self._native is not None:
-            walk = self._native.thread(m, g, cap.regs, cap.memory(self._mem.read), self._g0_bounds, cap)
+            walk = self._native.thread(m, g, cap.regs, cap.memory(self._mem.read), self._gs.g0_bounds, cap)
             return self._cache.of_mixed(walk)
         r = cap.regs
         return self._walk_live(m, g, r.pc, r.sp, cap.memory(self._mem.read), r.r12, cap.chain, syscall=cap.syscall)
@@ -569,7 +447,7 @@ class Sampler:
                 # A goroutine's stack that the g at hand does not hold (it grew and moved since,
                 # or the g register held data): walk it as it was copied; the walk ends at
                 # goexit, and every return address is checked.
-                owner = self._owner_bounds(sp)
+                owner = self._gs.owner_bounds(sp)
                 lo, hi = owner if owner is not None else (sp, sp + UNKNOWN_STACK_SPAN)
                 walk = unwinder.unwind(pc, sp, 0, mem, lo, hi, exact=True)
                 return self._cache.of_walk(walk) if walk.frames else ()
@@ -594,7 +472,7 @@ class Sampler:
         inner: tuple[Frame, ...] = ()
         if ctx is not None:
             if g is None or not (g.contains_sp(ctx.sp) or self._system_span(m, g, ctx.sp) is not None):
-                g = self._stack_owner(ctx.sp) or g  # the goroutine the handler interrupted
+                g = self._gs.stack_owner(ctx.sp) or g  # the goroutine the handler interrupted
             try:
                 inner = self._walk_live(m, g, ctx.pc, ctx.sp, mem, r12=ctx.r12, in_signal=True, syscall=syscall)
             except InvalidMemory:
@@ -614,18 +492,18 @@ class Sampler:
                      ) -> StackSpan | None:
         """The system stack (g0 or gsignal) holding sp; a walk on it jumps to the goroutine at
         systemstack/morestack."""
-        b = system_span(m, sp, self._g0_bounds)
+        b = system_span(m, sp, self._gs.g0_bounds)
         if b is None:
             return None
         if g is None and not chain:
             return StackSpan(b[0], b[1])
-        return StackSpan(b[0], b[1], switch_to(g or _NO_G, self._owner_bounds, chain))
+        return StackSpan(b[0], b[1], switch_to(g or _NO_G, self._gs.owner_bounds, chain))
 
     def _sample_running_nonblocking(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
         """No ptrace: a running goroutine is shown at its last saved context (stale by design)."""
         out = []
         for tid in tids:
-            m = self._ms.get(tid)
+            m = self._gs.ms.get(tid)
             if m is None or not m.curg:
                 continue
             g = self.t.reader.read_g(m.curg)
@@ -814,34 +692,6 @@ class Sampler:
         kernel, self._kernel = self._kernel, None
         return KernelPoller(self, kernel) if kernel is not None else None
 
-    def _owner_bounds(self, addr: int) -> tuple[int, int] | None:
-        """The bounds of the goroutine stack holding `addr`, whatever the goroutine's status
-        (one in systemstack may say it is waiting: GC workers do)."""
-        g = self._stack_owner(addr, any_status=True)
-        return (g.stack_lo, g.stack_hi) if g is not None else None
-
-    def _stack_owner(self, sp: int, any_status: bool = False) -> Goroutine | None:
-        """The goroutine whose stack holds sp, from a map of all goroutines' stacks redrawn at
-        most every STACK_OWNERS_S (stacks move when they grow: the g is re-read and checked)."""
-        now = time.monotonic()
-        owners = self._owners
-        i = bisect.bisect_right(owners, (sp, math.inf)) - 1
-        if (i < 0 or not owners[i][0] <= sp < owners[i][1]) and now - self._owners_time > self._owners_every:
-            try:
-                gs, _bad = self.t.reader.goroutines()
-            except InvalidMemory:
-                gs = []
-            owners = self._owners = sorted((g.stack_lo, g.stack_hi, g.addr) for g in gs)
-            self._owners_time = time.monotonic()
-            # New goroutines and moved stacks are looked for again soon, at a cost kept to a
-            # few per cent of goflame's time however many goroutines there are.
-            self._owners_every = max(STACK_OWNERS_S, OWNERS_COST_SHARE * (self._owners_time - now))
-            i = bisect.bisect_right(owners, (sp, math.inf)) - 1
-        if i < 0 or not owners[i][0] <= sp < owners[i][1]:
-            return None
-        g = self.t.reader.read_g(owners[i][2])
-        return g if g is not None and g.contains_sp(sp) and (any_status or g.status == G_RUNNING) else None
-
     def _from_kernel(self, raw: list[KernelSample], start_ns: int) -> list[Sample]:
         """Samples from what the kernel recorded: the goroutine from Go's g register (R14 in
         Go code) or m.curg, then the same walk as a ptrace sample, on the kernel's stack copy."""
@@ -849,14 +699,12 @@ class Sampler:
             return []
         raw.sort(key=_by_time)
         now = time.monotonic()
-        if now - self._ms_time > M_REFRESH_S or (now - self._ms_time > M_UNKNOWN_REFRESH_S
-                                                 and not self._ms.keys() >= {k.tid for k in raw}):
-            self._refresh_ms(now)
-        ms = self._ms
+        self._gs.refresh_for({k.tid for k in raw}, now)
+        ms = self._gs.ms
         mine = [k for k in raw if k.tid in ms]
         self.stats.errors += len(raw) - len(mine)  # threads the Go runtime does not own
         caps = [(ms[k.tid], StopCapture.from_kernel(k)) for k in mine]
-        gs = self._goroutines_by_stack(caps)
+        gs = self._gs.by_capture(caps)
         out: list[Sample] = []
         for k, (m, cap), g in zip(mine, caps, gs, strict=True):
             if g is False:
@@ -986,8 +834,6 @@ def _by_time(k: KernelSample) -> int:
 
 UNKNOWN_STACK_SPAN = 1 << 30  # the runtime's largest goroutine stack: the bound of a walk on an unknown one
 GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
-STACK_OWNERS_S = 0.1  # how often, at most, every goroutine's stack bounds are read again
-OWNERS_COST_SHARE = 30  # ... and at most every 30x as long as that read took
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
 JITTER = 0.1  # perf: within this share of the rate
 
