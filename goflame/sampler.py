@@ -35,7 +35,6 @@ from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stackcache import StackCache
 from goflame.stacks import STOPPED_WINDOW, GoroutineStack
 from goflame.target import Target
-from goflame.unwind import sigframe
 from goflame.unwind.capture import (
     Role,
     SchedCounts,
@@ -46,20 +45,13 @@ from goflame.unwind.capture import (
     read_with_machine,
     stop_offsets,
 )
-from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
-from goflame.unwind.stackmap import switch_to, system_span
-from goflame.unwind.stop import Stop
-from goflame.unwind.vdsocall import StackSpan
+from goflame.unwind.livewalk import LiveWalker, ThreadFacts
 
 if TYPE_CHECKING:
     from goflame.process import PausedThread
 
 _U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
-# The frames that end stacks the sampler cuts itself: where a thread left Go is not known, or
-# a signal context leads nowhere (unwind/stop.py names them; neither is ever complete).
-_NATIVE_MARKER = str(Stop.NATIVE.marker)
-_SIGNAL_MARKER = str(Stop.SIGNAL.marker)
 
 
 class TargetEnd(Enum):
@@ -146,6 +138,7 @@ class Sampler:
         self._tids: list[int] = []
         self._tids_time = float("-inf")
         self._cache = StackCache(self._sym)
+        self._walker = LiveWalker(self._unwinder, target.reader.in_text, walk_unknown=True, native=self._native)
         self._kernel: PerfSampling | None = None  # opened by choose_engine, taken by run
         self._unlabelled: list[tuple[Sample, int]] = []  # see _labelled
         self._label_reader = _label_reader(target) if config.labels else None
@@ -341,8 +334,8 @@ class Sampler:
         out = []
         for tid in tids:
             p = paused[tid]
-            walk = self._native.thread(None, None, p.regs, p.extra.memory(self._mem.read), {})
-            frames = self._cache.of_mixed(walk)
+            lw = self._walker.walk(p.extra, ThreadFacts(None, None, {}), p.extra.memory(self._mem.read))
+            frames = self._cache.of_mixed(lw.joined()) if lw is not None else ()
             if not frames:
                 self.stats.errors += 1
                 continue
@@ -407,97 +400,25 @@ class Sampler:
             return ()
 
     def _walk_capture(self, m: Machine, g: Goroutine | None, cap: StopCapture) -> tuple[Frame, ...]:
-        """The logical frames of a sampled thread's stack, from what its sample captured."""
+        """The logical frames of a sampled thread's stack, from what its sample captured; ()
+        if its sp was on no stack known and nothing could be walked (an error)."""
+        gs = self._gs
+        facts = ThreadFacts(m, g, gs.g0_bounds, gs.owner_bounds, gs.stack_owner)
+        mem = cap.memory(self._mem.read)
+        key = self._walker.key(cap, facts, mem) if self._native is None else None
+        if key is not None:
+            return self._cache.frames(key)
+        lw = self._walker.walk(cap, facts, mem)
+        if lw is None:
+            return ()
+        cache = self._cache
         if self._native is not None:
-            walk = self._native.thread(m, g, cap.regs, cap.memory(self._mem.read), self._gs.g0_bounds, cap)
-            return self._cache.of_mixed(walk)
-        r = cap.regs
-        return self._walk_live(m, g, r.pc, r.sp, cap.memory(self._mem.read), r.r12, cap.chain, syscall=cap.syscall)
-
-    def _walk_live(self, m: Machine, g: Goroutine | None, pc: int, sp: int, mem: StackMemory, r12: int = 0,
-                   chain: tuple[int, ...] = (), in_signal: bool = False,
-                   syscall: tuple[int, int, int] | None = None) -> tuple[Frame, ...]:
-        """The logical frames of a thread's stack at (pc, sp), `mem` holding what was read at
-        the sample. R12 leads out of the runtime's vDSO calls (see unwind/vdsocall.py); a
-        signal handler's frames lead on to what the signal interrupted (unwind/sigframe.py).
-        `syscall`: (g, syscallsp, syscallpc) of m.curg as read in the stop."""
-        unwinder = self._unwinder
-        walk: Walk | None
-        if not self.t.reader.in_text(pc):
-            # Native code (vDSO, libc, cgo) or the kernel: Go's own records say where Go left off.
-            native = Frame("[native code]", kind=FrameKind.NATIVE, pc=pc)
-            walk = unwinder.vdso.along_chain(pc, False, chain) if chain else None
-            if walk is None and r12:
-                walk = unwinder.vdso.walk(None, sp, r12, mem, self._spans(m, g, r12))
-            if g is not None and (syscall is None or syscall[0] != g.addr):
-                syscall = (g.addr, g.syscall_sp, g.syscall_pc)  # not read in the stop: as read after it
-            if walk is None and g is not None and syscall is not None and syscall[1] and g.contains_sp(syscall[1]):
-                walk = unwinder.unwind(syscall[2], syscall[1], 0, mem, g.stack_lo, g.stack_hi, from_syscall=True)
-            if walk is None:  # where this thread left Go is not known: never shown as complete
-                return (native, Frame(_NATIVE_MARKER, kind=FrameKind.UNKNOWN))
-            return (native, *self._cache.of_walk(walk))
-        if g is not None and g.contains_sp(sp):
-            key = unwinder.live_pcs(pc, sp, mem, g.stack_lo, g.stack_hi)
-            if key is not None and not (key[-1] == Stop.SPWRITE and len(key) == 2):
-                return self._cache.frames(key)
-            walk = unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-        else:
-            span = self._system_span(m, g, sp, chain)
-            if span is None:
-                # A goroutine's stack that the g at hand does not hold (it grew and moved since,
-                # or the g register held data): walk it as it was copied; the walk ends at
-                # goexit, and every return address is checked.
-                owner = self._gs.owner_bounds(sp)
-                lo, hi = owner if owner is not None else (sp, sp + UNKNOWN_STACK_SPAN)
-                walk = unwinder.unwind(pc, sp, 0, mem, lo, hi, exact=True)
-                return self._cache.of_walk(walk) if walk.frames else ()
-            f = unwinder.func_at(pc)[0] if unwinder.vdso.caller_at(pc) is not None else None
-            if f is not None:  # a vDSO caller on g0: its pcsp says nothing there
-                walk = Walk([PhysicalFrame(pc, sp, sp, f, True)], Stop.SPWRITE)
-            else:
-                walk = unwinder.unwind(pc, sp, 0, mem, span.lo, span.hi, exact=True,
-                                       on_system_stack=span.on_system_stack)
-        if walk.stop == Stop.SPWRITE and len(walk.frames) == 1:  # the spans only where out_of_call needs them
-            walk = ((unwinder.vdso.along_chain(pc, True, chain) if chain else None)
-                    or unwinder.vdso.out_of_call(walk, pc, sp, r12, mem, self._spans(m, g, r12)))
-        if sigframe.ends_in_handler(walk) and not in_signal:
-            return self._out_of_signal_handler(walk, mem, m, g, syscall)
-        return self._cache.of_walk(walk)
-
-    def _out_of_signal_handler(self, walk: Walk, mem: StackMemory, m: Machine, g: Goroutine | None,
-                               syscall: tuple[int, int, int] | None = None) -> tuple[Frame, ...]:
-        """The handler's frames on top of the interrupted code's: its registers are in the
-        signal frame. If they lead nowhere, the stack is marked truncated there."""
-        ctx = sigframe.interrupted(walk, mem)
-        inner: tuple[Frame, ...] = ()
-        if ctx is not None:
-            if g is None or not (g.contains_sp(ctx.sp) or self._system_span(m, g, ctx.sp) is not None):
-                g = self._gs.stack_owner(ctx.sp) or g  # the goroutine the handler interrupted
-            try:
-                inner = self._walk_live(m, g, ctx.pc, ctx.sp, mem, r12=ctx.r12, in_signal=True, syscall=syscall)
-            except InvalidMemory:
-                inner = ()
-        handler = self._cache.of_walk(sigframe.handler_part(walk))
-        return (*handler, *(inner or (Frame(_SIGNAL_MARKER, kind=FrameKind.UNKNOWN),)))
-
-    def _spans(self, m: Machine, g: Goroutine | None, sp: int) -> list[StackSpan]:
-        """The stacks `sp` may be on: the goroutine's, and the system stack holding it."""
-        spans = [StackSpan(g.stack_lo, g.stack_hi)] if g is not None else []
-        system = self._system_span(m, g, sp)
-        if system is not None:
-            spans.append(system)
-        return spans
-
-    def _system_span(self, m: Machine, g: Goroutine | None, sp: int, chain: tuple[int, ...] = ()
-                     ) -> StackSpan | None:
-        """The system stack (g0 or gsignal) holding sp; a walk on it jumps to the goroutine at
-        systemstack/morestack."""
-        b = system_span(m, sp, self._gs.g0_bounds)
-        if b is None:
-            return None
-        if g is None and not chain:
-            return StackSpan(b[0], b[1])
-        return StackSpan(b[0], b[1], switch_to(g or _NO_G, self._gs.owner_bounds, chain))
+            frames = cache.of_mixed(lw.walk)
+            return (*cache.of_mixed(lw.handler), *frames) if lw.handler is not None else frames
+        frames = cache.of_walk(lw.walk)  # type: ignore[arg-type]
+        if lw.outside_go:  # where the thread was, in native code (vDSO, libc, cgo) or the kernel
+            frames = (Frame("[native code]", kind=FrameKind.NATIVE, pc=lw.pc), *frames)
+        return (*cache.of_walk(lw.handler), *frames) if lw.handler is not None else frames  # type: ignore[arg-type]
 
     def _sample_running_nonblocking(self, ts_ns: int, tids: list[int], on_cpu: set[int]) -> list[Sample]:
         """No ptrace: a running goroutine is shown at its last saved context (stale by design)."""
@@ -825,14 +746,12 @@ def _kept(items: Iterable[int], into: list[int]) -> Iterator[int]:
         yield x
 
 
-_NO_G = Goroutine(0, 0, 0, False, "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # no goroutine known
 
 
 def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
-UNKNOWN_STACK_SPAN = 1 << 30  # the runtime's largest goroutine stack: the bound of a walk on an unknown one
 GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
 JITTER = 0.1  # perf: within this share of the rate

@@ -18,12 +18,11 @@ from goflame.frame import Frame
 from goflame.process import Process, Registers
 from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeReader, Snapshot
 from goflame.symbolize import Symbolizer
-from goflame.unwind import sigframe
-from goflame.unwind.capture import Source, StopCapture, interrupted_window
-from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
-from goflame.unwind.stackmap import switch_to, system_span
+from goflame.unwind.capture import Source, StopCapture, interrupted_window, read_with_machine, stop_offsets
+from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, Walk
+from goflame.unwind.livewalk import LiveWalker, Start, ThreadFacts
+from goflame.unwind.stackmap import system_span
 from goflame.unwind.stop import Stop
-from goflame.unwind.vdsocall import StackSpan
 
 if TYPE_CHECKING:
     from goflame.process import PausedThread
@@ -72,6 +71,8 @@ class StackCollector:
         self.native: NativeStitcher | None = None
         self._frames_at: dict[tuple[int, bool, int], tuple[StackFrame, ...]] = {}
         self._curg_offset = reader.m.spec["curg"][0]
+        self._offsets = stop_offsets(reader)
+        self._walker = LiveWalker(self.unwinder, reader.in_text, walk_unknown=False)
 
     def enable_native(self) -> NativeStitcher:
         """--native: C frames too. Only then is anything native imported, opened or parsed."""
@@ -79,6 +80,7 @@ class StackCollector:
             from goflame.unwind.stitch import NativeStitcher
 
             self.native = NativeStitcher(self.proc, self.reader, self.unwinder)
+            self._walker = LiveWalker(self.unwinder, self.reader.in_text, walk_unknown=False, native=self.native)
         return self.native
 
     # -- registers of running goroutines ----------------------------------------------------------
@@ -130,17 +132,24 @@ class StackCollector:
         if self.native is not None:
             return self.native.while_stopped(m, regs, STOPPED_WINDOW, gsignal=gsignal)
         bounds = self._stack_bounds_of(m, g, system, regs.rsp)
-        n = min(STOPPED_WINDOW, bounds[1] - regs.rsp) if bounds is not None else 0
-        stack, word = self.proc.memory.read_pair(regs.rsp, max(n, 0), m.addr + self._curg_offset, 8)
+        n = max(min(STOPPED_WINDOW, bounds[1] - regs.rsp) if bounds is not None else 0, 0)
+        mem = self.proc.memory
+        if self._offsets is not None and m.g0 and not self.reader.in_text(regs.rip):
+            # Outside Go (the vDSO, C, a raw syscall): the M's words that say where it left Go,
+            # read now; the thread clears them as soon as it returns to Go.
+            (stack,), st = read_with_machine(mem.read_many, [(regs.rsp, n)], m.addr, m.g0, g.addr, self._offsets)
+            return StopCapture(Source.PTRACE, regs, stack if stack is not None else mem.read_prefix(regs.rsp, n),
+                               curg=st.curg, g0_sched_sp=st.g0_sched_sp, vdso=st.vdso, syscall=st.syscall)
+        stack, word = mem.read_pair(regs.rsp, n, m.addr + self._curg_offset, 8)
         curg = int.from_bytes(word, "little") if word and len(word) == 8 else -1
         if stack is None:  # past the end of a mapping (an OS thread's stack): up to there
-            stack = self.proc.memory.read_prefix(regs.rsp, max(n, 0))
-        windows = interrupted_window(self.proc.memory.read_prefix, stack, regs.rsp, gsignal)
+            stack = mem.read_prefix(regs.rsp, n)
+        windows = interrupted_window(mem.read_prefix, stack, regs.rsp, gsignal)
         return StopCapture(Source.PTRACE, regs, stack, curg=curg, windows=windows)
 
     # -- walks ------------------------------------------------------------------------------------
-    def collect(self, snap: Snapshot, *, pause: bool = True, goroutines: list[Goroutine] | None = None,
-                system_stacks: bool = True) -> list[GoroutineStack]:
+    def collect(self, snap: Snapshot, *, pause: bool = True, goroutines: list[Goroutine] | None = None
+                ) -> list[GoroutineStack]:
         gs = list(snap.goroutines if goroutines is None else goroutines)
         regs = self.pause_running(snap, gs) if pause else {}
         machine_of: dict[int, Machine | None] = {g.goid: snap.machine_of(g) for g in gs if g.goid in regs}
@@ -151,7 +160,7 @@ class StackCollector:
             if g.goid not in regs:
                 continue
             p = regs[g.goid]
-            out.append(self._walk_running(snap, g, machine_of[g.goid], p.extra, p.pause_ns, system_stacks))
+            out.append(self._walk_running(snap, g, machine_of[g.goid], p.extra, p.pause_ns))
         order = {g.addr: i for i, g in enumerate(gs)}
         out.sort(key=lambda s: order.get(s.g.addr, 0))
         return out
@@ -222,18 +231,27 @@ class StackCollector:
         return self.collect_parked([g])[0]
 
     def _walk_running(self, snap: Snapshot, g: Goroutine, m: Machine | None, cap: StopCapture,
-                      pause_ns: int, system_stacks: bool) -> GoroutineStack:
+                      pause_ns: int) -> GoroutineStack:
         mem = cap.memory(self.proc.memory.read)
         tid = m.tid if m else 0
-        if self.native is not None:
-            walk = self.native.thread(m, g, cap.regs, mem, g0_bounds(snap), cap)
-            return self._stack(g, walk, "registers", tid, pause_ns)
-        walk, start = self._registers_walk(snap, g, m, cap.regs, mem, system_stacks)
-        if start == "registers" and walk.stop == Stop.BOUNDS and not walk.frames:
+        facts = ThreadFacts(m, g, g0_bounds(snap), fresh=self._fresh)
+        lw = self._walker.walk(cap, facts, mem)
+        if lw is None:  # on none of its stacks
             moved = self._moved_off(g)
             if moved is not None:
                 return moved
-        return self._stack(g, walk, start, tid, pause_ns)
+            return self._stack(g, Walk([], Stop.BOUNDS), Start.REGISTERS, tid, pause_ns)
+        if lw.start == Start.UNKNOWN and self.native is None:
+            # Outside Go, and the runtime's records do not say where it left Go: its last
+            # saved context, marked as such (Go's own traceback would not show this stack).
+            fresh = self._fresh(g)
+            walk = self.unwinder.unwind(fresh.sched_pc, fresh.sched_sp, fresh.sched_lr, mem, g.stack_lo, g.stack_hi)
+            return self._stack(g, walk, "stale", tid, pause_ns)
+        return self._stack(g, lw.joined(), lw.start, tid, pause_ns)
+
+    def _fresh(self, g: Goroutine) -> Goroutine:
+        """The goroutine read again (the snapshot's copy is older than the pause)."""
+        return self.reader.read_g(g.addr) or g
 
     def _moved_off(self, g: Goroutine) -> GoroutineStack | None:
         """A goroutine whose thread, once paused, was on none of its stacks: the scheduler took
@@ -243,60 +261,6 @@ class StackCollector:
         if fresh is None or fresh.goid != g.goid or fresh.status == G_RUNNING:
             return None
         return self.collect_parked([fresh])[0]
-
-    def _registers_walk(self, snap: Snapshot, g: Goroutine, m: Machine | None, r: Registers, mem: StackMemory,
-                        system_stacks: bool, in_signal: bool = False) -> tuple[Walk, str]:
-        """The walk of a running goroutine's thread from its registers, and where it started;
-        `mem` serves what its stop read."""
-        pc, sp = r.rip, r.rsp
-        vdso = self.unwinder.vdso
-        in_go = self.reader.in_text(pc)
-        in_caller = in_go and vdso.caller_at(pc) is not None
-
-        def switch(kind: str) -> StackSwitch | None:
-            to = switch_to(self.reader.read_g(g.addr) or g) if system_stacks else None
-            return to(kind) if to is not None else None
-
-        if not in_go or in_caller:
-            # In a vDSO call (time.now, nanotime1 or the vDSO under them): R12 holds the SP of
-            # the caller (on the goroutine's stack, or on g0 under systemstack), which leads
-            # back to the call (unwind/vdsocall.py).
-            spans = [StackSpan(g.stack_lo, g.stack_hi)]
-            on_g0 = system_span(m, r.r12, g0_bounds(snap))
-            if on_g0 is not None:
-                spans.append(StackSpan(on_g0[0], on_g0[1], switch))
-            walk = vdso.walk(pc if in_go else None, sp, r.r12, mem, spans)
-            if walk is not None:
-                return walk, "vdso"
-        if not in_go:
-            # In the vDSO, C code or a raw syscall: the runtime's own records say where Go left off.
-            if m is not None and m.vdso_sp and g.contains_sp(m.vdso_sp):
-                walk = self.unwinder.unwind(m.vdso_pc, m.vdso_sp, 0, mem, g.stack_lo, g.stack_hi)
-                return walk, "vdso"
-            fresh = self.reader.read_g(g.addr) or g
-            if fresh.syscall_sp and fresh.contains_sp(fresh.syscall_sp):
-                walk = self.unwinder.unwind(fresh.syscall_pc, fresh.syscall_sp, 0, mem, g.stack_lo, g.stack_hi,
-                                            from_syscall=True)
-                return walk, "syscall"
-            walk = self.unwinder.unwind(fresh.sched_pc, fresh.sched_sp, fresh.sched_lr, mem, g.stack_lo, g.stack_hi)
-            return walk, "stale"
-        if g.contains_sp(sp):
-            walk = self.unwinder.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-            return vdso.out_of_call(walk, pc, sp, r.r12, mem, ()), "registers"
-        bounds = self._stack_bounds_of(m, g, g0_bounds(snap), sp) if m else None
-        if bounds is None:
-            walk = Walk([], Stop.BOUNDS)
-            return walk, "registers"
-        walk = self.unwinder.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch)
-        walk = vdso.out_of_call(walk, pc, sp, r.r12, mem, ())
-        if sigframe.ends_in_handler(walk) and not in_signal:
-            # In the signal handler: on to what the signal interrupted (unwind/sigframe.py).
-            ctx = sigframe.interrupted(walk, mem)
-            if ctx is None:
-                return Walk(walk.frames, Stop.SIGNAL), "signal"
-            inner, _ = self._registers_walk(snap, g, m, ctx.registers(r), mem, system_stacks, in_signal=True)
-            return Walk(walk.frames + inner.frames, inner.stop if inner.frames else Stop.SIGNAL), "signal"
-        return walk, "registers"
 
     def _stack(self, g: Goroutine, walk: Walk | MixedWalk, start: str, tid: int, pause_ns: int) -> GoroutineStack:
         frames: list[StackFrame] = []

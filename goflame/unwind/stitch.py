@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from goflame.errors import InvalidMemory
 from goflame.frame import Frame, FrameKind
 from goflame.process import Process, Registers
-from goflame.unwind import sigframe
 from goflame.unwind.capture import (
     Role,
     SchedCounts,
@@ -125,26 +124,14 @@ class NativeStitcher:
     def _offsets(self) -> StopOffsets | None:
         return stop_offsets(self.reader)
 
-    def thread(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
-               g0_bounds: dict[int, tuple[int, int]], stopped: StopCapture | None = None,
-               in_signal: bool = False) -> MixedWalk:
-        """The stack of a stopped thread: native frames where it runs C, then its goroutine's.
-        In Go's signal handler: its frames, then those of the code the signal interrupted.
-        `mem` serves what `stopped` read (StopCapture.memory)."""
-        pc, sp = regs.rip, regs.rsp
-        in_go = self.reader.in_text
-        if in_go(pc):
-            walk = self._go_from_registers(m, g, pc, sp, regs.r12, mem, g0_bounds)
-            if sigframe.ends_in_handler(walk) and not in_signal:
-                ctx = sigframe.interrupted(walk, mem)
-                handler = self.splice(sigframe.handler_part(walk), m, g, mem, stopped)
-                if ctx is None:
-                    return MixedWalk(handler.frames, Stop.SIGNAL)
-                inner = self.thread(m, g, ctx.registers(regs), mem, g0_bounds, stopped, in_signal=True)
-                return MixedWalk(handler.frames + inner.frames, inner.stop if inner.frames else Stop.SIGNAL)
-            return self.splice(walk, m, g, mem, stopped)
+    def outside_go(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
+                   g0_bounds: dict[int, tuple[int, int]], stopped: StopCapture | None = None) -> MixedWalk:
+        """The stack of a thread stopped outside Go's text (C code, the vDSO): its native
+        frames, then its goroutine's Go frames from where the C code returns into Go, or from
+        where the goroutine left Go. `mem` serves what `stopped` read (StopCapture.memory)."""
+        sp = regs.rsp
         bounds = self.native.space.mapping(sp, STACK_MAPS_REFRESH_S) or (sp, sp + 1)
-        nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=in_go)
+        nw = self.native.unwind(regs_of(regs), mem, bounds[0], bounds[1], exact=True, is_go=self.reader.in_text)
         frames: list[MixedFrame] = list(nw.frames)
         if nw.stop == Stop.GO:
             rest = self._go_after_native(m, g, nw.regs, mem, g0_bounds, stopped)
@@ -161,20 +148,6 @@ class NativeStitcher:
             return MixedWalk(frames, nw.stop)
         frames.extend(rest.frames)
         return MixedWalk(frames, rest.stop)
-
-    def _go_from_registers(self, m: Machine | None, g: Goroutine | None, pc: int, sp: int, r12: int,
-                           mem: StackMemory, g0_bounds: dict[int, tuple[int, int]]) -> Walk:
-        """Go code on a thread: the same walk as without --native (goroutine or system stack)."""
-        if g is not None and g.contains_sp(sp):
-            walk = self.go.unwind(pc, sp, 0, mem, g.stack_lo, g.stack_hi, exact=True)
-        else:
-            bounds = system_span(m, sp, g0_bounds)
-            if bounds is None:
-                return Walk([], Stop.BOUNDS)
-            walk = self.go.unwind(pc, sp, 0, mem, bounds[0], bounds[1], exact=True, on_system_stack=switch_to(g))
-        if walk.stop != Stop.SPWRITE or len(walk.frames) != 1:
-            return walk
-        return self.go.vdso.out_of_call(walk, pc, sp, r12, mem, self._vdso_spans(m, g, r12, g0_bounds))
 
     @staticmethod
     def _vdso_spans(m: Machine | None, g: Goroutine | None, r12: int, g0_bounds: dict[int, tuple[int, int]]
