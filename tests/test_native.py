@@ -699,7 +699,7 @@ def test_without_native_nothing_native_is_loaded_and_dumps_do_not_change(tmp_pat
         theirs = parse_dump(fx.runtime_dump(dump_path))
     assert probe.returncode == 0, probe.stderr
     want = ['goflame.unwind', 'goflame.unwind.capture', 'goflame.unwind.gopclntab', 'goflame.unwind.livewalk',
-            'goflame.unwind.sigframe', 'goflame.unwind.stackmap', 'goflame.unwind.stop',
+            'goflame.unwind.sigframe', 'goflame.unwind.special', 'goflame.unwind.stackmap', 'goflame.unwind.stop',
             'goflame.unwind.vdsocall']  # Go's own rules
     assert probe.stdout.strip() == str(want), probe.stdout
     # Without --native the dump is Go's own: every goroutine the runtime shows parked, identical.

@@ -20,6 +20,16 @@ from typing import TYPE_CHECKING, NamedTuple
 from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import FLAG_SPWRITE, FLAG_TOPFRAME, Func
 from goflame.errors import GoflameError, InvalidMemory
+from goflame.unwind.special import (
+    CGOCALLBACK,
+    DROPS_GOROUTINE,
+    JUMP_STACK,
+    MORESTACK,
+    MORESTACK_ENTRIES,
+    SPECIAL,
+    SYSTEMSTACK,
+    TRAPS,
+)
 from goflame.unwind.stop import Stop
 
 if TYPE_CHECKING:
@@ -27,23 +37,6 @@ if TYPE_CHECKING:
 
 MAX_FRAMES = 100_000
 PTR = 8
-
-# Functions whose frames are entered by an injected call (a signal handler faked a call):
-# the caller's pc is the faulting instruction itself, not a return address.
-TRAP_FUNCS = frozenset({"runtime.sigpanic", "runtime.asyncPreempt", "runtime.debugCallV2"})
-# Functions the walk treats specially (one set lookup per frame for all of them).
-_SPECIAL = frozenset({"runtime.cgocallback", "runtime.systemstack", "runtime.morestack"})
-_JUMP_STACK = frozenset({"runtime.systemstack", "runtime.morestack"})
-# What a function's prologue stub calls when its stack must grow (the .abi0 suffix on some
-# releases' symbol names).
-_MORESTACK_ENTRIES = ("runtime.morestack", "runtime.morestack_noctxt")
-# newstack's ways into the scheduler (a preemption request seen at a stack check): each one
-# drops the goroutine (dropg) before it schedules another, so Go's traceback of g0 ends at
-# morestack (go1.26 runtime/traceback.go, unwinder.next: it jumps only while m.curg is set).
-# From their first instructions to dropg, m.curg is still set: a walk through them ends at
-# morestack whole even there, a few instructions' worth of samples.
-_DROPS_GOROUTINE = frozenset({"runtime.gopreempt_m", "runtime.goschedImpl", "runtime.preemptPark"})
-
 _U64 = struct.Struct("<Q")
 
 
@@ -141,7 +134,7 @@ class StackMemory:
 def _dropped(frames: list[PhysicalFrame]) -> bool:
     """Whether a walk on g0 that reached morestack went through the scheduler entered from
     newstack, which had dropped the goroutine."""
-    return any(fr.func.name in _DROPS_GOROUTINE for fr in frames)
+    return any(fr.func.name in DROPS_GOROUTINE for fr in frames)
 
 
 class GoUnwinder:
@@ -181,8 +174,8 @@ class GoUnwinder:
         _FULL (special, trap, SPWRITE, unknown, no frame size: the full rules of `unwind`).
         """
         f, spdelta = self.func_at(pc)
-        if (f is None or not f.pcsp or spdelta is None or spdelta < 0 or f.name in _SPECIAL
-                or f.name in TRAP_FUNCS or f.flag & FLAG_SPWRITE):
+        if (f is None or not f.pcsp or spdelta is None or spdelta < 0 or f.name in SPECIAL
+                or f.name in TRAPS or f.flag & FLAG_SPWRITE):
             step = (0, _FULL, 0)
         else:
             step = (spdelta + PTR, _TOP if f.flag & FLAG_TOPFRAME else _PLAIN, int(pc - self.bias != f.entry))
@@ -193,7 +186,7 @@ class GoUnwinder:
 
     @cached_property
     def _systemstack_entry(self) -> int:
-        f = self.tab.func_by_name("runtime.systemstack")
+        f = self.tab.func_by_name(SYSTEMSTACK)
         return f.entry + self.bias if f is not None else -1
 
     def _systemstack_caller(self, frames: list[PhysicalFrame], switch: StackSwitch, mem: StackMemory,
@@ -342,14 +335,14 @@ class GoUnwinder:
             return False
         target = self.call_target(switch.pc)
         f = self.func_at(target)[0] if target else None
-        return f is not None and f.name.startswith(_MORESTACK_ENTRIES)
+        return f is not None and f.name.startswith(MORESTACK_ENTRIES)
 
     def _jump_stack(self, name: str, switch: StackSwitch, frames: list[PhysicalFrame], pc: int, lr: int,
                     f: Func, spdelta: int | None, mem: StackMemory) -> Walk | _Jump | None:
         """Where a walk on g0 goes on at runtime.systemstack or runtime.morestack, as Go's
         unwinder does (jumpStack): to the goroutine's stack; a Walk if it ends here; None if
         it cannot go on at morestack (the walk ends there, cut)."""
-        if name == "runtime.morestack":
+        if name == MORESTACK:
             # morestack never returns: newstack gogo's to curg.sched. Match that, while that
             # context is still the one morestack saved (None: it is not; see _saved_by_morestack).
             if not self._saved_by_morestack(switch):
@@ -401,14 +394,14 @@ class GoUnwinder:
                     return Walk(frames, Stop.EXTERNAL)
                 flag = f.flag
                 name = f.name
-                if name in _SPECIAL or (from_syscall and innermost):
-                    if name == "runtime.cgocallback" or (from_syscall and innermost):
+                if name in SPECIAL or (from_syscall and innermost):
+                    if name == CGOCALLBACK or (from_syscall and innermost):
                         flag &= ~FLAG_SPWRITE
-                    if on_system_stack is not None and name == "runtime.morestack" and _dropped(frames):
+                    if on_system_stack is not None and name == MORESTACK and _dropped(frames):
                         # The scheduler entered from newstack (a preemption) dropped the
                         # goroutine: m.curg was nil at the sample, and Go's traceback ends here.
                         on_system_stack = None
-                    if on_system_stack is not None and name in _JUMP_STACK:
+                    if on_system_stack is not None and name in JUMP_STACK:
                         switch = on_system_stack(name)
                         jump = None if switch is None else self._jump_stack(name, switch, frames, pc, lr, f, spdelta,
                                                                             mem)
@@ -416,8 +409,8 @@ class GoUnwinder:
                             return jump
                         if jump is not None:
                             pc, sp, lr, lo, hi, f, spdelta = jump
-                            flag = f.flag & ~FLAG_SPWRITE if name == "runtime.systemstack" else f.flag
-                            trap = trap and name == "runtime.systemstack"
+                            flag = f.flag & ~FLAG_SPWRITE if name == SYSTEMSTACK else f.flag
+                            trap = trap and name == SYSTEMSTACK
                             on_system_stack = None
                 if spdelta is None or spdelta < 0:
                     return Walk(frames, Stop.NO_FRAME_SIZE)
@@ -426,7 +419,7 @@ class GoUnwinder:
                     return Walk(frames, Stop.BOUNDS)
                 append(PhysicalFrame(pc, sp, fp, f, trap or (pc - bias) == f.entry))
                 if flag & (FLAG_TOPFRAME | FLAG_SPWRITE):
-                    if name == "runtime.morestack" and not innermost and on_system_stack is not None:
+                    if name == MORESTACK and not innermost and on_system_stack is not None:
                         # newstack's caller on g0 with no goroutine to jump to: Go's traceback
                         # would have gone on into curg, so this stack is cut, not whole.
                         return Walk(frames, Stop.MORESTACK)
@@ -440,7 +433,7 @@ class GoUnwinder:
                     return Walk(frames, Stop.UNKNOWN_PC)
                 if lr == pc and fp == sp:
                     return Walk(frames, Stop.STUCK)
-                trap = name in TRAP_FUNCS
+                trap = name in TRAPS
                 pc, sp, lr = lr, fp, 0
                 innermost = False
             return Walk(frames, Stop.TOO_DEEP)

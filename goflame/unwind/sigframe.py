@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from goflame.errors import InvalidMemory
 from goflame.unwind.gopclntab import PTR, StackMemory, Walk
+from goflame.unwind.special import SIGNAL_ENTRIES, SIGNAL_FRAMES, SIGNAL_RESTORERS
 from goflame.unwind.stop import Stop
 
 if TYPE_CHECKING:
@@ -27,12 +28,6 @@ UC_MCONTEXT = 40  # uc_flags 8, uc_link 8, uc_stack 24
 # The sigcontext's general registers, in order (Registers' field names).
 GREGS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx", "rdx", "rax", "rcx",
          "rsp", "rip")
-# Entered by the kernel with the restorer's address on top: the ucontext is at the frame's fp.
-ENTRIES = frozenset({"runtime.sigtramp", "runtime.cgoSigtramp"})
-# The restorer (rt_sigreturn), entered by the handler's RET: the ucontext is at its sp.
-# runtime.sigreturn before Go 1.20, runtime.sigreturn__sigaction since.
-RESTORERS = frozenset({"runtime.sigreturn__sigaction", "runtime.sigreturn"})
-NAMES = ENTRIES | RESTORERS
 # How a walk into the handler may end: sigtramp is TOPFRAME, and above the restorer lies the
 # kernel's signal frame, not a return address.
 _ENDS_IN_HANDLER = frozenset({Stop.TOP, Stop.UNKNOWN_PC, Stop.ZERO_PC})
@@ -96,7 +91,7 @@ class SignalContext:
 
 
 def ends_in_handler(walk: Walk) -> bool:
-    return bool(walk.frames) and walk.frames[-1].func.name in NAMES
+    return bool(walk.frames) and walk.frames[-1].func.name in SIGNAL_FRAMES
 
 
 def interrupted(walk: Walk, mem: StackMemory) -> SignalContext | None:
@@ -106,9 +101,9 @@ def interrupted(walk: Walk, mem: StackMemory) -> SignalContext | None:
         return None
     last = walk.frames[-1]
     name = last.func.name
-    if name in ENTRIES:
+    if name in SIGNAL_ENTRIES:
         uc = last.fp
-    elif name in RESTORERS:
+    elif name in SIGNAL_RESTORERS:
         uc = last.fp - PTR
     else:
         return None

@@ -33,6 +33,7 @@ from goflame.unwind.cfi import RA, RBP, RBX, RSP
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
 from goflame.unwind.images import ImageCache
 from goflame.unwind.native import NativeFrame, NativeUnwinder
+from goflame.unwind.special import ASMCGOCALL, CGOCALLBACK, CROSSCALL2
 from goflame.unwind.stackmap import switch_to, system_span
 from goflame.unwind.stop import Stop
 from goflame.unwind.vdsocall import StackSpan
@@ -191,13 +192,13 @@ class NativeStitcher:
                 return self.splice(walk, m, g, mem, stopped)
         frames: list[MixedFrame] = list(walk.frames)
         last = walk.frames[-1].func.name if walk.frames else ""
-        if g is None and last.startswith("runtime.asmcgocall"):
+        if g is None and last.startswith(ASMCGOCALL):
             # A cgo call, but which goroutine made it was not read in the stop: the Go part of
             # the stack is unknown, which the walk must say rather than end as if complete.
             return MixedWalk(frames, Stop.NO_GOROUTINE)
         if g is None or walk.stop not in _LEFT_GO_ON_G0:
             return self.splice(walk, m, g, mem, stopped)
-        if last.startswith("runtime.asmcgocall"):
+        if last.startswith(ASMCGOCALL):
             rest = self._go_from_syscall(m, g, mem, stopped)  # a cgo call: asmcgocall switched to g0
         else:
             vdso_sp, vdso_pc = (stopped.vdso if stopped is not None and stopped.vdso is not None
@@ -230,7 +231,7 @@ class NativeStitcher:
         so on.
         """
         frames = walk.frames
-        if not any(pf.func.name == "runtime.cgocallback" for pf in frames):
+        if not any(pf.func.name == CGOCALLBACK for pf in frames):
             return MixedWalk(list(frames), walk.stop)
         if m is None and g is not None:
             m = self._machine(g.m_addr or g.locked_m)
@@ -245,7 +246,7 @@ class NativeStitcher:
                 continue  # asmcgocall's gosave: the same call as the asmcgocall frame just shown
             skip_switch = False
             out.append(pf)
-            if pf.func.name != "runtime.cgocallback" or not g0_sp:
+            if pf.func.name != CGOCALLBACK or not g0_sp:
                 continue
             seg, g0_sp, how = self._callback_caller(pf, g0_sp, g0, mem)
             out.extend(seg)
@@ -276,7 +277,7 @@ class NativeStitcher:
         except InvalidMemory:
             return [], 0, Stop.MEMORY
         f, _d = self.go.func_at(ra)
-        if f is None or f.name != "crosscall2":
+        if f is None or f.name != CROSSCALL2:
             return [], 0, Stop.CALLBACK_RETURNED  # g0.sched.sp no longer points at this callback's frame
         sp = g0_sp + spdelta + 8
         bounds = self.native.space.mapping(g0_sp, STACK_MAPS_REFRESH_S)

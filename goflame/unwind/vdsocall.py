@@ -23,10 +23,8 @@ from goflame.binary.gobinary import GoBinary
 from goflame.binary.pclntab import Func
 from goflame.errors import GoflameError, InvalidMemory
 from goflame.unwind.gopclntab import PTR, GoUnwinder, PhysicalFrame, StackMemory, StackSwitch, Walk
+from goflame.unwind.special import VDSO_CALLERS
 from goflame.unwind.stop import Stop
-
-# The Go functions that call the vDSO with the goroutine's SP saved in R12 (Go 1.17+).
-VDSO_CALLERS = ("time.now", "runtime.nanotime1", "runtime.walltime", "runtime.vgetrandom1")
 
 
 @dataclass(frozen=True, slots=True)
