@@ -23,6 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from goflame.credit import CreditScheduler, Due
+from goflame.engine import PerfEngine, PtraceEngine, SamplingEngine
 from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone, TargetExeced
 from goflame.frame import Frame, FrameKind
 from goflame.labels import LabelReader
@@ -481,52 +482,53 @@ class Sampler:
     def run(self, on_samples: Callable[[list[Sample]], None], *, duration: float | None = None,
             should_stop: Callable[[], bool] = lambda: False, on_tick: Callable[[SamplerStats], None] | None = None,
             ) -> SamplerStats:
-        """Sample until `duration` passes, `should_stop()` says so, or the target exits."""
-        self.choose_engine()
-        kernel, self._kernel = self._kernel, None
-        if kernel is not None:
-            with kernel:
-                return self._run_kernel(kernel, on_samples, duration, should_stop, on_tick)
-        start = time.monotonic()
-        self.stats.started = time.time()
+        """Sample until `duration` passes, `should_stop()` says so, or the target exits, with
+        the engine `choose_engine` picks (goflame/engine.py)."""
+        engine = self.open_engine()
+        start = engine.start
         st = self.stats
-        clock = TickClock(self.cfg.rate, st, self._rng, start)
-        busy = 0.0  # how long the last tick took
+        busy = 0.0  # how long the last step took
         # What exists now (binary tables, caches) lives as long as the recording: kept out of
         # the cyclic GC's full collections, which otherwise walk it all and stall a tick.
         gc.freeze()
         try:
-            while not should_stop():
+            ended = False
+            while not ended:
                 now = time.monotonic()
-                if duration is not None and now - start >= duration:
-                    break
-                # Behind or not, rest a quarter of the last tick's time: a sampler asked for
-                # more than it can do must still leave the CPU to others.
-                wake = max(clock.next, now + busy * REST_SHARE)
-                if now < wake:
-                    with self.waking():
-                        time.sleep(wake - now)
-                    now = time.monotonic()
-                clock.take(now)
-                try:
-                    samples = self.sample(int((now - start) * 1e9))
-                except ProcessGone as e:
-                    st.target_gone(e, self.t.proc.memory.ended_by_exec())
-                    break
-                st.ticks += 1
-                if samples:
-                    on_samples(samples)
+                ended = should_stop() or (duration is not None and now - start >= duration)
+                if not ended:
+                    # Behind or not, rest a share of the last step's time: a sampler asked for
+                    # more than it can do must still leave the CPU to others.
+                    wake = max(engine.next, now + busy * engine.rest_share)
+                    if duration is not None:
+                        wake = min(wake, start + duration)
+                    if now < wake:
+                        with engine.waking():
+                            time.sleep(wake - now)
+                        now = time.monotonic()
+                batch = engine.step(now, final=ended)
+                ended = ended or batch.gone
+                if batch.samples:
+                    on_samples(batch.samples)
                 st.elapsed = time.monotonic() - start
                 if on_tick is not None:
                     on_tick(st)
-                clock.advance()
                 busy = time.monotonic() - now
         finally:
-            if self._pin is not None:  # the calling thread as it came: its own policy and CPUs
-                self._pin.close()
+            engine.close()  # the calling thread as it came: its own policy and CPUs
             gc.unfreeze()
             st.elapsed = time.monotonic() - start
         return st
+
+    def open_engine(self) -> SamplingEngine:
+        """The engine `choose_engine` picked, started now: for `run`, or a caller with a loop
+        of its own (`top`). Closing it closes the sampler too."""
+        self.choose_engine()
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            return PerfEngine(KernelPoller(self, kernel))
+        self.stats.started = time.time()
+        return PtraceEngine(self, time.monotonic())
 
     def waking(self) -> AbstractContextManager[None]:
         """Where a ptrace-sampling loop sleeps between ticks (see `CpuPin`); it leaves the
@@ -580,39 +582,6 @@ class Sampler:
             raise
         return ps
 
-    def _run_kernel(self, ps: PerfSampling, on_samples: Callable[[list[Sample]], None], duration: float | None,
-                    should_stop: Callable[[], bool], on_tick: Callable[[SamplerStats], None] | None) -> SamplerStats:
-        """Read what the kernel sampled every few tens of ms until told to stop or the target is
-        gone; nothing of the target is ever stopped."""
-        st = self.stats
-        poller = KernelPoller(self, ps)
-        every = _drain_interval(self.cfg.rate)
-        start = poller.start
-        gc.freeze()
-        try:
-            ended = False
-            while not ended:
-                now = time.monotonic()
-                ended = should_stop() or (duration is not None and now - start >= duration)
-                if not ended:
-                    time.sleep(max(0.0, min(every, (start + duration - now) if duration is not None else every)))
-                samples, gone = poller.poll(final=ended)
-                ended = ended or gone
-                if samples:
-                    on_samples(samples)
-                if on_tick is not None:
-                    on_tick(st)
-        finally:
-            gc.unfreeze()
-            st.elapsed = time.monotonic() - start
-        return st
-
-    def open_poller(self) -> KernelPoller | None:
-        """For a caller with a loop of its own (`top`): the perf engine's poller, if perf was
-        chosen (call `choose_engine` first), else None (sample with `sample` at each tick)."""
-        kernel, self._kernel = self._kernel, None
-        return KernelPoller(self, kernel) if kernel is not None else None
-
     def _from_kernel(self, raw: list[KernelSample], start_ns: int) -> list[Sample]:
         """Samples from what the kernel recorded: the goroutine from Go's g register (R14 in
         Go code) or m.curg, then the same walk as a ptrace sample, on the kernel's stack copy."""
@@ -643,8 +612,8 @@ class Sampler:
 
 class KernelPoller:
     """One step at a time of the perf engine: read what the kernel sampled, keep the set of
-    sampled threads up to date, jitter their periods. `Sampler.run` calls `poll` every drain
-    interval; `top` from its own loop."""
+    sampled threads up to date, jitter their periods. `PerfEngine` (goflame/engine.py) calls
+    `poll` every drain interval, for `Sampler.run` and `top` alike."""
 
     def __init__(self, sampler: Sampler, ps: PerfSampling) -> None:
         self.sampler = sampler
@@ -763,7 +732,6 @@ def _drain_interval(rate: float) -> float:
     return min(0.05, 5.0 / rate)
 
 
-REST_SHARE = 0.25  # the sampler sleeps at least this share of each tick's time (CPU use <= 80 %)
 # Ticks due at most this long ago are still taken, late (TickClock): a few scheduler slices,
 # what a stall of this machine or a slow tick costs; older ones are missed.
 CATCH_UP_S = 0.02

@@ -40,13 +40,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from goflame.dump import goroutine_groups, label_groups
-from goflame.errors import BadInput, GoflameError, InvalidMemory, ProcessGone
+from goflame.engine import SamplingEngine
+from goflame.errors import BadInput, GoflameError, ProcessGone
 from goflame.frame import Frame
 from goflame.lifecycle import Signals, Watch, attach_launched, finish_child, launch
 from goflame.process.procfs import CLOCK_TICKS
 from goflame.profile import RUNNING, Sample
 from goflame.runtime import STATUS_TEXT, Goroutine, is_system_goroutine
-from goflame.sampler import KernelPoller, Sampler, SamplerConfig, TickClock
+from goflame.sampler import Sampler, SamplerConfig
 from goflame.target import Target
 from goflame.unwind.stop import Stop
 
@@ -485,8 +486,7 @@ class TopSession:
         self.t = target
         self.opts = opts
         self.child = child
-        self.poller: KernelPoller | None = None  # the perf engine, when it was chosen (start_engine)
-        self._last_poll = 0.0
+        self.engine: SamplingEngine | None = None  # how running threads are sampled (start_engine)
         self.sampler = Sampler(target, SamplerConfig(rate=opts.rate, idle=opts.idle, native=opts.native, engine=opts.engine,
                                                      nonblocking=opts.nonblocking))
         bias = target.reader.bias
@@ -516,30 +516,8 @@ class TopSession:
         """Choose how running threads are sampled, as `record` does: perf where the kernel
         allows it (nothing of the target is stopped), else ptrace; the reason perf was not
         used is in `sampler.stats.fallback`."""
-        engine = self.sampler.choose_engine()
-        self.poller = self.sampler.open_poller()
-        self._last_poll = time.monotonic()
-        return engine
-
-    @property
-    def poll_interval(self) -> float:
-        return self.poller.interval if self.poller is not None else 1.0 / self.opts.rate
-
-    def _poll(self) -> list[Sample]:
-        """The perf engine's samples since the last poll; time stands in for ticks (a sample is
-        1/rate s of one thread's CPU time)."""
-        assert self.poller is not None
-        samples, gone = self.poller.poll()
-        if gone:
-            self.exited = True
-        now = time.monotonic()
-        ticks = (now - self._last_poll) * self.opts.rate
-        self._last_poll = now
-        self.ticks += ticks
-        self._window_ticks += ticks
-        if samples:
-            self.functions.add(self._tagged(samples))
-        return samples
+        self.engine = self.sampler.open_engine()
+        return self.engine.name
 
     def _tagged(self, samples: list[Sample]) -> list[Sample]:
         if not self.opts.tags:
@@ -548,33 +526,30 @@ class TopSession:
         return [s for s in samples if want <= set(s.labels)]
 
     def close(self) -> None:
-        if self.poller is not None:
-            self.poller.close()
-            self.poller = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
         self.sampler.close()
 
     def waking(self) -> AbstractContextManager[None]:
-        """Where the loop sleeps: real-time only for the ptrace engine's ticks (`CpuPin`);
-        the perf engine's reads of its buffers run at normal priority."""
-        return self.sampler.waking() if self.poller is None else contextlib.nullcontext()
+        """Where the loop sleeps: real-time only for the ptrace engine's ticks (`CpuPin`)."""
+        return self.engine.waking() if self.engine is not None else contextlib.nullcontext()
 
-    def sample(self, ts_ns: int) -> None:
-        if self.poller is not None:
-            self._poll()
-            return
-        try:
-            samples = self.sampler.sample(ts_ns)
-        except ProcessGone:
+    def ordinary(self) -> None:
+        """Woken for a key or a refresh, not for a step: back to normal priority."""
+        if self.engine is not None:
+            self.engine.ordinary()
+
+    def step(self, now: float) -> None:
+        """One step of the engine: its samples counted, the target's end noted."""
+        assert self.engine is not None
+        batch = self.engine.step(now)
+        if batch.gone:
             self.exited = True
-            return
-        except InvalidMemory:
-            # Torn runtime structures (thread list mid-update): a dropped sample, not a failure.
-            self.sampler.stats.errors += 1
-            samples = []
-        self.ticks += 1
-        self._window_ticks += 1
-        if samples:
-            self.functions.add(self._tagged(samples))
+        self.ticks += batch.intervals
+        self._window_ticks += batch.intervals
+        if batch.samples:
+            self.functions.add(self._tagged(batch.samples))
 
     def target_gone(self) -> bool:
         if self.child is not None and self.child.poll() is not None:
@@ -1020,43 +995,25 @@ def _watch(session: TopSession, opts: TopOptions, result: TopResult, interactive
         on_snapshot(session.snapshot_text())  # the last picture outlives the screen
 
 
-class PollClock:
-    """When the perf engine's buffers are read next: every `interval`, no jitter (the kernel
-    jitters the samples themselves), nothing missed (the kernel keeps them)."""
-
-    def __init__(self, interval: float, start: float) -> None:
-        self.interval = interval
-        self.next = start + interval
-
-    def take(self, now: float) -> None:
-        pass
-
-    def advance(self) -> None:
-        self.next = max(self.next + self.interval, time.monotonic())
-
-
 def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopResult,
            on_snapshot: Callable[[str], None], screen: Screen | None) -> None:
-    """The sampler's clock (jittered ticks, missed ticks skipped) with refreshes and keys between.
+    """The engine's steps (ptrace: jittered ticks, missed ticks skipped; perf: reads of the
+    kernel's buffers) with refreshes and keys between.
 
     Waiting happens in select() on the terminal, so a key is handled at once, whatever the rate.
     """
     start = time.monotonic()
     next_refresh = start + opts.delay
     st = session.sampler.stats
-    st.started = time.time()
-    clock = TickClock(opts.rate, st, random.Random(), start) if session.poller is None else PollClock(
-        session.poll_interval, start)
+    engine = session.engine
+    assert engine is not None
     session.refresh()  # goroutines, threads, uptime now: the header has them even if the target exits
     redraw = screen is not None  # a first picture while the samples come in
     while not signals.stop:
         now = time.monotonic()
-        if now >= clock.next:
-            clock.take(now)
-            session.sample(int((now - start) * 1e9))
-            st.ticks += session.poller is None
-            st.elapsed = time.monotonic() - start
-            clock.advance()
+        if now >= engine.next:
+            session.step(now)
+            st.elapsed = time.monotonic() - engine.start
             if session.exited:
                 next_refresh = now  # say so now
         now = time.monotonic()
@@ -1076,18 +1033,18 @@ def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopR
             h, _ = screen.size()
             screen.draw(screen_lines(session, h), status_line(session))
             redraw = False
-        timeout = min(clock.next, next_refresh) - time.monotonic()
+        timeout = min(engine.next, next_refresh) - time.monotonic()
         if screen is None:
             if timeout > 0:
                 with session.waking():
                     time.sleep(timeout)
-                if time.monotonic() < clock.next:
-                    session.sampler.ordinary()  # woken for a refresh, not for a tick
+                if time.monotonic() < engine.next:
+                    session.ordinary()  # woken for a refresh, not for a tick
             continue
         with session.waking():
             keys = screen.wait_keys(timeout)
-        if keys or time.monotonic() < clock.next:
-            session.sampler.ordinary()  # woken for a key or a refresh, not for a tick
+        if keys or time.monotonic() < engine.next:
+            session.ordinary()  # woken for a key or a refresh, not for a tick
         for key in keys:
             if key == screen.curses.KEY_RESIZE:
                 screen.resized = True
