@@ -14,7 +14,6 @@ import contextlib
 import gc
 import math
 import random
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -34,16 +33,11 @@ from goflame.profile import Sample
 from goflame.resolver import GoroutineResolver
 from goflame.runtime import G_RUNNING, Goroutine, Machine, is_system_goroutine
 from goflame.stackcache import StackCache
-from goflame.stacks import STOPPED_WINDOW, GoroutineStack
+from goflame.stacks import GoroutineStack
+from goflame.stopreader import StopReader
 from goflame.target import Target
 from goflame.unwind.capture import (
-    Role,
-    SchedCounts,
-    Source,
     StopCapture,
-    Window,
-    interrupted_window,
-    read_with_machine,
     stop_offsets,
 )
 from goflame.unwind.livewalk import LiveWalker, ThreadFacts
@@ -51,7 +45,6 @@ from goflame.unwind.livewalk import LiveWalker, ThreadFacts
 if TYPE_CHECKING:
     from goflame.process import PausedThread
 
-_U64 = struct.Struct("<Q")
 TIDS_REFRESH_S = 0.05
 
 
@@ -134,8 +127,8 @@ class Sampler:
         self._sym = target.stacks.symbolizer
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
-        self._g_tls = target.binary.globals.g_tls_offset if not config.native else None  # see _sample_running
-        self._stop_offsets = stop_offsets(lay)  # see _capture_with_machine
+        g_tls = target.binary.globals.g_tls_offset if not config.native else None
+        self._stops = StopReader(mem, self._gs, g_tls, stop_offsets(lay), target.reader.in_text, self._native)
         self._tids: list[int] = []
         self._tids_time = float("-inf")
         self._cache = StackCache(self._sym)
@@ -236,37 +229,13 @@ class Sampler:
 
 
     def _stop_reader(self) -> Callable[[int, Registers], StopCapture]:
-        """What the ptrace engine reads inside each stop (`Pauser.pause`'s callback): as little
-        as the walk needs from memory the thread changes as soon as it runs on."""
-        mem = self._mem
-        tls = self._g_tls
-        in_text = self.t.reader.in_text
-
-        def while_stopped(tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
-            # The stack top, and (amd64) the g the thread runs from its TLS slot, in one read:
-            # exact, and it spares reading m.curg after the release.
-            if tls is None:
-                return StopCapture(Source.PTRACE, regs, mem.read_prefix(regs.rsp, STOPPED_WINDOW), sched=sched)
-            m = self._gs.ms.get(tid)
-            if m is not None and (not in_text(regs.rip) or self._gs.on_gsignal(m, regs.rsp)):
-                return self._capture_with_machine(tid, m, regs, tls, sched)
-            stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
-            g = _U64.unpack(word)[0] if word is not None else 0
-            if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-                stack = mem.read_prefix(regs.rsp, STOPPED_WINDOW)
-            return StopCapture(Source.PTRACE, regs, stack, g, windows=self._stop_windows(tid, g, regs.rsp, stack),
-                               sched=sched)
-
-        if self._native is not None:
-            def while_stopped(tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
-                m = self._gs.ms.get(tid)
-                gsignal = self._gs.g0_bounds.get(m.gsignal) if m is not None else None
-                return self._native.while_stopped(m, regs, STOPPED_WINDOW, sched, gsignal)
-
+        """What the ptrace engine reads inside each stop (`Pauser.pause`'s callback): the
+        sampling rule's counts first, then what the walk needs (`StopReader`)."""
         in_stop = self._credits.in_stop
+        read = self._stops.read
 
         def reads(tid: int, regs: Registers) -> StopCapture:
-            return while_stopped(tid, regs, in_stop(tid, regs))
+            return read(tid, regs, in_stop(tid, regs))
 
         return reads
 
@@ -342,63 +311,6 @@ class Sampler:
                 continue
             out.append(Sample(ts_ns, 0, tid, "running", frames, self._credits.weights.get(tid, 1)))
         return out
-
-    def _capture_with_machine(self, tid: int, m: Machine, regs: Registers, tls: int, sched: SchedCounts | None
-                              ) -> StopCapture:
-        """The stop of a thread outside Go's text (C through cgo, the vDSO) or in Go's signal
-        handler: besides the stack top and the g word, the M's words that lead back to the
-        goroutine (m.curg and its syscallsp/pc, m.vdsoSP/PC), and the goroutine's stack at
-        syscallsp. Read after the release they are another moment's: the C call returns and
-        exitsyscall clears them (a cgo profile had 3 % of its samples cut in C for this)."""
-        offs = self._stop_offsets
-        if offs is None or not m.g0:
-            stack, word = self._mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
-            return StopCapture(Source.PTRACE, regs, stack or b"", _U64.unpack(word)[0] if word else 0, sched=sched)
-        (stack, word), st = read_with_machine(self._mem.read_many, [(regs.rsp, STOPPED_WINDOW), (regs.fs_base + tls, 8)],
-                                              m.addr, m.g0, m.curg, offs)
-        if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-            stack = self._mem.read_prefix(regs.rsp, STOPPED_WINDOW)
-        g = _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
-        windows = self._stop_windows(tid, g, regs.rsp, stack)
-        if st.syscall is not None and st.syscall[1]:
-            base = st.syscall[1] & ~0xFFF
-            data = self._mem.read_many([(base, GOROUTINE_WINDOW)])[0]
-            if data:
-                windows += (Window(base, data, Role.SYSCALL),)
-        return StopCapture(Source.PTRACE, regs, stack, g, curg=st.curg, g0_sched_sp=st.g0_sched_sp, vdso=st.vdso,
-                           syscall=st.syscall, windows=windows, sched=sched)
-
-    def _stop_windows(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
-        """What else the stop of a thread at `sp` on the g `g` reads, besides its stack top:
-        the stack the walk goes on to, which the thread changes as soon as it runs on."""
-        m = self._gs.ms.get(tid)
-        if m is None:
-            return ()
-        gsignal = self._gs.g0_bounds.get(m.gsignal)
-        if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
-            return interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
-        return self._goroutine_window(m, g, sp, stack) if g == m.g0 else ()
-
-    def _goroutine_window(self, m: Machine, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
-        """In the stop of a thread on g0: the goroutine's stack where systemstack left it.
-
-        After the release the thread returns to its goroutine within microseconds and that
-        stack changes; the walk needs the frame that called systemstack (see
-        GoUnwinder._systemstack_caller). systemstack switches to g0.sched.sp, so the first
-        frame on g0 saved the goroutine's frame pointer just below it: the goroutine's stack
-        around that address is read now, in the stop."""
-        top = self._gs.g0_sched_sp.get(g, 0)
-        off = top - 2 * 8 - sp
-        if not 0 <= off <= len(stack) - 8:
-            return ()
-        bp = _U64.unpack_from(stack, off)[0]
-        base = (bp - GOROUTINE_WINDOW // 2) & ~0xFFF
-        if base <= 0:
-            return ()
-        try:
-            return (Window(base, self._mem.read(base, GOROUTINE_WINDOW), Role.SWITCH),)
-        except InvalidMemory:
-            return ()
 
     def _walk_capture(self, m: Machine, g: Goroutine | None, cap: StopCapture) -> tuple[Frame, ...]:
         """The logical frames of a sampled thread's stack, from what its sample captured; ()
@@ -721,7 +633,6 @@ def _by_time(k: KernelSample) -> int:
     return k.time_ns
 
 
-GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
 JITTER_S = 2.0  # perf: how often (on average) a thread's sampling frequency is drawn again
 JITTER = 0.1  # perf: within this share of the rate
 
