@@ -127,8 +127,9 @@ class Sampler:
         self._sym = target.stacks.symbolizer
         self._unwinder = target.stacks.unwinder
         self._native = target.stacks.enable_native() if config.native else None
-        g_tls = target.binary.globals.g_tls_offset if not config.native else None
-        self._stops = StopReader(mem, self._gs, g_tls, stop_offsets(lay), target.reader.in_text, self._native)
+        g_tls = target.binary.globals.g_tls_offset
+        self._stops = (self._native.stop_reader(g_tls=None) if self._native is not None
+                       else StopReader(mem, stop_offsets(lay), target.reader.in_text, g_tls=g_tls))
         self._tids: list[int] = []
         self._tids_time = float("-inf")
         self._cache = StackCache(self._sym)
@@ -233,9 +234,11 @@ class Sampler:
         sampling rule's counts first, then what the walk needs (`StopReader`)."""
         in_stop = self._credits.in_stop
         read = self._stops.read
+        ms = self._gs.ms
+        stacks = self._gs
 
         def reads(tid: int, regs: Registers) -> StopCapture:
-            return read(tid, regs, in_stop(tid, regs))
+            return read(ms.get(tid), regs, stacks, in_stop(tid, regs))
 
         return reads
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 from goflame.binary.gobinary import GoBinary
 from goflame.errors import InvalidMemory
 from goflame.frame import Frame
-from goflame.process import Process, Registers
+from goflame.process import Process
 from goflame.runtime import G_RUNNING, G_SYSCALL, Goroutine, Machine, RuntimeReader, Snapshot
+from goflame.stopreader import StopReader
 from goflame.symbolize import Symbolizer
-from goflame.unwind.capture import Source, StopCapture, interrupted_window, read_with_machine, stop_offsets
+from goflame.unwind.capture import StopCapture, stop_offsets
 from goflame.unwind.gopclntab import GoUnwinder, PhysicalFrame, StackMemory, Walk
 from goflame.unwind.livewalk import LiveWalker, Start, ThreadFacts
-from goflame.unwind.stackmap import system_span
 from goflame.unwind.stop import Stop
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from goflame.unwind.stitch import MixedWalk, NativeStitcher
 
 STACK_WINDOW = 64 * 1024  # bytes of stack read in one go per goroutine (more on demand)
-STOPPED_WINDOW = 16 * 1024  # bytes read while a thread is stopped: keep the stop short
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +69,8 @@ class StackCollector:
         self.pause_ns: list[int] = []
         self.native: NativeStitcher | None = None
         self._frames_at: dict[tuple[int, bool, int], tuple[StackFrame, ...]] = {}
-        self._curg_offset = reader.m.spec["curg"][0]
-        self._offsets = stop_offsets(reader)
+        self._stops = StopReader(proc.memory, stop_offsets(reader), reader.in_text,
+                                 g_tls=binary.globals.g_tls_offset, machine=True)
         self._walker = LiveWalker(self.unwinder, reader.in_text, walk_unknown=False)
 
     def enable_native(self) -> NativeStitcher:
@@ -81,16 +80,10 @@ class StackCollector:
 
             self.native = NativeStitcher(self.proc, self.reader, self.unwinder)
             self._walker = LiveWalker(self.unwinder, self.reader.in_text, walk_unknown=False, native=self.native)
+            self._stops = self.native.stop_reader(g_tls=None)
         return self.native
 
     # -- registers of running goroutines ----------------------------------------------------------
-    @staticmethod
-    def _stack_bounds_of(m: Machine, g: Goroutine, system: dict[int, tuple[int, int]], rsp: int
-                         ) -> tuple[int, int] | None:
-        if g.contains_sp(rsp):
-            return g.stack_lo, g.stack_hi
-        return system_span(m, rsp, system)
-
     def pause_running(self, snap: Snapshot, goroutines: list[Goroutine]) -> dict[int, PausedThread[StopCapture]]:
         """goid -> its thread's stop and what was read in it, per goroutine on a thread.
 
@@ -111,8 +104,9 @@ class StackCollector:
                 by_tid[m.tid] = (m, g)
         if not by_tid:
             return {}
-        system = g0_bounds(snap)
-        paused = self.proc.pause(list(by_tid), lambda tid, regs: self._read_in_stop(system, *by_tid[tid], regs))
+        stacks = SnapshotStacks.of(snap)
+        read = self._stops.read
+        paused = self.proc.pause(list(by_tid), lambda tid, regs: read(by_tid[tid][0], regs, stacks))
         out = {}
         for tid, p in paused.items():
             _m, g = by_tid[tid]
@@ -122,30 +116,6 @@ class StackCollector:
             if p.extra.curg in (-1, g.addr):  # -1: m.curg was unreadable; the walk checks the stack itself
                 out[g.goid] = p
         return out
-
-    def _read_in_stop(self, system: dict[int, tuple[int, int]], m: Machine, g: Goroutine, regs: Registers
-                      ) -> StopCapture:
-        """The stack top and m.curg (plus, with --native, what stitching C frames needs); in
-        the signal handler, the stack of the code the signal interrupted too. `system`: the
-        bounds of the system stacks (g0, gsignal) by their g."""
-        gsignal = system.get(m.gsignal)
-        if self.native is not None:
-            return self.native.while_stopped(m, regs, STOPPED_WINDOW, gsignal=gsignal)
-        bounds = self._stack_bounds_of(m, g, system, regs.rsp)
-        n = max(min(STOPPED_WINDOW, bounds[1] - regs.rsp) if bounds is not None else 0, 0)
-        mem = self.proc.memory
-        if self._offsets is not None and m.g0 and not self.reader.in_text(regs.rip):
-            # Outside Go (the vDSO, C, a raw syscall): the M's words that say where it left Go,
-            # read now; the thread clears them as soon as it returns to Go.
-            (stack,), st = read_with_machine(mem.read_many, [(regs.rsp, n)], m.addr, m.g0, g.addr, self._offsets)
-            return StopCapture(Source.PTRACE, regs, stack if stack is not None else mem.read_prefix(regs.rsp, n),
-                               curg=st.curg, g0_sched_sp=st.g0_sched_sp, vdso=st.vdso, syscall=st.syscall)
-        stack, word = mem.read_pair(regs.rsp, n, m.addr + self._curg_offset, 8)
-        curg = int.from_bytes(word, "little") if word and len(word) == 8 else -1
-        if stack is None:  # past the end of a mapping (an OS thread's stack): up to there
-            stack = mem.read_prefix(regs.rsp, n)
-        windows = interrupted_window(mem.read_prefix, stack, regs.rsp, gsignal)
-        return StopCapture(Source.PTRACE, regs, stack, curg=curg, windows=windows)
 
     # -- walks ------------------------------------------------------------------------------------
     def collect(self, snap: Snapshot, *, pause: bool = True, goroutines: list[Goroutine] | None = None
@@ -280,6 +250,18 @@ class StackCollector:
                 cache[key] = hit
             frames.extend(hit)
         return GoroutineStack(g, tuple(frames), start, walk.stop, tid, pause_ns)
+
+
+@dataclass(frozen=True)
+class SnapshotStacks:
+    """The system stacks of a snapshot's Ms (a `stopreader.SystemStacks`)."""
+
+    g0_bounds: dict[int, tuple[int, int]]
+    g0_sched_sp: dict[int, int]
+
+    @classmethod
+    def of(cls, snap: Snapshot) -> SnapshotStacks:
+        return cls(g0_bounds(snap), {a: sg.sched_sp for a, sg in snap.g0s.items()})
 
 
 def g0_bounds(snap: Snapshot) -> dict[int, tuple[int, int]]:

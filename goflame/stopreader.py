@@ -1,24 +1,25 @@
-"""What the ptrace engine reads inside each stop of a sampled thread: a `StopCapture`.
+"""What goflame reads inside each ptrace stop of a thread: a `StopCapture`.
 
 A thread runs on the moment goflame lets it go, and the memory a walk needs beyond its stack
 top changes with it: the g it ran, what leads out of C code or a vDSO call (the M's words),
-the goroutine's stack where systemstack left it, the stack a signal interrupted. So each is
-read inside the stop, in as few process_vm_readv calls as the thread's state allows, and
-the walk (unwind/livewalk.py) prefers these windows to live memory.
+the goroutine's stack where systemstack left it or where it left Go, the stack a signal
+interrupted. So each is read inside the stop, in as few process_vm_readv calls as the
+thread's state allows (one on the common path, two where another stack is needed), and the
+walk (unwind/livewalk.py) prefers these windows to live memory.
+
+One reader for every stop: dump's, the ptrace engine's (record, top) and --native's. They
+differ only in what they always want (`StopReader`'s arguments), never in how a window is
+found or read.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
-from goflame.errors import InvalidMemory
-from goflame.process import Registers
-from goflame.resolver import GoroutineResolver
-from goflame.runtime import Machine
-from goflame.stacks import STOPPED_WINDOW
 from goflame.unwind.capture import (
+    MachineState,
     Role,
     SchedCounts,
     Source,
@@ -30,101 +31,152 @@ from goflame.unwind.capture import (
 )
 
 if TYPE_CHECKING:
+    from goflame.process import Registers
     from goflame.process.memory import ProcessMemory
-    from goflame.unwind.stitch import NativeStitcher
+    from goflame.runtime import Machine
 
-GOROUTINE_WINDOW = 16 * 1024  # bytes of a goroutine's stack read in the stop of a thread on g0
+STOPPED_WINDOW = 16 * 1024  # bytes of the stack top read while a thread is stopped: keep the stop short
+GOROUTINE_WINDOW = 16 * 1024  # bytes of another stack the walk goes on to, read in the same stop
 _U64 = struct.Struct("<Q")
 
 
-class StopReader:
-    """Fills a `StopCapture` inside each ptrace stop of a sampled thread. `g_tls`: the g's
-    TLS slot offset (amd64; None: not read); `native`: --native reads what stitching C
-    frames needs instead (`NativeStitcher.while_stopped`)."""
+class SystemStacks(Protocol):
+    """The system stacks (g0, gsignal) of the target's Ms, as last read."""
 
-    def __init__(self, mem: ProcessMemory, gs: GoroutineResolver, g_tls: int | None, offsets: StopOffsets | None,
-                 in_text: Callable[[int], bool], native: NativeStitcher | None = None) -> None:
+    @property
+    def g0_bounds(self) -> Mapping[int, tuple[int, int]]: ...  # g0/gsignal address -> (stack.lo, stack.hi)
+
+    @property
+    def g0_sched_sp(self) -> Mapping[int, int]: ...  # g0 address -> g0.sched.sp: where systemstack switches to
+
+
+class StopReader:
+    """Fills a `StopCapture` inside a ptrace stop.
+
+    `g_tls`: the g's TLS slot offset (amd64), read with the stack top (None: not read).
+    `machine`: read the M's words (m.curg, m.vdsoSP/PC, g0.sched.sp, curg.syscallsp/pc) in
+    every stop; dump needs m.curg to tell a goroutine that moved, --native needs the rest to
+    stitch C frames. Otherwise they are read only where the walk needs them: outside Go's text
+    and in Go's signal handler.
+    `mapping`: --native's cached map of the address space, which bounds each window by its
+    mapping and adds the C frames of a callback into Go (g0 above g0.sched.sp)."""
+
+    def __init__(self, mem: ProcessMemory, offsets: StopOffsets | None, in_text: Callable[[int], bool], *,
+                 g_tls: int | None = None, machine: bool = False,
+                 mapping: Callable[[int], tuple[int, int] | None] | None = None) -> None:
         self._mem = mem
-        self._gs = gs
-        self._tls = g_tls
         self._offsets = offsets
         self._in_text = in_text
-        self._native = native
+        self._tls = g_tls
+        self._always = machine
+        self._mapping = mapping
 
-    def read(self, tid: int, regs: Registers, sched: SchedCounts | None) -> StopCapture:
-        """The stack top, and (amd64) the g the thread runs from its TLS slot, in one read:
-        exact, and it spares reading m.curg after the release; more where the thread's state
-        needs it."""
-        mem = self._mem
-        m = self._gs.ms.get(tid)
-        if self._native is not None:
-            gsignal = self._gs.g0_bounds.get(m.gsignal) if m is not None else None
-            return self._native.while_stopped(m, regs, STOPPED_WINDOW, sched, gsignal)
-        tls = self._tls
-        if tls is None:
-            return StopCapture(Source.PTRACE, regs, mem.read_prefix(regs.rsp, STOPPED_WINDOW), sched=sched)
-        if m is not None and (not self._in_text(regs.rip) or self._gs.on_gsignal(m, regs.rsp)):
-            return self._capture_with_machine(tid, m, regs, tls, sched)
-        stack, word = mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
-        g = _U64.unpack(word)[0] if word is not None else 0
-        if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-            stack = mem.read_prefix(regs.rsp, STOPPED_WINDOW)
-        return StopCapture(Source.PTRACE, regs, stack, g, windows=self._stop_windows(tid, g, regs.rsp, stack),
-                           sched=sched)
-
-    def _capture_with_machine(self, tid: int, m: Machine, regs: Registers, tls: int, sched: SchedCounts | None
-                              ) -> StopCapture:
-        """The stop of a thread outside Go's text (C through cgo, the vDSO) or in Go's signal
-        handler: besides the stack top and the g word, the M's words that lead back to the
-        goroutine (m.curg and its syscallsp/pc, m.vdsoSP/PC), and the goroutine's stack at
-        syscallsp. Read after the release they are another moment's: the C call returns and
-        exitsyscall clears them (a cgo profile had 3 % of its samples cut in C for this)."""
+    def read(self, m: Machine | None, regs: Registers, stacks: SystemStacks, sched: SchedCounts | None = None
+             ) -> StopCapture:
+        """Everything the walk of the thread `m` stopped at `regs` will need of memory that
+        changes once it runs on. `sched`: the sampling rule's counts, taken in the stop."""
+        sp = regs.rsp
+        gsignal = stacks.g0_bounds.get(m.gsignal) if m is not None else None
+        in_handler = gsignal is not None and gsignal[0] <= sp < gsignal[1]
         offs = self._offsets
-        if offs is None or not m.g0:
-            stack, word = self._mem.read_pair(regs.rsp, STOPPED_WINDOW, regs.fs_base + tls, 8)
-            return StopCapture(Source.PTRACE, regs, stack or b"", _U64.unpack(word)[0] if word else 0, sched=sched)
-        (stack, word), st = read_with_machine(self._mem.read_many, [(regs.rsp, STOPPED_WINDOW), (regs.fs_base + tls, 8)],
-                                              m.addr, m.g0, m.curg, offs)
+        if (offs is not None and m is not None and m.g0
+                and (self._always or in_handler or not self._in_text(regs.rip))):
+            return self._with_machine(m, regs, stacks, gsignal, offs, sched)
+        stack, g = self._stack_and_g(regs)
+        if in_handler:
+            windows = interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
+        elif m is not None and g == m.g0 and g:
+            windows = self._windows(self._switch_request(stacks.g0_sched_sp.get(g, 0), sp, stack))
+        else:
+            windows = ()
+        return StopCapture(Source.PTRACE, regs, stack, g, windows=windows, sched=sched)
+
+    def _stack_and_g(self, regs: Registers) -> tuple[bytes, int]:
+        """The common stop: the stack top and the TLS g in one read."""
+        sp, mem = regs.rsp, self._mem
+        if self._tls is None:
+            return self._top(sp), 0
+        stack, word = mem.read_pair(sp, self._top_size(sp), regs.fs_base + self._tls, 8)
         if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-            stack = self._mem.read_prefix(regs.rsp, STOPPED_WINDOW)
+            stack = mem.read_prefix(sp, self._top_size(sp))
+        return stack, _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
+
+    def _with_machine(self, m: Machine, regs: Registers, stacks: SystemStacks, gsignal: tuple[int, int] | None,
+                      offs: StopOffsets, sched: SchedCounts | None) -> StopCapture:
+        """The stop with the M's words: in one read with the stack top (two if m.curg is not
+        the goroutine the M was last known to run), then the stacks those words lead to.
+        Read after the release they are another moment's: the C call returns and exitsyscall
+        clears them (a cgo profile had 3 % of its samples cut in C for this)."""
+        sp = regs.rsp
+        reqs = [(sp, self._top_size(sp))]
+        if self._tls is not None:
+            reqs.append((regs.fs_base + self._tls, 8))
+        bufs, st = read_with_machine(self._mem.read_many, reqs, m.addr, m.g0, m.curg, offs)
+        stack = bufs[0] if bufs[0] is not None else self._top(sp)
+        word = bufs[1] if len(bufs) > 1 else None
         g = _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
-        windows = self._stop_windows(tid, g, regs.rsp, stack)
-        if st.syscall is not None and st.syscall[1]:
-            base = st.syscall[1] & ~0xFFF
-            data = self._mem.read_many([(base, GOROUTINE_WINDOW)])[0]
-            if data:
-                windows += (Window(base, data, Role.SYSCALL),)
+        if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
+            windows = interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
+        else:
+            g0 = stacks.g0_bounds.get(m.g0)
+            on_g0 = g == m.g0 if g else g0 is not None and g0[0] <= sp < g0[1]
+            g0_top = st.g0_sched_sp or stacks.g0_sched_sp.get(m.g0, 0)
+            switch = self._switch_request(g0_top, sp, stack) if on_g0 else ()
+            windows = self._windows((*switch, *self._machine_requests(st, sp)))
         return StopCapture(Source.PTRACE, regs, stack, g, curg=st.curg, g0_sched_sp=st.g0_sched_sp, vdso=st.vdso,
                            syscall=st.syscall, windows=windows, sched=sched)
 
-    def _stop_windows(self, tid: int, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
-        """What else the stop of a thread at `sp` on the g `g` reads, besides its stack top:
-        the stack the walk goes on to, which the thread changes as soon as it runs on."""
-        m = self._gs.ms.get(tid)
-        if m is None:
-            return ()
-        gsignal = self._gs.g0_bounds.get(m.gsignal)
-        if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
-            return interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
-        return self._goroutine_window(m, g, sp, stack) if g == m.g0 else ()
+    def _top_size(self, sp: int) -> int:
+        bounds = self._mapping(sp) if self._mapping is not None else None
+        return min(STOPPED_WINDOW, bounds[1] - sp) if bounds is not None else STOPPED_WINDOW
 
-    def _goroutine_window(self, m: Machine, g: int, sp: int, stack: bytes) -> tuple[Window, ...]:
-        """In the stop of a thread on g0: the goroutine's stack where systemstack left it.
+    def _top(self, sp: int) -> bytes:
+        return self._mem.read_prefix(sp, self._top_size(sp))
+
+    @staticmethod
+    def _switch_request(g0_sched_sp: int, sp: int, stack: bytes) -> tuple[tuple[int, Role], ...]:
+        """On g0: the goroutine's stack where systemstack left it.
 
         After the release the thread returns to its goroutine within microseconds and that
         stack changes; the walk needs the frame that called systemstack (see
         GoUnwinder._systemstack_caller). systemstack switches to g0.sched.sp, so the first
         frame on g0 saved the goroutine's frame pointer just below it: the goroutine's stack
         around that address is read now, in the stop."""
-        top = self._gs.g0_sched_sp.get(g, 0)
-        off = top - 2 * 8 - sp
+        off = g0_sched_sp - 2 * 8 - sp
         if not 0 <= off <= len(stack) - 8:
             return ()
-        bp = _U64.unpack_from(stack, off)[0]
-        base = (bp - GOROUTINE_WINDOW // 2) & ~0xFFF
-        if base <= 0:
+        base = (_U64.unpack_from(stack, off)[0] - GOROUTINE_WINDOW // 2) & ~0xFFF
+        return ((base, Role.SWITCH),) if base > 0 else ()
+
+    def _machine_requests(self, st: MachineState, sp: int) -> tuple[tuple[int, Role], ...]:
+        """The stacks the M's words lead to, off the stack top: the goroutine's at m.vdsoSP
+        and g.syscallsp (it runs on there when the vDSO or C call returns) and, with
+        --native, g0 above g0.sched.sp (the C frames of a callback into Go, which C
+        overwrites as soon as the callback returns)."""
+        top = sp + STOPPED_WINDOW
+        out = []
+        wanted = ((st.vdso[0] if st.vdso else 0, Role.VDSO), (st.syscall[1] if st.syscall else 0, Role.SYSCALL))
+        if self._mapping is not None:
+            wanted = ((st.g0_sched_sp or 0, Role.G0_CALLBACK), *wanted)
+        for addr, role in wanted:
+            if addr and not sp <= addr < top:
+                out.append((addr & ~0xFFF, role))
+        return tuple(out)
+
+    def _windows(self, wanted: tuple[tuple[int, Role], ...]) -> tuple[Window, ...]:
+        """The pages at each (base, role), GOROUTINE_WINDOW bytes or up to their mapping's
+        end, in one read; a window that crosses an unmapped page is read up to it."""
+        if not wanted:
             return ()
-        try:
-            return (Window(base, self._mem.read(base, GOROUTINE_WINDOW), Role.SWITCH),)
-        except InvalidMemory:
-            return ()
+        sizes = []
+        for base, _role in wanted:
+            bounds = self._mapping(base) if self._mapping is not None else None
+            sizes.append(min(GOROUTINE_WINDOW, bounds[1] - base) if bounds is not None else GOROUTINE_WINDOW)
+        got = self._mem.read_many([(base, n) for (base, _r), n in zip(wanted, sizes, strict=True)])
+        out = []
+        for (base, role), n, data in zip(wanted, sizes, got, strict=True):
+            if data is None:
+                data = self._mem.read_prefix(base, n)
+            if data:
+                out.append(Window(base, data, role))
+        return tuple(out)

@@ -12,23 +12,13 @@ Made only with --native: nothing here is imported, opened or parsed otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from goflame.errors import InvalidMemory
 from goflame.frame import Frame, FrameKind
 from goflame.process import Process, Registers
-from goflame.unwind.capture import (
-    Role,
-    SchedCounts,
-    Source,
-    StopCapture,
-    StopOffsets,
-    Window,
-    interrupted_window,
-    read_with_machine,
-    stop_offsets,
-)
+from goflame.stopreader import StopReader
+from goflame.unwind.capture import StopCapture, stop_offsets
 from goflame.unwind.cfi import RA, RBP, RBX, RSP
 from goflame.unwind.gopclntab import PhysicalFrame, StackMemory, Walk
 from goflame.unwind.images import ImageCache
@@ -45,7 +35,6 @@ if TYPE_CHECKING:
 # ... a stopped thread's own stack pointer is surely mapped, so a miss means the maps are stale
 # (a thread made since, with a new stack) and the walk would fail without them.
 STACK_MAPS_REFRESH_S = 0.02
-OTHER_STACK_WINDOW = 8 * 1024  # bytes read in the stop from each other stack a walk may continue on
 
 
 MixedFrame = PhysicalFrame | NativeFrame
@@ -84,46 +73,12 @@ class NativeStitcher:
         self._machines: dict[int, Machine] = {}
 
     # live threads
-    def while_stopped(self, m: Machine | None, regs: Registers, window: int, sched: SchedCounts | None = None,
-                      gsignal: tuple[int, int] | None = None) -> StopCapture:
-        """What to read while the thread is stopped, all in one syscall.
-
-        Besides the stack top: m.curg, m.g0.sched.sp, m.vdso{SP,PC}, and the syscall{sp,pc}
-        of the goroutine the M last ran. Read after the thread runs on, these may no longer
-        match the registers: a callback may have returned, a vDSO call (tens of ns) surely has.
-        """
-        sp = regs.rsp
-        bounds = self.native.space.cached_mapping(sp)  # no /proc read inside the stop
-        reqs = [(sp, min(window, bounds[1] - sp) if bounds else 0x1000 - (sp & 0xFFF))]
-        offs = self._offsets
-        if m is None or offs is None or not m.g0:
-            data = self.proc.memory.read_many(reqs)[0]
-            return StopCapture(Source.PTRACE, regs, data or b"", sched=sched)
-        bufs, st = read_with_machine(self.proc.memory.read_many, reqs, m.addr, m.g0, m.curg, offs)
-        # The walk continues on other stacks than the one the thread stopped on: g0 above
-        # g0.sched.sp (the C frames of a callback into Go, overwritten by C as soon as the
-        # callback returns), the goroutine's stack at m.vdsoSP or g.syscallsp (it runs on
-        # when the vDSO or C call returns). Read them too while the thread is stopped: one
-        # more, dependent, read.
-        windows = []
-        vdso_sp = st.vdso[0] if st.vdso else None
-        sys_sp = st.syscall[1] if st.syscall else None
-        for addr, role in ((st.g0_sched_sp, Role.G0_CALLBACK), (vdso_sp, Role.VDSO), (sys_sp, Role.SYSCALL)):
-            if addr and not (bounds and bounds[0] <= addr < bounds[1]):
-                base = addr & ~0xFFF
-                mapped = self.native.space.cached_mapping(addr)
-                windows.append((base, min(OTHER_STACK_WINDOW, mapped[1] - base) if mapped else 0x1000, role))
-        other: tuple[Window, ...] = ()
-        if windows:
-            other = tuple(Window(base, data, role) for (base, _n, role), data in
-                          zip(windows, self.proc.memory.read_many([(a, n) for a, n, _r in windows]), strict=True) if data)
-        other += interrupted_window(self.proc.memory.read_prefix, bufs[0] or b"", sp, gsignal)
-        return StopCapture(Source.PTRACE, regs, bufs[0] or b"", curg=st.curg, g0_sched_sp=st.g0_sched_sp,
-                           vdso=st.vdso, syscall=st.syscall, windows=other, sched=sched)
-
-    @cached_property
-    def _offsets(self) -> StopOffsets | None:
-        return stop_offsets(self.reader)
+    def stop_reader(self, g_tls: int | None) -> StopReader:
+        """What a stop of a thread reads for a mixed walk: the M's words in every stop, and
+        each window bounded by its mapping (no /proc read inside the stop), g0 above
+        g0.sched.sp included: the C frames of a callback into Go."""
+        return StopReader(self.proc.memory, stop_offsets(self.reader), self.reader.in_text, g_tls=g_tls,
+                          machine=True, mapping=self.native.space.cached_mapping)
 
     def outside_go(self, m: Machine | None, g: Goroutine | None, regs: Registers, mem: StackMemory,
                    g0_bounds: dict[int, tuple[int, int]], stopped: StopCapture | None = None) -> MixedWalk:
