@@ -94,11 +94,12 @@ class StopReader:
     def _stack_and_g(self, regs: Registers) -> tuple[bytes, int]:
         """The common stop: the stack top and the TLS g in one read."""
         sp, mem = regs.rsp, self._mem
+        size = STOPPED_WINDOW if self._mapping is None else self._top_size(sp)
         if self._tls is None:
-            return self._top(sp), 0
-        stack, word = mem.read_pair(sp, self._top_size(sp), regs.fs_base + self._tls, 8)
+            return mem.read_prefix(sp, size), 0
+        stack, word = mem.read_pair(sp, size, regs.fs_base + self._tls, 8)
         if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
-            stack = mem.read_prefix(sp, self._top_size(sp))
+            stack = mem.read_prefix(sp, size)
         return stack, _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
 
     def _with_machine(self, m: Machine, regs: Registers, stacks: SystemStacks, gsignal: tuple[int, int] | None,

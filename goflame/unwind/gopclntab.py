@@ -36,12 +36,17 @@ if TYPE_CHECKING:
     from goflame.unwind.vdsocall import VdsoCalls
 
 MAX_FRAMES = 100_000
+# A zero return address ends a stack only at its top (Go: frame.sp == g.stktopsp, which newproc
+# sets 32 bytes below stack.hi on amd64); inside the stack it is memory that changed under the
+# walk (read after the sample: the goroutine returned, or its stack was freed), a cut.
+STACK_TOP_SLACK = 64
 PTR = 8
 _U64 = struct.Struct("<Q")
 
 
-class _Jump(NamedTuple):
-    """Where a walk goes on after a stack switch (GoUnwinder._jump_stack)."""
+class _Frame(NamedTuple):
+    """The state of GoUnwinder.unwind's loop at one frame, as _resolve_special sees it and
+    _jump_stack makes it anew on the goroutine's stack."""
 
     pc: int
     sp: int
@@ -50,6 +55,11 @@ class _Jump(NamedTuple):
     hi: int
     func: Func
     spdelta: int | None
+    flag: int
+    trap: bool
+    on_system_stack: Callable[[str], StackSwitch | None] | None
+
+
 _PLAIN, _TOP, _FULL = 0, 1, 2  # kinds of frame for GoUnwinder.live_pcs
 _CALL_REL32 = 0xE8
 _REL32 = struct.Struct("<i")
@@ -289,8 +299,8 @@ class GoUnwinder:
 
         Returns the sym_pcs of the frames `unwind(pc, sp, 0, mem, lo, hi, exact=True)` would
         make, outermost last, followed by its stop reason — or None when the walk meets a
-        frame that needs `unwind`'s full rules (or would end for any reason but Stop.TOP or
-        Stop.ZERO_PC); the caller then runs `unwind`. No frame objects: a busy sampler walks
+        frame that needs `unwind`'s full rules (or would end for any reason but Stop.TOP,
+        Stop.ZERO_PC or Stop.STALE); the caller then runs `unwind`. No frame objects: a busy sampler walks
         thousands of stacks a second and needs only the pcs (its stacks are keyed by them).
         """
         steps = self._steps
@@ -316,7 +326,7 @@ class GoUnwinder:
                 ra = fp - PTR
                 lr = unpack(data, ra - base)[0] if base <= ra <= data_end else mem.u64(ra)
                 if lr == 0:
-                    append(Stop.ZERO_PC)
+                    append(Stop.ZERO_PC if hi - fp <= STACK_TOP_SLACK else Stop.STALE)
                     return tuple(out)
                 if not text_lo <= lr < text_hi or (lr == pc and fp == sp):
                     return None
@@ -338,7 +348,7 @@ class GoUnwinder:
         return f is not None and f.name.startswith(MORESTACK_ENTRIES)
 
     def _jump_stack(self, name: str, switch: StackSwitch, frames: list[PhysicalFrame], pc: int, lr: int,
-                    f: Func, spdelta: int | None, mem: StackMemory) -> Walk | _Jump | None:
+                    f: Func, spdelta: int | None, mem: StackMemory) -> Walk | _Frame | None:
         """Where a walk on g0 goes on at runtime.systemstack or runtime.morestack, as Go's
         unwinder does (jumpStack): to the goroutine's stack; a Walk if it ends here; None if
         it cannot go on at morestack (the walk ends there, cut)."""
@@ -350,13 +360,37 @@ class GoUnwinder:
             to, delta = self.func_at(switch.pc)
             if to is None:
                 return None
-            return _Jump(switch.pc, switch.sp, switch.lr, switch.lo, switch.hi, to, delta)
+            return _Frame(switch.pc, switch.sp, switch.lr, switch.lo, switch.hi, to, delta, to.flag, False, None)
         if pc in switch.chain:  # taken at the sample: exact, where memory may be stale
             return self._along_chain(frames, pc, f, switch.chain)
         back = self._systemstack_caller(frames, switch, mem, pc)
         if back is None:
             return Walk(frames, Stop.SYSTEMSTACK)
-        return _Jump(pc, back[0], lr, back[1], back[2], f, spdelta)
+        return _Frame(pc, back[0], lr, back[1], back[2], f, spdelta, f.flag & ~FLAG_SPWRITE, False, None)
+
+    def _resolve_special(self, name: str, at: _Frame, frames: list[PhysicalFrame], mem: StackMemory,
+                         entered_from_syscall: bool) -> _Frame | Walk:
+        """The frame at a special runtime function (unwind/special.py), as Go's unwinder
+        resolves it (resolveInternal): cgocallback and a syscall's innermost frame are not
+        SPWRITE stops; at systemstack and morestack on g0 the walk jumps to the goroutine's
+        stack (_jump_stack). A Walk where it ends there."""
+        flag, on_system_stack = at.flag, at.on_system_stack
+        if name == CGOCALLBACK or entered_from_syscall:
+            flag &= ~FLAG_SPWRITE
+        if on_system_stack is not None and name == MORESTACK and _dropped(frames):
+            # The scheduler entered from newstack (a preemption) dropped the goroutine:
+            # m.curg was nil at the sample, and Go's traceback ends here.
+            on_system_stack = None
+        if on_system_stack is None or name not in JUMP_STACK:
+            return at._replace(flag=flag, on_system_stack=on_system_stack)
+        switch = on_system_stack(name)
+        jump = None if switch is None else self._jump_stack(name, switch, frames, at.pc, at.lr, at.func, at.spdelta,
+                                                            mem)
+        if isinstance(jump, Walk):
+            return jump
+        if jump is None:
+            return at._replace(flag=flag)
+        return jump._replace(trap=at.trap and name == SYSTEMSTACK)
 
     def unwind(self, pc: int, sp: int, lr: int, mem: StackMemory, lo: int, hi: int, *, exact: bool = False,
                from_syscall: bool = False, on_system_stack: Callable[[str], StackSwitch | None] | None = None,
@@ -395,23 +429,11 @@ class GoUnwinder:
                 flag = f.flag
                 name = f.name
                 if name in SPECIAL or (from_syscall and innermost):
-                    if name == CGOCALLBACK or (from_syscall and innermost):
-                        flag &= ~FLAG_SPWRITE
-                    if on_system_stack is not None and name == MORESTACK and _dropped(frames):
-                        # The scheduler entered from newstack (a preemption) dropped the
-                        # goroutine: m.curg was nil at the sample, and Go's traceback ends here.
-                        on_system_stack = None
-                    if on_system_stack is not None and name in JUMP_STACK:
-                        switch = on_system_stack(name)
-                        jump = None if switch is None else self._jump_stack(name, switch, frames, pc, lr, f, spdelta,
-                                                                            mem)
-                        if isinstance(jump, Walk):
-                            return jump
-                        if jump is not None:
-                            pc, sp, lr, lo, hi, f, spdelta = jump
-                            flag = f.flag & ~FLAG_SPWRITE if name == SYSTEMSTACK else f.flag
-                            trap = trap and name == SYSTEMSTACK
-                            on_system_stack = None
+                    at = _Frame(pc, sp, lr, lo, hi, f, spdelta, flag, trap, on_system_stack)
+                    at = self._resolve_special(name, at, frames, mem, from_syscall and innermost)
+                    if isinstance(at, Walk):
+                        return at
+                    pc, sp, lr, lo, hi, f, spdelta, flag, trap, on_system_stack = at
                 if spdelta is None or spdelta < 0:
                     return Walk(frames, Stop.NO_FRAME_SIZE)
                 fp = sp + spdelta + PTR
@@ -428,7 +450,7 @@ class GoUnwinder:
                     ra = fp - PTR
                     lr = unpack(data, ra - base)[0] if base <= ra <= data_end else mem.u64(ra)
                     if lr == 0:
-                        return Walk(frames, Stop.ZERO_PC)
+                        return Walk(frames, Stop.ZERO_PC if hi - fp <= STACK_TOP_SLACK else Stop.STALE)
                 if not text_lo <= lr < text_hi:
                     return Walk(frames, Stop.UNKNOWN_PC)
                 if lr == pc and fp == sp:

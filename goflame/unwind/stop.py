@@ -6,7 +6,8 @@ set, and whether that end is the real end of the stack is decided here and nowhe
 inside the unwinders all ask `Stop.complete` / `Stop.marker`.
 
 A walk is complete where the Go runtime's own traceback ends (runtime/traceback.go): at a
-TOPFRAME function (goexit, mstart, rt0_go), at a zero return address, or at an SPWRITE
+TOPFRAME function (goexit, mstart, rt0_go), at a zero return address at the stack's top
+(finishInternal: frame.sp == g.stktopsp; anywhere else it is an error), or at an SPWRITE
 function (mcall, gogo, the switches to g0: their pcsp cannot say where the caller is, and Go
 sets frame.lr = 0 there, silently for its profiler and its tracebacks). Every other reason
 is a cut: the stack goes on, but goflame could not follow it.
@@ -24,7 +25,7 @@ from enum import StrEnum
 class Stop(StrEnum):
     # Complete: where Go's own traceback ends too.
     TOP = "top"  # a TOPFRAME function (goexit, mstart, rt0_go), or a C thread's root (--native)
-    ZERO_PC = "zero-pc"  # a zero return address
+    ZERO_PC = "zero-pc"  # a zero return address at the top of the stack (Go: at g.stktopsp)
     SPWRITE = "spwrite"  # an SPWRITE function (mcall, gogo, ...): Go's traceback stops there
 
     # Cuts: the stack goes on, goflame could not follow it.
@@ -33,6 +34,7 @@ class Stop(StrEnum):
     MEMORY = "memory"  # the target's memory could not be read
     TOO_DEEP = "too-deep"  # more frames than a walk takes
     STUCK = "stuck"  # a frame that leads to itself
+    STALE = "stale"  # a zero return address inside the stack: it changed under the walk (read after the sample)
     EXTERNAL = "external"  # a Go function without a pcsp table
     NO_FRAME_SIZE = "no-frame-size"  # pcsp has no frame size at the pc
     SYSTEMSTACK = "systemstack"  # systemstack's caller on the goroutine's stack not found
