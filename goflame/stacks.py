@@ -69,8 +69,7 @@ class StackCollector:
         self.pause_ns: list[int] = []
         self.native: NativeStitcher | None = None
         self._frames_at: dict[tuple[int, bool, int], tuple[StackFrame, ...]] = {}
-        self._stops = StopReader(proc.memory, stop_offsets(reader), reader.in_text,
-                                 g_tls=binary.globals.g_tls_offset, machine=True)
+        self._stops = StopReader(proc.memory, stop_offsets(reader), reader.in_text, curg=True)
         self._walker = LiveWalker(self.unwinder, reader.in_text, walk_unknown=False)
 
     def enable_native(self) -> NativeStitcher:

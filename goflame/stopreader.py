@@ -54,20 +54,21 @@ class StopReader:
     """Fills a `StopCapture` inside a ptrace stop.
 
     `g_tls`: the g's TLS slot offset (amd64), read with the stack top (None: not read).
+    `curg`: read m.curg with the stack top instead (dump: it tells a goroutine that moved).
     `machine`: read the M's words (m.curg, m.vdsoSP/PC, g0.sched.sp, curg.syscallsp/pc) in
-    every stop; dump needs m.curg to tell a goroutine that moved, --native needs the rest to
-    stitch C frames. Otherwise they are read only where the walk needs them: outside Go's text
-    and in Go's signal handler.
+    every stop, which --native needs to stitch C frames. Otherwise they are read only where
+    the walk needs them: outside Go's text and in Go's signal handler.
     `mapping`: --native's cached map of the address space, which bounds each window by its
     mapping and adds the C frames of a callback into Go (g0 above g0.sched.sp)."""
 
     def __init__(self, mem: ProcessMemory, offsets: StopOffsets | None, in_text: Callable[[int], bool], *,
-                 g_tls: int | None = None, machine: bool = False,
+                 g_tls: int | None = None, curg: bool = False, machine: bool = False,
                  mapping: Callable[[int], tuple[int, int] | None] | None = None) -> None:
         self._mem = mem
         self._offsets = offsets
         self._in_text = in_text
         self._tls = g_tls
+        self._curg = curg
         self._always = machine
         self._mapping = mapping
 
@@ -82,25 +83,35 @@ class StopReader:
         if (offs is not None and m is not None and m.g0
                 and (self._always or in_handler or not self._in_text(regs.rip))):
             return self._with_machine(m, regs, stacks, gsignal, offs, sched)
-        stack, g = self._stack_and_g(regs)
+        stack, g, curg = self._stack_and_word(regs, m, offs)
         if in_handler:
             windows = interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
-        elif m is not None and g == m.g0 and g:
-            windows = self._windows(self._switch_request(stacks.g0_sched_sp.get(g, 0), sp, stack))
+        elif m is not None and m.g0 and (g == m.g0 if g else _holds(stacks.g0_bounds.get(m.g0), sp)):
+            windows = self._windows(self._switch_request(stacks.g0_sched_sp.get(m.g0, 0), sp, stack))
         else:
             windows = ()
-        return StopCapture(Source.PTRACE, regs, stack, g, windows=windows, sched=sched)
+        return StopCapture(Source.PTRACE, regs, stack, g, curg=curg, windows=windows, sched=sched)
 
-    def _stack_and_g(self, regs: Registers) -> tuple[bytes, int]:
-        """The common stop: the stack top and the TLS g in one read."""
+    def _stack_and_word(self, regs: Registers, m: Machine | None, offs: StopOffsets | None
+                        ) -> tuple[bytes, int, int]:
+        """The common stop, in one read: the stack top and one word, the TLS g (the sampler)
+        or m.curg (`curg`: dump, which must tell a goroutine that moved). (stack, g, curg),
+        0 and -1 for what was not read."""
         sp, mem = regs.rsp, self._mem
         size = STOPPED_WINDOW if self._mapping is None else self._top_size(sp)
-        if self._tls is None:
-            return mem.read_prefix(sp, size), 0
-        stack, word = mem.read_pair(sp, size, regs.fs_base + self._tls, 8)
+        if self._tls is not None:
+            addr = regs.fs_base + self._tls
+        elif self._curg and m is not None and offs is not None:
+            addr = m.addr + offs.m_curg
+        else:
+            return mem.read_prefix(sp, size), 0, -1
+        stack, word = mem.read_pair(sp, size, addr, 8)
         if stack is None:  # the window crosses the end of the mapping (a thread's OS stack)
             stack = mem.read_prefix(sp, size)
-        return stack, _U64.unpack(word)[0] if word is not None and len(word) == 8 else 0
+        if word is None or len(word) != 8:
+            return stack, 0, -1
+        w = _U64.unpack(word)[0]
+        return (stack, w, -1) if self._tls is not None else (stack, 0, w)
 
     def _with_machine(self, m: Machine, regs: Registers, stacks: SystemStacks, gsignal: tuple[int, int] | None,
                       offs: StopOffsets, sched: SchedCounts | None) -> StopCapture:
@@ -119,8 +130,7 @@ class StopReader:
         if gsignal is not None and gsignal[0] <= sp < gsignal[1]:
             windows = interrupted_window(self._mem.read_prefix, stack, sp, gsignal)
         else:
-            g0 = stacks.g0_bounds.get(m.g0)
-            on_g0 = g == m.g0 if g else g0 is not None and g0[0] <= sp < g0[1]
+            on_g0 = g == m.g0 if g else _holds(stacks.g0_bounds.get(m.g0), sp)
             g0_top = st.g0_sched_sp or stacks.g0_sched_sp.get(m.g0, 0)
             switch = self._switch_request(g0_top, sp, stack) if on_g0 else ()
             windows = self._windows((*switch, *self._machine_requests(st, sp)))
@@ -181,3 +191,7 @@ class StopReader:
             if data:
                 out.append(Window(base, data, role))
         return tuple(out)
+
+
+def _holds(bounds: tuple[int, int] | None, sp: int) -> bool:
+    return bounds is not None and bounds[0] <= sp < bounds[1]
