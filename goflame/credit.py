@@ -103,7 +103,6 @@ class CreditScheduler:
         self._frozen: set[int] = set()  # the threads this tick froze by taking their CPU: see frozen_first
         self._ran_at_tick: set[int] = set()  # of those, the ones that were running then, not queued
         self._cpu_of: dict[int, int] = {}  # tid -> the CPU it was last seen on
-        self._running_on: dict[int, int] = {}  # tid -> its CPU: in state R, and it ran since its last look
         self._delay_before: dict[int, int] = {}
         self._tick_start = 0.0
 
@@ -134,7 +133,6 @@ class CreditScheduler:
         """
         self._tick_start = now
         self._delay_before = {}
-        self._running_on = {}
         due: list[Due] = []
         seen = self.looked is not None
         for tid in tids:
@@ -204,8 +202,6 @@ class CreditScheduler:
                 due = Due(tid, rs[1], c, rs[0] == "R")
                 self._delay_before[tid] = st[1]
         self._credit[tid] = c
-        if rs is not None and rs[0] == "R" and rt > prev[0]:
-            self._running_on[tid] = rs[1]
         return due
 
     def _forget_old(self, tids: list[int], now: float) -> None:
@@ -269,16 +265,13 @@ class CreditScheduler:
         return None
 
     def where_it_went(self, tid: int) -> None:
-        """The CPU the thread `taken_from` looked at runs on now (`_running_on`): let go from its
-        stop, it is mostly woken on the CPU that idled while goflame held its own, and the next
-        wakeup must be there to freeze it again (on the cgochain fixture, a third of the ticks
-        found no thread of the target where goflame woke, against 7 % with this)."""
+        """The CPU the thread `taken_from` looked at runs on now: let go from its stop, it is
+        mostly woken on the CPU that idled while goflame held its own, and the next wakeup must
+        be there to freeze it again (on the cgochain fixture, a third of the ticks found no
+        thread of the target where goflame woke, against 7 % with this)."""
         rs = self._proc.run_state_and_split(tid)
-        if rs is None:
-            return
-        self._cpu_of[tid] = rs[1]
-        if rs[0] == "R":
-            self._running_on[tid] = rs[1]
+        if rs is not None:
+            self._cpu_of[tid] = rs[1]
 
     def frozen_first(self, due: list[Due]) -> Iterator[int]:
         """The due threads to interrupt when `taken_from` could not tell, and the CPU to wake
@@ -306,19 +299,22 @@ class CreditScheduler:
         return self._queued_here(due, running)
 
     def _wake_cpu(self, pin: CpuPin) -> int:
-        """A CPU drawn at random among those where a thread of the target in state R that ran
-        since its last look is owed a sample; if none is, among those where such a thread runs
-        at all (`_running_on`); else among all allowed. Owed first: a thread that runs in
-        bursts is owed samples that a wakeup elsewhere does not take, and its credit is capped
-        (a labelled worker that slept between bursts got 26 % of the samples where its own
-        clock said 33 %, when every CPU of a running thread was drawn alike). Then the others:
-        the thread just sampled is owed none, but a wakeup on another CPU finds no thread of
-        the target, and its next sample stands for more intervals (on cgochain a third of the
-        wakeups found none when only CPUs of owed threads were drawn; 7 % with this)."""
-        credit = self._credit
-        running = {tid: cpu for tid, cpu in self._running_on.items() if pin.allows(cpu)}
-        owed = {cpu for tid, cpu in running.items() if credit.get(tid, 0.0) >= 1.0}
-        cpus = sorted(owed or set(running.values()))
+        """A CPU drawn at random among the last CPUs of the target's threads that ran lately
+        (within QUIET_S) and are owed a sample; if none is owed, among those of all that ran
+        lately; else among all allowed. Never by whether a thread runs at the moment of the
+        draw: the wakeup comes an interval later, and a thread that works in rounds is then in
+        the other half of its round (drawn among threads in state R at the draw, a labelled
+        worker that sleeps half of each round got 31.6 % of the samples where its own clock
+        said 33.3 %). Owed first: a thread that runs in bursts is owed samples that a wakeup
+        elsewhere does not take. Then the others: the thread just sampled is owed none, but a
+        wakeup on a CPU with no thread of the target takes no sample, and the next samples
+        stand for more intervals each (on cgochain a third of the wakeups found none when
+        only CPUs of owed threads were drawn; 7 % with this)."""
+        credit, grew, now = self._credit, self._grew, self._tick_start
+        lately = {tid: cpu for tid, cpu in self._cpu_of.items()
+                  if now - grew.get(tid, -QUIET_S) <= QUIET_S and pin.allows(cpu)}
+        owed = {cpu for tid, cpu in lately.items() if credit.get(tid, 0.0) >= 1.0}
+        cpus = sorted(owed or set(lately.values()))
         return self._rng.choice(cpus or pin.allowed)
 
     def _queued_here(self, due: list[Due], running: list[Due]

@@ -71,6 +71,9 @@ class SamplerStats:
     max_lag_s: float = 0.0  # the longest any tick waited past its time (before skipping)
     pause_ns: list[int] = field(default_factory=list)
     started: float = 0.0
+    # CLOCK_MONOTONIC, ns, at the recording's time zero: a sample's timestamp_ns counts from
+    # it, so samples line up with other tools' records of the same moments (perf -k mono).
+    zero_ns: int = 0
     elapsed: float = 0.0
     cpu_ns: int = 0  # perf: the CPU time of the threads sampled, as the kernel counted it
     end: TargetEnd = TargetEnd.RUNNING
@@ -443,7 +446,8 @@ class Sampler:
         if kernel is not None:
             return PerfEngine(KernelPoller(self, kernel))
         self.stats.started = time.time()
-        return PtraceEngine(self, time.monotonic())
+        self.stats.zero_ns = time.monotonic_ns()
+        return PtraceEngine(self, self.stats.zero_ns / 1e9)
 
     def waking(self) -> AbstractContextManager[None]:
         """Where a ptrace-sampling loop sleeps between ticks (see `CpuPin`); it leaves the
@@ -536,7 +540,7 @@ class KernelPoller:
         st = sampler.stats
         st.engine = "perf"
         self.start = time.monotonic()
-        self.start_ns = time.monotonic_ns()
+        self.start_ns = st.zero_ns = time.monotonic_ns()
         st.started = time.time()
         self.period = 1e9 / sampler.cfg.rate
         self.interval = _drain_interval(sampler.cfg.rate)

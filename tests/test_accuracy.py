@@ -3,13 +3,10 @@
 Issue 14: on allocation/GC, HTTP and lock-contention workloads goflame must agree with
 `perf record` the way it does on simple CPU loops. tests/perf_oracle.py holds the
 definitions and the verdicts (leaf shares within 2.5 pp, syscall-wrapper share within 2.5 pp
-of perf's, errors + truncated <= 1 %); each test measures until both sides have MIN_SAMPLES
-(goflame at 400 Hz, perf at 997 Hz: ~7 s of recording at the ~1.1 CPUs the workloads use,
-up to 20 s on a loaded machine)
-and judges. The instrument's own checks (perf names every Go leaf, sees no other process,
-every syscall comes from a known wrapper) are plain assertions; goflame's verdicts are a
-non-strict xfail (raises=VerdictFailed) until every configuration passes 5 runs of 5: most
-pass now, a few not every time (docs/accuracy.md, "After").
+of perf's, errors + truncated <= 1 %); each test measures until both sides have its engine's
+MIN_SAMPLES in one window of time and judges. The instrument's own checks (perf names every
+Go leaf, sees no other process, every syscall comes from a known wrapper) are plain
+assertions. One configuration is a known miss (ALLOCGC_PTRACE), marked so, not hidden.
 """
 
 from __future__ import annotations
@@ -22,11 +19,21 @@ import gotoolchain as gt
 import perf_oracle as po
 import workloads as wl
 
-MIN_SAMPLES = 3000  # 3 sigma of a 25 % share's difference (perf ~2.5x as many): 2.8 pp, about the bar
-SETTINGS = {e: po.Settings(engine=e, min_samples=MIN_SAMPLES, max_seconds=20.0) for e in po.Engine}
-ISSUE_14 = pytest.mark.xfail(strict=False, raises=po.VerdictFailed, reason="issue 14: a few configurations miss the bar in some runs (docs/accuracy.md)")
+# Samples on each side. perf: 3 sigma of a 25 % share's difference is 2.5 pp at 4,000
+# (docs/accuracy.md: 60 of 60 runs passed at 4,000). ptrace: a sample may stand for several
+# intervals, so 4,000 of them are worth fewer independent moments; httpload with cgo missed
+# by 0.1 pp in 2 runs of 30 at 4,000, and passed 10 of 10 at 10,000.
+MIN_SAMPLES = {po.Engine.PERF: 4000, po.Engine.PTRACE: 10000}
+SETTINGS = {e: po.Settings(engine=e, min_samples=MIN_SAMPLES[e], max_seconds=60.0) for e in po.Engine}
+# The ptrace engine gives the GC's mark loop (scanobject/scanObjectSmall, findObject,
+# greyobject, tryDeferToSpanScan) 1-3 points less than perf on allocgc, in every draw of the
+# wakeup CPU and weighting tried (docs/accuracy.md): a bias of its own not yet explained.
+ALLOCGC_PTRACE = pytest.mark.xfail(strict=False, raises=po.VerdictFailed,
+                                   reason="issue 14: ptrace under-counts GC marking on allocgc (docs/accuracy.md)")
 
-CASES = [pytest.param(w, e, id=f"{w.value}-{e.value}") for w in wl.Workload for e in po.Engine]
+CASES = [pytest.param(w, e, id=f"{w.value}-{e.value}",
+                      marks=[ALLOCGC_PTRACE] if (w, e) == (wl.Workload.ALLOCGC, po.Engine.PTRACE) else [])
+         for w in wl.Workload for e in po.Engine]
 # The default build (Go 1.27, static) is in the matrix too: ~2 minutes of measurement that
 # would double the fast tier's time; the fast tier keeps the instrument's own checks.
 MATRIX_SPECS = [gt.BuildSpec(), gt.BuildSpec(go="1.19"), gt.BuildSpec(go="1.27", cgo=True),
@@ -41,10 +48,9 @@ def measure_and_judge(workload: wl.Workload, engine: po.Engine, spec: gt.BuildSp
     finally:
         running.close()
     po.check_instrument(m)
-    po.judge(m, MIN_SAMPLES)
+    po.judge(m, MIN_SAMPLES[engine])
 
 
-@ISSUE_14
 @pytest.mark.matrix
 @pytest.mark.parametrize("spec", MATRIX_SPECS, ids=[s.tag for s in MATRIX_SPECS])
 @pytest.mark.parametrize(("workload", "engine"), CASES)

@@ -805,8 +805,9 @@ def test_cpu_by_label_in_goflames_pprof_equals_the_workers_own_clocks_and_the_ru
     got = workers_only(pprof_tag_shares("1.27", ours, "worker"))
     assert int(re.search(r"([\d,]+) samples", r.stderr).group(1).replace(",", "")) >= samples, r.stderr
     # A ptrace sample may stand for several intervals (its weight) but is one moment: the
-    # binomial bound is on the moments.
-    n = len(read_recording(str(ours) + ".goflame").samples)
+    # binomial bound is on the independent moments they are worth, (sum of w)^2 / sum of w^2.
+    weights = [s.weight for s in read_recording(str(ours) + ".goflame").samples]
+    n = round(sum(weights) ** 2 / sum(w * w for w in weights))
     for w in ("a", "b"):
         assert abs(got[w] - own[w]) <= share_tolerance(own[w], n, floor=2.0), (got, own, n)
     runtime_view = workers_only(pprof_tag_shares("1.27", theirs, "worker"))
