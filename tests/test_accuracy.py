@@ -11,6 +11,7 @@ assertions. The ptrace engine's verdicts are a known miss (PTRACE_MISSES), marke
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,13 @@ def test_a_goflame_pprof_gives_physical_leaves_by_gos_own_reader(tmp_path):
     assert g.leaves == {"main.big": 1, "runtime.futex": 1}
     assert (g.samples, g.errors, g.truncated) == (2, 1, 1) and g.truncated_by == {"[truncated: bounds]": 1}
     assert g.syscall_share == 50.0 and g.bad_share == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize(("truncated", "passes"), [(40, True), (58, True), (61, False), (120, False)])
+def test_errors_verdict_allows_the_binomial_noise_of_a_rate_at_the_bar_and_no_more(truncated, passes):
+    """(c) on 4,000 samples: 1 % is 40, and 3 binomial standard errors of it are 18.9."""
+    perf = po.PerfProfile(samples=10000, leaves=Counter({"main.f": 10000}))
+    ours = po.GoflameProfile(samples=4000, truncated=truncated, leaves=Counter({"main.f": 4000}))
+    verdict = {v.criterion: v.passed for v in po.verdicts(po.Measurement(perf, ours, 1, 1.0, 1.0), 4000)}
+    assert verdict[po.Criterion.ERRORS] is passes
+    assert verdict[po.Criterion.SHARES] and verdict[po.Criterion.SYSCALLS] and verdict[po.Criterion.COUNTS]
