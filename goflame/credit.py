@@ -103,6 +103,7 @@ class CreditScheduler:
         self._frozen: set[int] = set()  # the threads this tick froze by taking their CPU: see frozen_first
         self._ran_at_tick: set[int] = set()  # of those, the ones that were running then, not queued
         self._cpu_of: dict[int, int] = {}  # tid -> the CPU it was last seen on
+        self._lately: dict[int, int] = {}  # tid -> its last CPU, for the threads seen to run within QUIET_S
         self._delay_before: dict[int, int] = {}
         self._tick_start = 0.0
 
@@ -172,7 +173,7 @@ class CreditScheduler:
             self._split(tid, 0.0, rs)
             if rs is None:
                 return ()
-            self._cpu_of[tid] = rs[1]
+            self._cpu_of[tid] = self._lately[tid] = rs[1]
             if rs[0] != "R":
                 return ()
             self._delay_before[tid] = st[1]
@@ -190,13 +191,15 @@ class CreditScheduler:
             rs = proc.run_state_and_split(tid)
             self._split(tid, earned, rs)
             if rs is not None:
-                self._cpu_of[tid] = rs[1]
+                self._cpu_of[tid] = self._lately[tid] = rs[1]
         due: Due | tuple[()] = ()
         if c >= 1.0:
             if rs is None:
                 rs = proc.run_state_and_split(tid)
                 if rs is not None:
                     self._cpu_of[tid] = rs[1]
+                    if tid in self._lately:
+                        self._lately[tid] = rs[1]
             c = min(c, max(MAX_CREDIT, MAX_CREDIT_S * self._rate))
             if rs is not None and rs[0] in "RS":
                 due = Due(tid, rs[1], c, rs[0] == "R")
@@ -271,7 +274,7 @@ class CreditScheduler:
         thread of the target where goflame woke, against 7 % with this)."""
         rs = self._proc.run_state_and_split(tid)
         if rs is not None:
-            self._cpu_of[tid] = rs[1]
+            self._cpu_of[tid] = self._lately[tid] = rs[1]
 
     def frozen_first(self, due: list[Due]) -> Iterator[int]:
         """The due threads to interrupt when `taken_from` could not tell, and the CPU to wake
@@ -311,10 +314,13 @@ class CreditScheduler:
         stand for more intervals each (on cgochain a third of the wakeups found none when
         only CPUs of owed threads were drawn; 7 % with this)."""
         credit, grew, now = self._credit, self._grew, self._tick_start
-        lately = {tid: cpu for tid, cpu in self._cpu_of.items()
-                  if now - grew.get(tid, -QUIET_S) <= QUIET_S and pin.allows(cpu)}
-        owed = {cpu for tid, cpu in lately.items() if credit.get(tid, 0.0) >= 1.0}
-        cpus = sorted(owed or set(lately.values()))
+        # Only threads seen to run since their entry's QUIET_S are kept: a server's hundreds of
+        # parked Ms are not gone through at every tick.
+        lately = self._lately = {tid: cpu for tid, cpu in self._lately.items()
+                                 if tid in grew and now - grew[tid] <= QUIET_S}
+        allowed = {tid: cpu for tid, cpu in lately.items() if pin.allows(cpu)}
+        owed = {cpu for tid, cpu in allowed.items() if credit.get(tid, 0.0) >= 1.0}
+        cpus = sorted(owed or set(allowed.values()))
         return self._rng.choice(cpus or pin.allowed)
 
     def _queued_here(self, due: list[Due], running: list[Due]
