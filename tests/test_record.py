@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -214,6 +215,31 @@ def test_record_writes_every_format_and_report_round_trips(tmp_path):
     assert run("report", "speedscope", str(raw), "-o", str(tmp_path / "a.speedscope.json")).returncode == 0
     stdout = run("report", "folded", str(raw)).stdout
     assert "main.hot1" in stdout
+
+
+@pytest.mark.parametrize("engine", ["perf", "ptrace"])
+def test_sample_times_count_on_the_monotonic_clock_from_the_zero_the_recording_names(engine, tmp_path):
+    """`monotonic_zero_ns` in the end record + a sample's timestamp_ns is a CLOCK_MONOTONIC
+    moment (what `perf record -k CLOCK_MONOTONIC` stamps): between this process's readings of
+    that clock before goflame started and after it ended."""
+    from goflame.profile import read_recording
+
+    hog = start_cpuhog("-d", "120s")
+    raw = tmp_path / "rec.goflame"
+    try:
+        before = time.monotonic_ns()
+        r = subprocess.run([*GOFLAME, "record", "--pid", str(hog.pid), "--engine", engine, "-d", "1", "-f", "raw",
+                            "-o", str(raw)], capture_output=True, text=True, timeout=120)
+        after = time.monotonic_ns()
+        assert r.returncode == 0, r.stderr
+    finally:
+        hog.kill()
+        hog.wait()
+    rec = read_recording(raw)
+    zero = int(rec.meta.extra["monotonic_zero_ns"])
+    assert rec.samples and before < zero
+    assert all(zero <= zero + s.timestamp_ns < after for s in rec.samples)
+    assert rec.samples[-1].timestamp_ns >= 500_000_000  # a 1 s recording: samples up to its end
 
 
 @pytest.mark.parametrize("how", ["sigint", "sigterm", "target-exit", "duration"])
