@@ -184,7 +184,7 @@ class LiveWalker:
             return None
         owner = facts.owner_bounds(sp) if facts.owner_bounds is not None else None
         lo, hi = owner if owner is not None else (sp, sp + UNKNOWN_STACK_SPAN)
-        walk = self._go.unwind(pc, sp, 0, mem, lo, hi, exact=True)
+        walk = self._go.unwind(pc, sp, 0, mem, lo, hi, exact=True, on_system_stack=_no_switch)
         return LiveWalk(walk, Start.REGISTERS) if walk.frames else None
 
     def _out_of_handler(self, walk: Walk, regs: WalkRegs, cap: StopCapture, facts: ThreadFacts, mem: StackMemory
@@ -231,7 +231,10 @@ class LiveWalker:
             return None
         g = facts.g
         if g is None and not chain:
-            return StackSpan(b[0], b[1])
+            # No goroutine known for the thread: a walk that reaches morestack is cut there
+            # (Stop.MORESTACK), not whole, unless the scheduler it went through had dropped
+            # the goroutine (GoUnwinder._resolve_special).
+            return StackSpan(b[0], b[1], _no_switch)
         fresh = facts.fresh
         if fresh is not None and g is not None:
             owner_bounds = facts.owner_bounds
@@ -242,6 +245,11 @@ class LiveWalker:
 
             return StackSpan(b[0], b[1], jump)
         return StackSpan(b[0], b[1], switch_to(g or _NO_G, facts.owner_bounds, chain))
+
+
+def _no_switch(_kind: str) -> StackSwitch | None:
+    """The system stack's jump when the thread's goroutine is not known: nowhere."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
