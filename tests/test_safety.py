@@ -126,12 +126,15 @@ def traced_calls(log: Path) -> set[int]:
     return {tid for tid in calls if tid not in ours}
 
 
+# Recordings stop at a count of samples, not a time: under strace and a loaded machine 2 s
+# gave --native 8 samples (half the ticks missed).
+_UNTIL = ["--samples", "40", "-d", "60"]
 NS_COMMANDS = {
     "dump": ["dump"],
-    "record-perf": ["record", "--engine", "perf", "-d", "2", "-f", "folded"],
-    "record-ptrace": ["record", "--engine", "ptrace", "-d", "2", "-f", "folded"],
-    "record-idle": ["record", "--idle", "-d", "2", "-f", "folded"],
-    "record-native": ["record", "--native", "-d", "2", "-f", "folded"],
+    "record-perf": ["record", "--engine", "perf", *_UNTIL, "-f", "folded"],
+    "record-ptrace": ["record", "--engine", "ptrace", *_UNTIL, "-f", "folded"],
+    "record-idle": ["record", "--idle", *_UNTIL, "-f", "folded"],
+    "record-native": ["record", "--native", *_UNTIL, "-f", "folded"],
     "summary": ["summary"],
     "top": ["top", "--once", "--delay", "2"],
 }
