@@ -50,7 +50,8 @@ class RunFigures:
     ticks: int
     samples: int
     missed: int
-    late: int  # taken, but more than one interval after their time (catching up after a stall)
+    late: int  # woken more than one interval after their time
+    skipped: int  # due while the sampler was busy with the last one: not taken (TickClock)
     errors: int
     max_lag_s: float
     pause_ns: tuple[int, ...]
@@ -95,7 +96,8 @@ def sample_for(target, rate: float, seconds: float, out: Path) -> RunFigures:
         c = time.process_time()
         st = sampler.run(writer.add_all, duration=seconds, on_tick=lambda _s: writer.tick())
         cpu = time.process_time() - c
-    return RunFigures(st.elapsed, st.ticks, st.samples, st.missed, st.late, st.errors, st.max_lag_s, tuple(st.pause_ns),
+    return RunFigures(st.elapsed, st.ticks, st.samples, st.missed, st.late, st.skipped, st.errors, st.max_lag_s,
+                      tuple(st.pause_ns),
                       tuple(p.held_ns for p in paused), cpu, st.engine)
 
 
@@ -177,6 +179,7 @@ def bench_throughput(binary: Path, seconds: float, cpus: set[int] | None, tmp: P
                           f"{f.ticks / f.seconds:6.0f} ticks/s ({f.samples / max(f.ticks, 1):.2f} threads/tick), "
                           f"missed {f.missed:,} of {f.ticks + f.missed:,} ticks = {100 * f.missed_share:.2f} % "
                           f"late {f.late:,} = {100 * f.late / max(f.ticks, 1):.2f} %, "
+                          f"skipped while busy {f.skipped:,} = {100 * f.skipped / max(f.ticks + f.skipped, 1):.2f} %, "
                           f"errors {f.errors} ({100 * f.errors / max(f.samples + f.errors, 1):.2f} %), "
                           f"max lag {f.max_lag_s * 1e3:.0f} ms, cpu {100 * f.cpu / f.seconds:.0f} % of a core "
                           f"({f.cpu_per_sample_us:.0f} us/sample)   [{bl.load()}]")

@@ -52,6 +52,11 @@ class SamplingEngine(Protocol):
         this one (perf reads what is left; ptrace takes no tick)."""
         ...
 
+    def not_before(self, ready: float) -> None:
+        """The loop steps no sooner than `ready` (it rests, or it was busy): a ptrace tick due
+        earlier is skipped, never taken late (`TickClock`)."""
+        ...
+
     def waking(self) -> AbstractContextManager[None]: ...
 
     def ordinary(self) -> None: ...
@@ -95,6 +100,9 @@ class PtraceEngine:
         clock.advance()
         return Batch(samples, 1.0)
 
+    def not_before(self, ready: float) -> None:
+        self._clock.not_before(ready)
+
     def waking(self) -> AbstractContextManager[None]:
         """Real-time sleep (`CpuPin`): the wakeup must take its CPU at once."""
         return self._sampler.waking()
@@ -129,6 +137,9 @@ class PerfEngine:
         self._last = now
         self._next = now + self._poller.interval
         return Batch(samples, intervals, gone)
+
+    def not_before(self, ready: float) -> None:
+        """A late read of the buffers is still a read of all they hold: nothing to skip."""
 
     def waking(self) -> AbstractContextManager[None]:
         """An ordinary sleep: reading buffers needs no exact wakeup."""

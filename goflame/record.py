@@ -157,7 +157,8 @@ def _meta(opts: RecordOptions, pid: int, target: Target) -> RecordingMeta:
 
 
 def _final_meta(meta: RecordingMeta, opts: RecordOptions, stats: SamplerStats) -> RecordingMeta:
-    extra = {"nonblocking": opts.nonblocking, "missed_ticks": stats.missed, "late_ticks": stats.late,
+    extra = {"nonblocking": opts.nonblocking, "missed_ticks": stats.missed, "skipped_ticks": stats.skipped,
+             "late_ticks": stats.late,
              "engine": stats.engine, **({"perf_refused": stats.fallback} if stats.fallback else {}),
              "achieved_rate_hz": round(stats.rate, 2), "monotonic_zero_ns": stats.zero_ns,
              **({"native": True} if opts.native else {}),

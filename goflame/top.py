@@ -1033,6 +1033,7 @@ def _ticks(session: TopSession, opts: TopOptions, signals: Signals, result: TopR
             h, _ = screen.size()
             screen.draw(screen_lines(session, h), status_line(session))
             redraw = False
+        engine.not_before(time.monotonic())  # a tick due during the refresh is skipped, not taken late
         timeout = min(engine.next, next_refresh) - time.monotonic()
         if screen is None:
             if timeout > 0:

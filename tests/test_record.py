@@ -860,44 +860,52 @@ def test_perf_engine_counts_the_kernels_cpu_time_and_never_stops_the_target():
     assert seen_states["untraced"] > 100 and not seen_states["traced"] and not seen_states["t"], seen_states
 
 
-def test_a_late_tick_is_taken_and_caught_up_and_only_ticks_older_than_the_window_are_missed():
-    """The sampler's clock after a stall: a tick a few ms late is taken, those due since
-    follow at once, and the count of ticks over the run stays rate x time; a stall longer
-    than CATCH_UP_S gives up exactly the ticks due before that window."""
+def test_a_tick_due_while_the_sampler_is_busy_is_skipped_and_drawn_afresh_and_only_a_stall_counts_missed():
+    """The sampler's clock when a tick takes long: a tick due meanwhile is not taken the moment
+    the sampler is free (that moment is when whatever held it let go) but drawn afresh, half to
+    one and a half intervals after; the count of ticks stays rate x time while the sampler
+    keeps up; a stall longer than CATCH_UP_S counts the ticks beyond it as missed."""
     import random
 
     from goflame.sampler import CATCH_UP_S, SamplerStats, TickClock
 
     rate = 1000.0
+    interval = 1 / rate
     st = SamplerStats()
     clock = TickClock(rate, st, random.Random(7), 0.0)
     now = 0.0
-    taken = 0
+    taken: list[tuple[float, float]] = []  # (when the sampler got free before it, when taken)
 
-    def run_until(t_end: float, stall_at: float | None = None, stall: float = 0.0) -> None:
-        nonlocal now, taken
+    def run_until(t_end: float, step: float, stall_at: float | None = None, stall: float = 0.0) -> None:
+        nonlocal now
         while True:
+            free = now
             now = max(now, clock.next)
-            if stall_at is not None and now >= stall_at:
-                now += stall  # the sampler got no CPU for `stall` seconds
-                stall_at = None
             if now >= t_end:
                 return
             clock.take(now)
-            taken += 1
+            taken.append((free, now))
             clock.advance()
-            now += 1e-5  # a tick's own time
+            now += step  # the tick's own time
+            if stall_at is not None and now >= stall_at:
+                now += stall  # the sampler got no CPU for `stall` seconds
+                stall_at = None
+            clock.not_before(now)
 
-    run_until(1.0, stall_at=0.5, stall=0.008)  # 8 ms stall: caught up, nothing missed
-    assert st.missed == 0
-    assert 1 <= st.late <= 8
-    assert abs(taken - rate * 1.0) <= 60, taken  # jitter: +-50 % per tick, sqrt(n)-ish spread
-    late_before = st.late
-    run_until(2.0, stall_at=1.5, stall=0.3)  # 300 ms stall: all but the last CATCH_UP_S missed
-    assert st.missed == math.ceil((st.max_lag_s - CATCH_UP_S) * rate), (st.missed, st.max_lag_s)
-    assert abs(st.missed_s - st.missed / rate) < 1e-9
-    assert st.late - late_before <= CATCH_UP_S * rate + 1
-    assert abs(taken + st.missed - rate * 2.0) <= 90, (taken, st.missed)
+    run_until(1.0, step=1e-5)  # a sampler that keeps up: every tick on time
+    assert st.skipped == st.missed == st.late == 0
+    assert abs(len(taken) - rate * 1.0) <= 60, len(taken)  # jitter: +-50 % per tick, sqrt(n)-ish spread
+    n = len(taken)
+    run_until(2.0, step=3 * interval)  # every tick takes three intervals
+    slow = taken[n + 1:]
+    assert st.skipped >= len(slow) and st.missed == 0 and st.late == 0
+    # Each tick comes a jittered interval after the sampler got free, never at that moment.
+    assert all(0.5 * interval <= t - free <= 1.5 * interval + 1e-12 for free, t in slow), slow[:5]
+    assert abs(len(slow) - 1.0 / (4 * interval)) <= 30, len(slow)  # 3 intervals busy + 1 on average
+    run_until(3.0, step=1e-5, stall_at=2.5, stall=0.3)  # a 300 ms stall
+    assert 0.3 - 1.5 * interval <= st.max_lag_s <= 0.3
+    assert st.missed == math.ceil((st.max_lag_s - CATCH_UP_S) / interval), (st.missed, st.max_lag_s)
+    assert abs(st.missed_s - st.missed * interval) < 1e-9
 
 
 def check_running_samples_name_the_goroutines_the_runtime_shows_running(spec: gt.BuildSpec, tmp_path: Path,
