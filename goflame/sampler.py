@@ -419,7 +419,8 @@ class Sampler:
                     # Behind or not, rest a share of the last step's time: a sampler asked for
                     # more than it can do must still leave the CPU to others. A tick due before
                     # then is skipped, not taken late (TickClock).
-                    engine.not_before(now + busy * engine.rest_share)
+                    if busy:  # after a step: before the first there is nothing to skip
+                        engine.not_before(now + busy * engine.rest_share)
                     wake = max(engine.next, now + busy * engine.rest_share)
                     if duration is not None:
                         wake = min(wake, start + duration)
