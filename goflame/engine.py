@@ -6,7 +6,8 @@
   its buffers every few tens of ms (`KernelPoller`); nothing of the target is ever stopped.
 
 Either one yields `Batch`es: the samples since the last step and whether the target is gone.
-A loop asks `next` when to step, sleeps inside `waking()`, and calls `ordinary()` when it
+A loop tells `not_before` when it is free again (a ptrace tick due earlier is skipped, never
+taken late), asks `next` when to step, sleeps inside `waking()`, and calls `ordinary()` when it
 woke for anything but a step (a key, a refresh).
 """
 
