@@ -25,11 +25,13 @@ import workloads as wl
 # rate, 100 Hz, as a user's `record` does: at 400 Hz its own stops, every 2.5 ms, perturb
 # httpload (its syscall-wrapper share came out 1-3 points over perf's in 5 of 36 runs;
 # docs/accuracy.md, "The rate matters"). A ptrace sample may stand for several intervals, so
-# it takes 10,000 to judge as surely; at the ~1.2 CPUs the workloads use that is ~85 s,
-# hence the longer limit. docs/accuracy.md has the runs behind these settings.
+# it takes 10,000 to judge as surely: ~85 s at the ~1.2 CPUs the workloads use. The time
+# limit is only a bound for a starved machine, far above that: a target given a quarter of
+# the CPU it uses here still reaches the count (perf's: 4,000 at 400 Hz in 60 s down to 0.17
+# CPUs). docs/accuracy.md has the runs behind these settings.
 SETTINGS = {
     po.Engine.PERF: po.Settings(engine=po.Engine.PERF, rate=400.0, min_samples=4000, max_seconds=60.0),
-    po.Engine.PTRACE: po.Settings(engine=po.Engine.PTRACE, rate=100.0, min_samples=10000, max_seconds=150.0),
+    po.Engine.PTRACE: po.Settings(engine=po.Engine.PTRACE, rate=100.0, min_samples=10000, max_seconds=400.0),
 }
 
 CASES = [pytest.param(w, e, id=f"{w.value}-{e.value}") for w in wl.Workload for e in po.Engine]
